@@ -1,0 +1,3 @@
+"""
+aigateway: an AI gateway on Twisted.
+"""
