@@ -1,0 +1,523 @@
+"""
+The gateway's configuration: YAML in, frozen values out.
+
+L{parseConfig} is a pure function from the loaded YAML document to a
+L{Config}; every problem it finds is a L{ConfigError} whose message starts
+with the path of the offending field (C{routes[0].backend: no backend named
+'openai-all-model'}).  Nothing here reads the environment, the clock or a
+file other than the one given to L{loadConfig}; secrets are described
+(L{SecretRef}) and resolved later, when the service is built.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any, Callable, Mapping, TypeVar
+
+import attrs
+import yaml
+from twisted.internet.endpoints import serverFromString
+
+__all__ = [
+    "AdminConfig",
+    "Backend",
+    "Config",
+    "ConfigError",
+    "Match",
+    "Route",
+    "SecretRef",
+    "loadConfig",
+    "parseConfig",
+    "parseDuration",
+    "parseEndpoint",
+    "parseSize",
+]
+
+PROVIDERS: Mapping[str, str] = {
+    "openai": "https://api.openai.com",
+}
+DEFAULT_MAX_REQUEST_BODY = 10 * 1024 * 1024
+HTTP_METHODS = frozenset(
+    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+)
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """
+    The configuration is not valid.
+
+    @ivar path: where in the document the problem is, e.g. C{routes[0].timeout}.
+    @ivar problem: what is wrong with it.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}" if path else problem)
+
+
+@attrs.frozen
+class SecretRef:
+    """
+    Where a backend's credential comes from: exactly one of an environment
+    variable, a file, an inline value, or the caller's own C{Authorization}.
+
+    @ivar kind: C{"env"}, C{"file"}, C{"value"} or C{"passthrough"}.
+    @ivar ref: the variable name, the file path, or the inline secret.
+    """
+
+    kind: str
+    ref: str = attrs.field(repr=False)
+
+    def describe(self) -> str:
+        """
+        Say where the secret comes from without revealing it.
+        """
+        if self.kind in ("env", "file"):
+            return f"{self.kind}: {self.ref}"
+        if self.kind == "value":
+            return "value: <redacted>"
+        return "passthrough"
+
+
+@attrs.frozen
+class Backend:
+    """
+    An LLM provider endpoint that routes send requests to.
+
+    @ivar url: the server root, scheme and authority (plus an optional base
+        path); the provider adds C{/v1/...}.
+    @ivar model: when set, replaces the C{model} a client asked for.
+    @ivar authToken: the credential sent upstream, or L{None} for none.
+    """
+
+    name: str
+    provider: str
+    url: str
+    model: str | None
+    authToken: SecretRef | None
+
+
+@attrs.frozen
+class Match:
+    """
+    Which requests a route takes.
+
+    Exactly one of C{path} (exact) and C{pathPrefix} (on a segment boundary)
+    is set; C{methods} and C{headers} narrow the match further.
+    """
+
+    path: str | None
+    pathPrefix: str | None
+    methods: frozenset[str] | None
+    headers: tuple[tuple[str, str], ...]
+
+
+@attrs.frozen
+class Route:
+    """
+    One entry of the route table.
+
+    @ivar timeout: seconds for the whole request, or L{None} for no limit.
+    @ivar maxRequestBody: the largest request body accepted, in bytes.
+    """
+
+    name: str
+    match: Match
+    backend: Backend
+    timeout: float | None
+    maxRequestBody: int
+
+
+@attrs.frozen
+class AdminConfig:
+    """
+    The admin listener (health, readiness, metrics).
+    """
+
+    listen: tuple[str, ...]
+
+
+@attrs.frozen
+class Config:
+    """
+    A whole, validated gateway configuration.
+    """
+
+    listen: tuple[str, ...]
+    admin: AdminConfig | None
+    backends: Mapping[str, Backend]
+    routes: tuple[Route, ...]
+
+
+class _Fields:
+    """
+    The keys of one mapping in the document, taken one by one; whatever is
+    left over at the end is an unknown key.
+    """
+
+    def __init__(self, value: object, path: str) -> None:
+        if not isinstance(value, dict):
+            raise ConfigError(path, f"must be a mapping, not {_kind(value)}")
+        self._values: dict[Any, Any] = dict(value)
+        self._known: list[str] = []
+        self.path = path
+
+    def at(self, key: str) -> str:
+        """
+        The path of C{key} in this mapping.
+        """
+        return f"{self.path}.{key}" if self.path else key
+
+    def has(self, key: str) -> bool:
+        return key in self._values
+
+    def take(
+        self,
+        key: str,
+        parse: Callable[[object, str], T],
+        default: T | None = None,
+        required: bool = False,
+    ) -> T | None:
+        """
+        Remove C{key} and parse its value with C{parse(value, path)}.
+        """
+        self._known.append(key)
+        if key not in self._values:
+            if required:
+                raise ConfigError(self.at(key), "is required")
+            return default
+        return parse(self._values.pop(key), self.at(key))
+
+    def done(self) -> None:
+        """
+        Fail on the first key nobody took.
+        """
+        for key in self._values:
+            hint = difflib.get_close_matches(str(key), self._known, n=1)
+            extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise ConfigError(self.at(str(key)), f"unknown key{extra}")
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+    }.get(type(value), type(value).__name__)
+
+
+def _string(value: object, path: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(path, f"must be a non-empty string, not {_kind(value)}")
+    return value
+
+
+def _boolean(value: object, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(path, f"must be true or false, not {_kind(value)}")
+    return value
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parseDuration(value: object, path: str = "") -> float:
+    """
+    Parse a duration such as C{250ms}, C{30s}, C{5m}, C{1h} or C{1m30s}.
+
+    @return: seconds.
+    @raise ConfigError: for anything else, including bare numbers.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        parts = _DURATION.findall(text)
+        if parts and "".join(n + u for n, u in parts) == text:
+            return sum(float(n) * _UNITS[u] for n, u in parts)
+    raise ConfigError(
+        path, f"must be a duration like '250ms', '30s', '5m' or '1h', not {value!r}"
+    )
+
+
+_SIZE = re.compile(r"(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?")
+_SIZE_UNITS = {
+    None: 1,
+    "B": 1,
+    "KB": 1000,
+    "KiB": 1024,
+    "MB": 1000**2,
+    "MiB": 1024**2,
+    "GB": 1000**3,
+    "GiB": 1024**3,
+}
+
+
+def parseSize(value: object, path: str = "") -> int:
+    """
+    Parse a size in bytes: a whole number, or C{512KiB}, C{10MiB}, C{1MB}...
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        found = _SIZE.fullmatch(value.strip())
+        if found and int(found.group(1)) > 0:
+            return int(found.group(1)) * _SIZE_UNITS[found.group(2)]
+    raise ConfigError(path, f"must be a size like 1048576, '512KiB' or '10MiB', not {value!r}")
+
+
+def parseEndpoint(value: object, path: str) -> str:
+    description = _string(value, path)
+    if description.isdigit():
+        raise ConfigError(
+            path, f"{description!r} is not an endpoint (did you mean 'tcp:{description}'?)"
+        )
+    try:
+        # Endpoints are only described here; nothing listens until the
+        # service starts, so no reactor is needed to check the string.
+        serverFromString(None, description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(path, f"invalid endpoint {description!r}: {e}") from None
+    port = re.match(r"(?:tcp6?:)(?:port=)?(\d+)", description)
+    if port and int(port.group(1)) > 65535:
+        raise ConfigError(path, f"invalid endpoint {description!r}: port out of range")
+    return description
+
+
+def _endpoints(value: object, path: str) -> tuple[str, ...]:
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError(path, "must name at least one endpoint")
+        return tuple(parseEndpoint(v, f"{path}[{i}]") for i, v in enumerate(value))
+    return (parseEndpoint(value, path),)
+
+
+def _secret(value: object, path: str) -> SecretRef:
+    fields = _Fields(value, path)
+    given = [k for k in ("env", "file", "value", "passthrough") if fields.has(k)]
+    if len(given) != 1:
+        raise ConfigError(
+            path, "must have exactly one of env, file, value, passthrough"
+        )
+    kind = given[0]
+    if kind == "passthrough":
+        if not fields.take(kind, _boolean):
+            raise ConfigError(fields.at(kind), "can only be true (omit authToken instead)")
+        ref = ""
+    else:
+        ref = fields.take(kind, _string) or ""
+    fields.done()
+    return SecretRef(kind, ref)
+
+
+def _url(value: object, path: str) -> str:
+    url = _string(value, path)
+    if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", url):
+        raise ConfigError(path, f"must be an http:// or https:// URL, not {url!r}")
+    return url.rstrip("/")
+
+
+def _backend(name: str, value: object, path: str) -> Backend:
+    fields = _Fields(value, path)
+
+    def provider(v: object, p: str) -> str:
+        v = _string(v, p)
+        if v not in PROVIDERS:
+            raise ConfigError(p, f"unknown provider {v!r} (known: {', '.join(PROVIDERS)})")
+        return v
+
+    kind = fields.take("provider", provider, required=True)
+    assert kind is not None
+    backend = Backend(
+        name=name,
+        provider=kind,
+        url=fields.take("url", _url, PROVIDERS[kind]) or PROVIDERS[kind],
+        model=fields.take("model", _string),
+        authToken=fields.take("authToken", _secret),
+    )
+    fields.done()
+    return backend
+
+
+def _path(value: object, path: str) -> str:
+    text = _string(value, path)
+    if not text.startswith("/"):
+        raise ConfigError(path, f"must start with '/', not {text!r}")
+    if any(c in text for c in "?# \t"):
+        raise ConfigError(path, f"must be a plain path, not {text!r}")
+    return text
+
+
+def _methods(value: object, path: str) -> frozenset[str]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(path, "must be a non-empty list of HTTP methods")
+    methods = set()
+    for i, m in enumerate(value):
+        m = _string(m, f"{path}[{i}]").upper()
+        if m not in HTTP_METHODS:
+            raise ConfigError(f"{path}[{i}]", f"unknown HTTP method {m!r}")
+        methods.add(m)
+    return frozenset(methods)
+
+
+def _headers(value: object, path: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(path, "must be a mapping of header name to exact value")
+    pairs = []
+    for name, v in value.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+            raise ConfigError(path, f"invalid header name {name!r}")
+        if not isinstance(v, (str, int)) or isinstance(v, bool):
+            raise ConfigError(f"{path}.{name}", f"must be a string, not {_kind(v)}")
+        pairs.append((name.lower(), str(v)))
+    return tuple(sorted(pairs))
+
+
+def _match(value: object, path: str) -> Match:
+    fields = _Fields(value, path)
+    exact = fields.take("path", _path)
+    prefix = fields.take("pathPrefix", _path)
+    if (exact is None) == (prefix is None):
+        raise ConfigError(path, "must have exactly one of path, pathPrefix")
+    if prefix is not None and prefix != "/":
+        prefix = prefix.rstrip("/")
+    match = Match(
+        path=exact,
+        pathPrefix=prefix,
+        methods=fields.take("methods", _methods),
+        headers=fields.take("headers", _headers, ()) or (),
+    )
+    fields.done()
+    return match
+
+
+def _route(
+    value: object, path: str, backends: Mapping[str, Backend], maxRequestBody: int
+) -> Route:
+    fields = _Fields(value, path)
+    name = fields.take("name", _string, required=True)
+    match = fields.take("match", _match, required=True)
+    backendName = fields.take("backend", _string, required=True)
+    assert name is not None and match is not None and backendName is not None
+    if backendName not in backends:
+        hint = difflib.get_close_matches(backendName, list(backends), n=1)
+        extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+        raise ConfigError(fields.at("backend"), f"no backend named {backendName!r}{extra}")
+    route = Route(
+        name=name,
+        match=match,
+        backend=backends[backendName],
+        timeout=fields.take("timeout", parseDuration),
+        maxRequestBody=fields.take("maxRequestBody", parseSize, maxRequestBody)
+        or maxRequestBody,
+    )
+    fields.done()
+    return route
+
+
+def _admin(value: object, path: str) -> AdminConfig:
+    fields = _Fields(value, path)
+    admin = AdminConfig(listen=fields.take("listen", _endpoints, required=True) or ())
+    fields.done()
+    return admin
+
+
+def parseConfig(document: object) -> Config:
+    """
+    Validate a loaded YAML document and turn it into a L{Config}.
+
+    @raise ConfigError: naming the first field that is wrong.
+    """
+    fields = _Fields(document, "")
+    listen = fields.take("listen", _endpoints, ("tcp:8080",)) or ("tcp:8080",)
+    admin = fields.take("admin", _admin)
+    maxRequestBody = fields.take("maxRequestBody", parseSize, DEFAULT_MAX_REQUEST_BODY)
+    assert maxRequestBody is not None
+
+    def backends(value: object, path: str) -> dict[str, Backend]:
+        if not isinstance(value, dict):
+            raise ConfigError(path, f"must be a mapping of name to backend, not {_kind(value)}")
+        return {
+            str(name): _backend(str(name), v, f"{path}.{name}") for name, v in value.items()
+        }
+
+    byName = fields.take("backends", backends, {}) or {}
+
+    def routes(value: object, path: str) -> tuple[Route, ...]:
+        if not isinstance(value, list):
+            raise ConfigError(path, f"must be a list of routes, not {_kind(value)}")
+        parsed: list[Route] = []
+        seen: dict[str, int] = {}
+        for i, v in enumerate(value):
+            route = _route(v, f"{path}[{i}]", byName, maxRequestBody)
+            if route.name in seen:
+                raise ConfigError(
+                    f"{path}[{i}].name",
+                    f"duplicate route name {route.name!r} (also routes[{seen[route.name]}])",
+                )
+            seen[route.name] = i
+            parsed.append(route)
+        return tuple(parsed)
+
+    config = Config(
+        listen=listen,
+        admin=admin,
+        backends=byName,
+        routes=fields.take("routes", routes, ()) or (),
+    )
+    fields.done()
+    return config
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """
+    A safe YAML loader that refuses a key given twice in one mapping, which
+    PyYAML would otherwise resolve silently to the last value.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:  # type: ignore[override]
+        seen: set[object] = set()
+        for keyNode, _ in node.value:
+            key = self.construct_object(keyNode, deep=deep)  # type: ignore[no-untyped-call]
+            try:
+                duplicate = key in seen
+            except TypeError:
+                duplicate = False
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", keyNode.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _StrictLoader.construct_mapping
+)
+
+
+def loadConfig(text: str | bytes) -> Config:
+    """
+    Parse the YAML text of a configuration file.
+
+    @raise ConfigError: for YAML syntax errors (with line and column) and
+        for everything L{parseConfig} refuses.
+    """
+    try:
+        document = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (safe loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError("", f"invalid YAML: {where}{problem}") from None
+    if document is None:
+        raise ConfigError("", "the file is empty")
+    return parseConfig(document)

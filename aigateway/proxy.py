@@ -1,0 +1,391 @@
+"""
+The streaming relay: the last resource of a route's chain.
+
+A client request becomes one upstream request through a shared
+L{twisted.web.iweb.IAgent}; the upstream body is handed to the client chunk
+by chunk as it arrives, with the upstream connection registered as the
+client's push producer, so a slow client pauses the upstream read and a
+client that goes away stops it.  Nothing is buffered on the way back.
+
+Failures before the response starts are answered in the OpenAI error
+envelope (502 unreachable or broken, 504 timeout); after it started, a
+stream is ended with an SSE C{error} event and an aborted connection, never
+with a clean end that would look like success.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import (
+    ConnectError,
+    ConnectionLost,
+    ConnectionRefusedError,
+    DNSLookupError,
+    TimeoutError as ConnectTimeoutError,
+)
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
+
+from aigateway.config import Route
+from aigateway.credentials import Credential
+from aigateway.errors import errorBody, writeError
+from aigateway.providers.openai import OpenAIProvider, ProviderError, UpstreamCall
+
+__all__ = ["ProxyResource", "downstreamHeaders", "upstreamHeaders"]
+
+log = Logger()
+
+# RFC 9110 7.6.1 hop-by-hop fields, and the older ones proxies still see.
+HOP_BY_HOP = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    ]
+)
+# Request fields the gateway sets itself rather than forwarding.
+_REPLACED_UPSTREAM = frozenset(
+    [b"host", b"content-length", b"authorization", b"accept-encoding", b"x-forwarded-proto", b"x-forwarded-host"]
+)
+
+
+def _named(headers: Headers) -> frozenset[bytes]:
+    """
+    The fields that C{Connection} names: hop-by-hop for this message only.
+    """
+    named = set()
+    for value in headers.getRawHeaders(b"connection", ()):
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token:
+                named.add(token)
+    return frozenset(named)
+
+
+def upstreamHeaders(
+    incoming: Headers,
+    credential: Credential,
+    clientAddress: str,
+    secure: bool,
+) -> Headers:
+    """
+    The headers to send upstream for a client request.
+
+    Hop-by-hop fields (and those named in C{Connection}) are dropped, the
+    caller's C{Authorization} is replaced by the backend's credential (unless
+    the backend passes the caller's through), C{Accept-Encoding} is dropped
+    so the gateway can read usage from the answer, and the C{X-Forwarded-*}
+    fields record where the request came from.
+    """
+    drop = HOP_BY_HOP | _REPLACED_UPSTREAM | _named(incoming)
+    out = Headers()
+    for name, values in incoming.getAllRawHeaders():
+        lower = name.lower()
+        if lower in drop:
+            continue
+        if lower == b"x-forwarded-for":
+            continue
+        out.setRawHeaders(name, values)
+    if credential.passthrough:
+        callerAuth = incoming.getRawHeaders(b"authorization")
+        if callerAuth:
+            out.setRawHeaders(b"authorization", callerAuth[-1:])
+    elif credential.header is not None:
+        out.setRawHeaders(b"authorization", [credential.header])
+    forwarded = b", ".join(incoming.getRawHeaders(b"x-forwarded-for", ()))
+    client = clientAddress.encode("ascii", "replace")
+    out.setRawHeaders(b"x-forwarded-for", [forwarded + b", " + client if forwarded else client])
+    out.setRawHeaders(b"x-forwarded-proto", [b"https" if secure else b"http"])
+    host = incoming.getRawHeaders(b"host")
+    if host:
+        out.setRawHeaders(b"x-forwarded-host", host[:1])
+    return out
+
+
+def downstreamHeaders(upstream: Headers) -> list[tuple[bytes, list[bytes]]]:
+    """
+    The upstream response's headers that may be passed to the client.
+    """
+    drop = HOP_BY_HOP | _named(upstream)
+    return [
+        (name, values)
+        for name, values in upstream.getAllRawHeaders()
+        if name.lower() not in drop
+    ]
+
+
+@implementer(IBodyProducer)
+class _BytesBody:
+    """
+    A request body already in memory, written in one go.
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def _streamError(message: str) -> bytes:
+    return b"event: error\ndata: " + errorBody(502, message, "upstream_stream_error") + b"\n\n"
+
+
+class _BodyRelay(Protocol):
+    """
+    Receives the upstream body and writes it to the client as it comes.
+    """
+
+    def __init__(self, relay: "_Relay") -> None:
+        self.relay = relay
+
+    def connectionMade(self) -> None:
+        self.relay.bodyStarted(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.relay.bodyData(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.relay.bodyEnded(reason)
+
+
+class _Relay:
+    """
+    One upstream exchange on behalf of one client request.
+
+    @ivar done: the client's side is over (finished, aborted or gone); once
+        set, nothing more is written to the client.
+    """
+
+    def __init__(
+        self,
+        request: Request,
+        agent: IAgent,
+        clock: IReactorTime,
+        timeout: float | None,
+    ) -> None:
+        self.request = request
+        self.agent = agent
+        self.clock = clock
+        self.timeout = timeout
+        self.done = False
+        self.stream = False
+        self._pending: Optional[Deferred[IResponse]] = None
+        self._bodyTransport: Optional[IPushProducer] = None
+        self._deadline: Optional[IDelayedCall] = None
+
+    def start(self, url: bytes, call: UpstreamCall, headers: Headers) -> None:
+        self.request.notifyFinish().addBoth(self._clientDone)
+        body = _BytesBody(call.body) if call.body or call.method in (b"POST", b"PUT", b"PATCH") else None
+        if self.timeout is not None:
+            self._deadline = self.clock.callLater(self.timeout, self._timedOut)
+        self._pending = self.agent.request(call.method, url, headers, body)
+        self._pending.addCallbacks(self._gotResponse, self._failed)
+        self._pending.addErrback(self._bug)
+
+    def _bug(self, failure: Failure) -> None:
+        log.failure("relaying {uri}", failure, uri=self.request.uri)
+        if not self.done:
+            self._fail(502, "the gateway failed while relaying the answer", "gateway_error")
+
+    def _clientDone(self, result: object) -> None:
+        """
+        The client's request is over: normally, or because it went away.
+        """
+        self.done = True
+        self._cancelDeadline()
+        if isinstance(result, Failure):
+            self._stopUpstream()
+
+    def _stopUpstream(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.cancel()
+        elif self._bodyTransport is not None:
+            transport, self._bodyTransport = self._bodyTransport, None
+            transport.stopProducing()
+
+    def _cancelDeadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _timedOut(self) -> None:
+        self._deadline = None
+        message = f"the upstream did not answer within the route's timeout of {self.timeout:g}s"
+        if self._pending is not None:
+            self._fail(504, message, "upstream_timeout")
+            self._stopUpstream()
+        elif not self.done:
+            self._breakStream(message)
+
+    def _fail(self, status: int, message: str, code: str) -> None:
+        if self.done:
+            return
+        request = self.request
+        body = writeError(request, status, message, code)
+        request.setHeader(b"content-length", b"%d" % (len(body),))
+        request.write(body)
+        request.finish()
+
+    def _failed(self, failure: Failure) -> None:
+        self._pending = None
+        if self.done:
+            return
+        if failure.check(ConnectionRefusedError, DNSLookupError, ConnectTimeoutError, ConnectError):
+            self._fail(502, "cannot connect to the upstream", "upstream_unreachable")
+        elif failure.check(ResponseFailed, ConnectionLost, CancelledError):
+            self._fail(502, "the upstream closed the connection before answering", "upstream_reset")
+        else:
+            log.failure("upstream request for {uri}", failure, uri=self.request.uri)
+            self._fail(502, "the upstream request failed", "upstream_error")
+
+    def _gotResponse(self, response: IResponse) -> None:
+        self._pending = None
+        request = self.request
+        if self.done:
+            response.deliverBody(_BodyRelay(self))
+            return
+        request.setResponseCode(response.code, response.phrase)
+        headers = request.responseHeaders
+        for name, values in downstreamHeaders(response.headers):
+            headers.setRawHeaders(name, values)
+        contentType = response.headers.getRawHeaders(b"content-type", [b""])[0]
+        if contentType.startswith(b"text/event-stream"):
+            self.stream = True
+            headers.setRawHeaders(b"x-accel-buffering", [b"no"])
+        response.deliverBody(_BodyRelay(self))
+
+    def bodyStarted(self, transport: IPushProducer) -> None:
+        if self.done:
+            transport.stopProducing()
+            return
+        self._bodyTransport = transport
+        self.request.registerProducer(transport, True)
+
+    def bodyData(self, data: bytes) -> None:
+        if not self.done:
+            self.request.write(data)
+
+    def bodyEnded(self, reason: Failure) -> None:
+        self._bodyTransport = None
+        if self.done:
+            return
+        self.request.unregisterProducer()
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.request.finish()
+        else:
+            self._breakStream("the upstream connection broke before the answer was complete")
+
+    def _breakStream(self, message: str) -> None:
+        """
+        End a response that has started in a way no client takes for success.
+        """
+        request = self.request
+        if self._bodyTransport is not None:
+            request.unregisterProducer()
+            self._stopUpstream()
+        if self.stream:
+            request.write(_streamError(message))
+        self.done = True
+        self._cancelDeadline()
+        transport = request.channel.transport if request.channel is not None else None
+        if transport is not None:
+            transport.abortConnection()
+
+
+class ProxyResource(Resource):
+    """
+    Sends the request to the route's backend and relays the answer.
+
+    Everything that does not depend on the request (the provider, the
+    credential, the prefix) is fixed when the route table is built.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        route: Route,
+        provider: OpenAIProvider,
+        credential: Credential,
+        agent: IAgent,
+        clock: IReactorTime,
+    ) -> None:
+        super().__init__()
+        self.route = route
+        self.provider = provider
+        self.credential = credential
+        self.agent = agent
+        self.clock = clock
+        prefix = route.match.pathPrefix
+        self._prefixLength = len(prefix.rstrip("/").encode("utf-8")) if prefix else None
+
+    def render(self, request: Request) -> bytes | int:
+        if self.credential.problem is not None:
+            return writeError(
+                request,
+                503,
+                f"backend '{self.route.backend.name}' has no credential: {self.credential.problem}",
+                "backend_credential_missing",
+            )
+        content = request.content
+        content.seek(0, 2)
+        size = content.tell()
+        if size > self.route.maxRequestBody:
+            return writeError(
+                request,
+                413,
+                f"the request body is {size} bytes; this route takes at most "
+                f"{self.route.maxRequestBody}",
+                "request_too_large",
+            )
+        content.seek(0)
+        body = content.read()
+        path = request.path
+        remainder = path[self._prefixLength:] if self._prefixLength is not None else b""
+        query = request.uri.partition(b"?")[2]
+        try:
+            call = self.provider.prepare(request.method, remainder, query, body)
+        except ProviderError as e:
+            return writeError(request, e.status, e.message, e.code)
+        headers = upstreamHeaders(
+            request.requestHeaders,
+            self.credential,
+            request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else "",
+            request.isSecure(),
+        )
+        if call.document is not None and not headers.hasHeader(b"content-type"):
+            headers.setRawHeaders(b"content-type", [b"application/json"])
+        relay = _Relay(request, self.agent, self.clock, self.route.timeout)
+        relay.start(self.provider.origin + call.path, call, headers)
+        return NOT_DONE_YET

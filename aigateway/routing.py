@@ -1,0 +1,107 @@
+"""
+The route table: the gateway's root resource.
+
+A request is matched on its path (an exact C{path} beats any C{pathPrefix};
+among prefixes the longest wins, always on a segment boundary), then
+narrowed by C{methods} and C{headers}.  Lookup costs one dictionary probe
+per segment of the request's path, however many routes there are.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+
+from aigateway.config import Match, Route
+from aigateway.errors import writeError
+
+__all__ = ["RouteTable", "hasDotSegment"]
+
+_Entry = tuple[Route, IResource]
+
+
+def _accepts(match: Match, request: IRequest) -> bool:
+    if match.methods is not None and request.method.decode("latin-1") not in match.methods:
+        return False
+    for name, value in match.headers:
+        if request.getHeader(name) != value:
+            return False
+    return True
+
+
+def hasDotSegment(path: bytes) -> bool:
+    """
+    Whether C{path} has a C{.} or C{..} segment, plainly or percent-encoded:
+    such paths could reach the provider as something the route did not
+    mean, so they are refused.
+    """
+    if b"." not in path and b"%" not in path:
+        return False
+    for segment in path.split(b"/"):
+        if segment.lower().replace(b"%2e", b".") in (b".", b".."):
+            return True
+    return False
+
+
+class RouteTable(Resource):
+    """
+    The root resource: finds the route for a request and lets that route's
+    resource chain render it.
+
+    @ivar routes: the routes in configuration order.
+    """
+
+    isLeaf = True
+
+    def __init__(self, entries: Sequence[_Entry]) -> None:
+        super().__init__()
+        self.routes = tuple(route for route, _ in entries)
+        self._exact: dict[bytes, list[_Entry]] = {}
+        self._prefix: dict[bytes, list[_Entry]] = {}
+        for route, resource in entries:
+            match = route.match
+            if match.path is not None:
+                self._exact.setdefault(match.path.encode("utf-8"), []).append(
+                    (route, resource)
+                )
+            else:
+                assert match.pathPrefix is not None
+                key = match.pathPrefix.rstrip("/").encode("utf-8")
+                self._prefix.setdefault(key, []).append((route, resource))
+
+    def find(self, request: IRequest) -> _Entry | None:
+        """
+        The route and resource that take C{request}, if any.
+        """
+        path = request.path
+        for route, resource in self._exact.get(path, ()):
+            if _accepts(route.match, request):
+                return route, resource
+        prefixes = self._prefix
+        if not prefixes:
+            return None
+        end = len(path)
+        while end >= 0:
+            for route, resource in prefixes.get(path[:end], ()):
+                if _accepts(route.match, request):
+                    return route, resource
+            if end == 0:
+                break
+            end = path.rfind(b"/", 0, end)
+        return None
+
+    def render(self, request: IRequest) -> bytes | int:
+        if hasDotSegment(request.path):
+            return writeError(request, 400, "the request path has '.' or '..' segments", "invalid_path")
+        found = self.find(request)
+        if found is None:
+            return writeError(
+                request,
+                404,
+                f"no route for {request.method.decode('latin-1')} "
+                f"{request.path.decode('latin-1')}",
+                "route_not_found",
+            )
+        return found[1].render(request)
