@@ -1,0 +1,302 @@
+"""
+Tests for L{aigateway.config}: the YAML contract and its error messages.
+"""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from aigateway.config import ConfigError, loadConfig, parseDuration, parseSize
+
+LAB = """
+listen: tcp:8080
+backends:
+  openai-all-models:
+    provider: openai
+    authToken:
+      env: OPENAI_API_KEY
+routes:
+  - name: openai
+    match:
+      pathPrefix: /openai
+    backend: openai-all-models
+    timeout: 120s
+"""
+
+
+class LoadTests(SynchronousTestCase):
+    """
+    Valid documents become frozen values with the documented defaults.
+    """
+
+    def test_lab(self) -> None:
+        """
+        The lab's route and backend load with their fields.
+        """
+        config = loadConfig(LAB)
+        self.assertEqual(config.listen, ("tcp:8080",))
+        backend = config.backends["openai-all-models"]
+        self.assertEqual(backend.url, "https://api.openai.com")
+        self.assertEqual(backend.authToken.describe(), "env: OPENAI_API_KEY")
+        route = config.routes[0]
+        self.assertEqual(route.name, "openai")
+        self.assertEqual(route.match.pathPrefix, "/openai")
+        self.assertIs(route.backend, backend)
+        self.assertEqual(route.timeout, 120.0)
+        self.assertEqual(route.maxRequestBody, 10 * 1024 * 1024)
+
+    def test_shippedConfig(self) -> None:
+        """
+        The configuration the project ships loads.
+        """
+        import os
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        with open(os.path.join(here, "..", "etc", "gateway.yaml"), "rb") as f:
+            config = loadConfig(f.read())
+        self.assertIn("local", config.backends)
+
+    def test_listenList(self) -> None:
+        """
+        C{listen} takes a list of endpoint strings.
+        """
+        config = loadConfig("listen: [tcp:8080, 'tcp:8443:interface=127.0.0.1']\n")
+        self.assertEqual(config.listen, ("tcp:8080", "tcp:8443:interface=127.0.0.1"))
+
+    def test_defaults(self) -> None:
+        """
+        A document with no routes listens on 8080 and serves nothing.
+        """
+        config = loadConfig("backends: {}\n")
+        self.assertEqual((config.listen, config.routes, config.admin), (("tcp:8080",), (), None))
+
+    def test_matchNarrowing(self) -> None:
+        """
+        C{methods} are upper-cased and C{headers} names lower-cased.
+        """
+        config = loadConfig(
+            LAB.replace(
+                "pathPrefix: /openai",
+                "path: /chat\n      methods: [post]\n      headers: {X-Team: dev}",
+            )
+        )
+        match = config.routes[0].match
+        self.assertEqual(match.path, "/chat")
+        self.assertEqual(match.methods, frozenset({"POST"}))
+        self.assertEqual(match.headers, (("x-team", "dev"),))
+
+    def test_secretRedacted(self) -> None:
+        """
+        An inline secret never shows in the value's repr or description.
+        """
+        config = loadConfig(LAB.replace("env: OPENAI_API_KEY", "value: sk-very-secret"))
+        ref = config.backends["openai-all-models"].authToken
+        self.assertNotIn("sk-very-secret", repr(ref))
+        self.assertNotIn("sk-very-secret", repr(config))
+        self.assertEqual(ref.describe(), "value: <redacted>")
+
+    def test_trailingSlashPrefix(self) -> None:
+        """
+        A prefix written with a trailing slash means the same prefix.
+        """
+        config = loadConfig(LAB.replace("pathPrefix: /openai", "pathPrefix: /openai/"))
+        self.assertEqual(config.routes[0].match.pathPrefix, "/openai")
+
+
+class ErrorTests(SynchronousTestCase):
+    """
+    Every mistake is reported with the path of the field that is wrong.
+    """
+
+    def assertProblem(self, text: str, expected: str) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig(text)
+        self.assertEqual(str(caught.exception), expected)
+
+    def test_danglingBackend(self) -> None:
+        """
+        A route naming a backend that does not exist, with a suggestion.
+        """
+        self.assertProblem(
+            LAB.replace("backend: openai-all-models", "backend: openai-all-model"),
+            "routes[0].backend: no backend named 'openai-all-model' "
+            "(did you mean 'openai-all-models'?)",
+        )
+
+    def test_unknownKey(self) -> None:
+        """
+        A misspelt key is refused, with the closest known key.
+        """
+        self.assertProblem(
+            LAB.replace("timeout: 120s", "timeuot: 120s"),
+            "routes[0].timeuot: unknown key (did you mean 'timeout'?)",
+        )
+
+    def test_unknownTopLevelKey(self) -> None:
+        """
+        An unknown top-level key is refused.
+        """
+        self.assertProblem(LAB + "bogus: 1\n", "bogus: unknown key")
+
+    def test_wrongType(self) -> None:
+        """
+        A list where a mapping belongs.
+        """
+        self.assertProblem("backends: []\n", "backends: must be a mapping of name to backend, not a list")
+
+    def test_badDuration(self) -> None:
+        """
+        A bare number is not a duration.
+        """
+        self.assertProblem(
+            LAB.replace("timeout: 120s", "timeout: 120"),
+            "routes[0].timeout: must be a duration like '250ms', '30s', '5m' or '1h', not 120",
+        )
+
+    def test_duplicateRoute(self) -> None:
+        """
+        Two routes with one name.
+        """
+        doubled = LAB + LAB[LAB.index("  - name"):]
+        self.assertProblem(
+            doubled, "routes[1].name: duplicate route name 'openai' (also routes[0])"
+        )
+
+    def test_duplicateYamlKey(self) -> None:
+        """
+        A key given twice in one mapping is an error, not last-one-wins.
+        """
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig("listen: tcp:1\nlisten: tcp:2\n")
+        self.assertIn("duplicate key 'listen'", str(caught.exception))
+        self.assertIn("line 2", str(caught.exception))
+
+    def test_badEndpoint(self) -> None:
+        """
+        An endpoint string Twisted cannot parse.
+        """
+        self.assertProblem("listen: tcp:eighty\n", "listen: invalid endpoint 'tcp:eighty': "
+                           "invalid literal for int() with base 10: 'eighty'")
+
+    def test_bareNumberEndpoint(self) -> None:
+        """
+        A bare port number gets a hint.
+        """
+        self.assertProblem("listen: '8080'\n", "listen: '8080' is not an endpoint (did you mean 'tcp:8080'?)")
+
+    def test_badListenItem(self) -> None:
+        """
+        The index of the bad endpoint in a list.
+        """
+        self.assertProblem("listen: [tcp:1, 'foo:2']\n",
+                           "listen[1]: invalid endpoint 'foo:2': Unknown endpoint type: 'foo'")
+
+    def test_unknownProvider(self) -> None:
+        """
+        Only known providers.
+        """
+        self.assertProblem(
+            LAB.replace("provider: openai", "provider: skynet"),
+            "backends.openai-all-models.provider: unknown provider 'skynet' (known: openai)",
+        )
+
+    def test_twoSecretSources(self) -> None:
+        """
+        C{authToken} takes exactly one source.
+        """
+        self.assertProblem(
+            LAB.replace("env: OPENAI_API_KEY", "env: OPENAI_API_KEY\n      value: x"),
+            "backends.openai-all-models.authToken: must have exactly one of env, file, value, passthrough",
+        )
+
+    def test_pathAndPrefix(self) -> None:
+        """
+        A match takes exactly one of C{path} and C{pathPrefix}.
+        """
+        self.assertProblem(
+            LAB.replace("pathPrefix: /openai", "pathPrefix: /openai\n      path: /x"),
+            "routes[0].match: must have exactly one of path, pathPrefix",
+        )
+
+    def test_relativePath(self) -> None:
+        """
+        Paths start with a slash.
+        """
+        self.assertProblem(
+            LAB.replace("pathPrefix: /openai", "pathPrefix: openai"),
+            "routes[0].match.pathPrefix: must start with '/', not 'openai'",
+        )
+
+    def test_badMethod(self) -> None:
+        """
+        Unknown HTTP methods are refused.
+        """
+        self.assertProblem(
+            LAB.replace("pathPrefix: /openai", "pathPrefix: /openai\n      methods: [FETCH]"),
+            "routes[0].match.methods[0]: unknown HTTP method 'FETCH'",
+        )
+
+    def test_badUrl(self) -> None:
+        """
+        A backend URL must be http or https.
+        """
+        self.assertProblem(
+            LAB.replace("provider: openai", "provider: openai\n    url: ftp://x"),
+            "backends.openai-all-models.url: must be an http:// or https:// URL, not 'ftp://x'",
+        )
+
+    def test_yamlSyntax(self) -> None:
+        """
+        YAML syntax errors give the line and column.
+        """
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig("routes: [\n")
+        self.assertIn("invalid YAML: line 2", str(caught.exception))
+
+    def test_empty(self) -> None:
+        """
+        An empty file is an error, not a gateway that serves nothing.
+        """
+        self.assertProblem("", "the file is empty")
+
+    def test_notMapping(self) -> None:
+        """
+        A document that is not a mapping.
+        """
+        self.assertProblem("- a\n", "must be a mapping, not a list")
+
+
+class ValueTests(SynchronousTestCase):
+    """
+    Durations and sizes.
+    """
+
+    def test_durations(self) -> None:
+        """
+        Units and compound durations.
+        """
+        self.assertEqual(
+            [parseDuration(d) for d in ("250ms", "30s", "5m", "1h", "1m30s", "1.5s")],
+            [0.25, 30.0, 300.0, 3600.0, 90.0, 1.5],
+        )
+
+    def test_badDurations(self) -> None:
+        """
+        Bare numbers, negative values and unknown units are refused.
+        """
+        for bad in (5, "5", "-1s", "5 minutes", "", None, "1d"):
+            self.assertRaises(ConfigError, parseDuration, bad, "x")
+
+    def test_sizes(self) -> None:
+        """
+        Bytes and binary and decimal units.
+        """
+        self.assertEqual(
+            [parseSize(s) for s in (1024, "512KiB", "10MiB", "1MB", "7")],
+            [1024, 524288, 10485760, 1000000, 7],
+        )
+
+    def test_badSizes(self) -> None:
+        """
+        Zero, negatives, booleans and nonsense are refused.
+        """
+        for bad in (0, -1, True, "10 parsecs", "", 1.5):
+            self.assertRaises(ConfigError, parseSize, bad, "x")

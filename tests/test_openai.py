@@ -1,0 +1,108 @@
+"""
+Tests for L{aigateway.providers.openai}: path mapping and body handling.
+"""
+
+import json
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from aigateway.config import Backend
+from aigateway.providers.openai import OpenAIProvider, ProviderError
+
+
+def _provider(url: str = "https://api.openai.com", model: str | None = None) -> OpenAIProvider:
+    return OpenAIProvider(Backend("b", "openai", url, model, None))
+
+
+CHAT = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+
+
+class PathTests(SynchronousTestCase):
+    """
+    The path after the route's prefix maps to OpenAI's API.
+    """
+
+    def test_barePrefix(self) -> None:
+        """
+        Nothing or C{/} after the prefix means chat completions.
+        """
+        provider = _provider()
+        self.assertEqual(provider.upstreamPath(b""), b"/v1/chat/completions")
+        self.assertEqual(provider.upstreamPath(b"/"), b"/v1/chat/completions")
+
+    def test_v1AsIs(self) -> None:
+        """
+        C{/v1/...} is forwarded as it is.
+        """
+        self.assertEqual(_provider().upstreamPath(b"/v1/models"), b"/v1/models")
+
+    def test_withoutV1(self) -> None:
+        """
+        Other paths get C{/v1} in front, for SDKs whose base URL is the prefix.
+        """
+        self.assertEqual(_provider().upstreamPath(b"/chat/completions"), b"/v1/chat/completions")
+        self.assertEqual(_provider().upstreamPath(b"/v1x"), b"/v1/v1x")
+
+    def test_basePath(self) -> None:
+        """
+        A backend URL with a path keeps it in front.
+        """
+        provider = _provider("http://127.0.0.1:8000/proxy/")
+        self.assertEqual(provider.origin, b"http://127.0.0.1:8000")
+        self.assertEqual(provider.upstreamPath(b""), b"/proxy/v1/chat/completions")
+        call = provider.prepare(b"POST", b"", b"", CHAT)
+        self.assertEqual(call.operation, "chat")
+
+    def test_query(self) -> None:
+        """
+        The query string is kept.
+        """
+        call = _provider().prepare(b"GET", b"/v1/models", b"limit=2", b"")
+        self.assertEqual(call.path, b"/v1/models?limit=2")
+
+
+class BodyTests(SynchronousTestCase):
+    """
+    JSON bodies of model endpoints.
+    """
+
+    def test_chat(self) -> None:
+        """
+        A chat request is passed unchanged, with what was asked noted.
+        """
+        call = _provider().prepare(b"POST", b"", b"", CHAT)
+        self.assertEqual(
+            (call.body, call.operation, call.requestModel, call.stream),
+            (CHAT, "chat", "gpt-4o-mini", False),
+        )
+
+    def test_stream(self) -> None:
+        """
+        C{stream: true} is noticed.
+        """
+        call = _provider().prepare(b"POST", b"/v1/chat/completions", b"", b'{"model":"m","stream":true}')
+        self.assertTrue(call.stream)
+
+    def test_modelOverride(self) -> None:
+        """
+        A backend's C{model} replaces the one asked for.
+        """
+        call = _provider(model="gpt-4o").prepare(b"POST", b"", b"", CHAT)
+        self.assertEqual(json.loads(call.body)["model"], "gpt-4o")
+        self.assertEqual(call.requestModel, "gpt-4o")
+
+    def test_badJson(self) -> None:
+        """
+        Invalid JSON on a chat endpoint is a 400.
+        """
+        for body in (b"{", b"", b"\xff", b"[1]", b'"x"'):
+            with self.assertRaises(ProviderError) as caught:
+                _provider().prepare(b"POST", b"", b"", body)
+            self.assertEqual(caught.exception.status, 400, body)
+
+    def test_otherEndpointsUntouched(self) -> None:
+        """
+        Endpoints that take no model are not parsed.
+        """
+        call = _provider().prepare(b"POST", b"/v1/files", b"", b"not json")
+        self.assertEqual((call.body, call.operation), (b"not json", None))
