@@ -9,7 +9,8 @@ client that goes away stops it.  Nothing is buffered on the way back.
 
 Failures before the response starts are answered in the OpenAI error
 envelope (502 unreachable or broken, 504 timeout); after it started, a
-stream is ended with an SSE C{error} event and an aborted connection, never
+stream is ended with an SSE C{error} event and a closed connection
+without the final chunk, never
 with a clean end that would look like success.
 """
 
@@ -41,6 +42,7 @@ from zope.interface import implementer
 from aigateway.config import Route
 from aigateway.credentials import Credential
 from aigateway.errors import errorBody, writeError
+from aigateway.guard import Identity
 from aigateway.providers.openai import OpenAIProvider, ProviderError, UpstreamCall
 
 __all__ = ["ProxyResource", "downstreamHeaders", "upstreamHeaders"]
@@ -208,9 +210,9 @@ class _Relay:
         body = _BytesBody(call.body) if call.body or call.method in (b"POST", b"PUT", b"PATCH") else None
         if self.timeout is not None:
             self._deadline = self.clock.callLater(self.timeout, self._timedOut)
-        self._pending = self.agent.request(call.method, url, headers, body)
-        self._pending.addCallbacks(self._gotResponse, self._failed)
-        self._pending.addErrback(self._bug)
+        self._pending = pending = self.agent.request(call.method, url, headers, body)
+        pending.addCallbacks(self._gotResponse, self._failed)
+        pending.addErrback(self._bug)
 
     def _bug(self, failure: Failure) -> None:
         log.failure("relaying {uri}", failure, uri=self.request.uri)
@@ -318,9 +320,12 @@ class _Relay:
             request.write(_streamError(message))
         self.done = True
         self._cancelDeadline()
+        # Close the connection once what was relayed (and the error event)
+        # is sent: without the last chunk, no client takes it for a
+        # complete answer.
         transport = request.channel.transport if request.channel is not None else None
         if transport is not None:
-            transport.abortConnection()
+            transport.loseConnection()
 
 
 class ProxyResource(Resource):
@@ -350,7 +355,21 @@ class ProxyResource(Resource):
         prefix = route.match.pathPrefix
         self._prefixLength = len(prefix.rstrip("/").encode("utf-8")) if prefix else None
 
+    def withIdentity(self, identity: Identity) -> "Resource":
+        """
+        This resource, for a caller the JWT guard has identified.
+        """
+        return _Identified(self, identity)
+
     def render(self, request: Request) -> bytes | int:
+        return self.renderFor(request, None)
+
+    def renderFor(self, request: Request, identity: Identity | None) -> bytes | int:
+        """
+        Relay C{request}; C{identity}, when the route is guarded, says what
+        of the caller's token must be kept from the provider and which
+        claims go upstream as headers.
+        """
         if self.credential.problem is not None:
             return writeError(
                 request,
@@ -374,6 +393,8 @@ class ProxyResource(Resource):
         path = request.path
         remainder = path[self._prefixLength:] if self._prefixLength is not None else b""
         query = request.uri.partition(b"?")[2]
+        if identity is not None:
+            query = identity.location.upstreamQuery(query)
         try:
             call = self.provider.prepare(request.method, remainder, query, body)
         except ProviderError as e:
@@ -381,11 +402,46 @@ class ProxyResource(Resource):
         headers = upstreamHeaders(
             request.requestHeaders,
             self.credential,
-            request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else "",
+            getattr(request.getClientAddress(), "host", ""),
             request.isSecure(),
         )
+        if identity is not None:
+            _applyIdentity(headers, identity)
         if call.document is not None and not headers.hasHeader(b"content-type"):
             headers.setRawHeaders(b"content-type", [b"application/json"])
         relay = _Relay(request, self.agent, self.clock, self.route.timeout)
         relay.start(self.provider.origin + call.path, call, headers)
         return NOT_DONE_YET
+
+
+def _applyIdentity(headers: Headers, identity: Identity) -> None:
+    """
+    Keep the caller's token from the provider and add the claim headers.
+    """
+    location = identity.location
+    for name in location.dropHeaders:
+        headers.removeHeader(name)
+    cookies = headers.getRawHeaders(b"cookie")
+    if cookies is not None and location.source.cookie is not None:
+        kept = location.upstreamCookie(b"; ".join(cookies))
+        if kept is None:
+            headers.removeHeader(b"cookie")
+        else:
+            headers.setRawHeaders(b"cookie", [kept])
+    for name, value in identity.addHeaders:
+        headers.setRawHeaders(name, [value])
+
+
+class _Identified(Resource):
+    """
+    A route's proxy as seen by one identified caller.
+    """
+
+    isLeaf = True
+
+    def __init__(self, proxy: ProxyResource, identity: Identity) -> None:
+        self.proxy = proxy
+        self.identity = identity
+
+    def render(self, request: Request) -> bytes | int:
+        return self.proxy.renderFor(request, self.identity)

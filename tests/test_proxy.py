@@ -1,0 +1,301 @@
+"""
+Tests for L{aigateway.proxy}: the relay, in memory.
+
+Two kinds of upstream: the real fake LLM resource behind treq's
+C{RequestTraversalAgent} (for what a client sees end to end), and an agent
+whose responses the test writes by hand, byte by byte, behind a gateway
+whose client side is a real C{HTTPChannel} on a C{StringTransport} (for
+streaming, backpressure, disconnects and timeouts).
+"""
+
+from __future__ import annotations
+
+import json
+
+from treq import collect
+from treq.testing import RequestTraversalAgent, StubTreq
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web._newclient import Response, ResponseFailed, TransportProxyProducer
+from twisted.web.client import ResponseDone
+from twisted.web.http_headers import Headers
+
+from aigateway.config import loadConfig
+from aigateway.fakellm import FakeLLM
+from aigateway.service import GatewaySite, buildRouteTable
+
+KEY = "sk-upstream-secret"
+CONFIG = f"""
+backends:
+  local:
+    provider: openai
+    url: http://127.0.0.1:9000
+    authToken: {{value: {KEY}}}
+  pinned:
+    provider: openai
+    url: http://127.0.0.1:9000
+    model: gpt-pinned
+    authToken: {{value: {KEY}}}
+routes:
+  - {{name: local, match: {{pathPrefix: /local}}, backend: local, timeout: 30s}}
+  - {{name: pinned, match: {{pathPrefix: /pinned}}, backend: pinned}}
+  - {{name: small, match: {{pathPrefix: /small}}, backend: local, maxRequestBody: 100}}
+"""
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Whats your favorite poem?"}]}
+
+
+class _Gateway:
+    """
+    The gateway in memory in front of the fake LLM resource.
+    """
+
+    def __init__(self, config: str = CONFIG) -> None:
+        self.clock = Clock()
+        self.fakellm = FakeLLM(self.clock, key=KEY)
+        self.upstream = RequestTraversalAgent(self.fakellm)
+        root = buildRouteTable(loadConfig(config), self.upstream, self.clock, {})
+        self.client = StubTreq(root)
+
+    def pump(self) -> None:
+        for _ in range(5):
+            self.upstream.flush()
+            self.client.flush()
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.pump()
+
+
+class RelayTests(SynchronousTestCase):
+    """
+    What a client sees through the gateway, and what the provider sees.
+    """
+
+    def setUp(self) -> None:
+        self.gateway = _Gateway()
+
+    def post(self, path: str, body: object, headers: dict | None = None):
+        d = self.gateway.client.post(
+            "http://gw" + path,
+            json.dumps(body).encode() if not isinstance(body, bytes) else body,
+            headers=dict({"content-type": "application/json"}, **(headers or {})),
+            unbuffered=True,
+        )
+        self.gateway.pump()
+        return self.successResultOf(d)
+
+    def test_chat(self) -> None:
+        """
+        C{POST /local} is a chat completion; upstream saw
+        C{/v1/chat/completions} with the backend's key, not the caller's.
+        """
+        response = self.post("/local", CHAT, {"authorization": "Bearer caller-token"})
+        self.assertEqual(response.code, 200)
+        document = self.successResultOf(response.json())
+        self.assertEqual(document["object"], "chat.completion")
+        seen = self.gateway.fakellm.requests[-1]
+        self.assertEqual(seen.path, "/v1/chat/completions")
+        self.assertEqual(seen.headers["authorization"], f"Bearer {KEY}")
+        self.assertEqual(seen.headers["host"], "127.0.0.1:9000")
+        self.assertEqual(seen.headers["x-forwarded-for"], "127.0.0.1")
+        self.assertEqual(json.loads(seen.body), CHAT)
+
+    def test_modelOverride(self) -> None:
+        """
+        A backend's C{model} is what the provider is asked for.
+        """
+        response = self.post("/pinned/v1/chat/completions", CHAT)
+        self.assertEqual(self.successResultOf(response.json())["model"], "gpt-pinned")
+        self.assertEqual(json.loads(self.gateway.fakellm.requests[-1].body)["model"], "gpt-pinned")
+
+    def test_upstreamStatusPassedThrough(self) -> None:
+        """
+        An error status from the provider reaches the client with its body.
+        """
+        response = self.post("/local", CHAT, {"x-fakellm-status": "429"})
+        self.assertEqual(response.code, 429)
+        self.assertIn("error", self.successResultOf(response.json()))
+        self.assertEqual(response.headers.getRawHeaders("retry-after"), ["1"])
+
+    def test_tooLarge(self) -> None:
+        """
+        A body over the route's limit is a 413 and never goes upstream.
+        """
+        response = self.post("/small", dict(CHAT, padding="x" * 200))
+        self.assertEqual(response.code, 413)
+        self.assertEqual(self.successResultOf(response.json())["error"]["code"], "request_too_large")
+        self.assertEqual(len(self.gateway.fakellm.requests), 0)
+
+    def test_badJson(self) -> None:
+        """
+        Invalid JSON is a 400 and never goes upstream.
+        """
+        response = self.post("/local", b"{not json")
+        self.assertEqual(response.code, 400)
+        self.assertEqual(len(self.gateway.fakellm.requests), 0)
+
+    def test_firstChunkBeforeUpstreamFinished(self) -> None:
+        """
+        With 20 ms between chunks, the first chunks reach the client while
+        the provider is still writing the rest.
+        """
+        response = self.post(
+            "/local", dict(CHAT, stream=True), {"x-fakellm-chunks": "5", "x-fakellm-gap": "20"}
+        )
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders("x-accel-buffering"), ["no"])
+        received: list[bytes] = []
+        finished = collect(response, received.append)
+        self.gateway.pump()
+        self.assertTrue(received, "no chunk arrived before the upstream finished")
+        self.assertNoResult(finished)
+        self.assertNotIn(b"[DONE]", b"".join(received))
+        for _ in range(10):
+            self.gateway.advance(0.02)
+        self.successResultOf(finished)
+        self.assertTrue(b"".join(received).endswith(b"data: [DONE]\n\n"))
+
+
+class _Upstream:
+    """
+    An agent whose answers the test writes by hand.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[bytes, bytes, Headers]] = []
+        self.pending: list[Deferred] = []
+        self.cancelled = 0
+        self.transport = StringTransport()
+
+    def request(self, method, uri, headers=None, bodyProducer=None):
+        self.calls.append((method, uri, headers))
+
+        def cancel(d: Deferred) -> None:
+            self.cancelled += 1
+            d.errback(Failure(ResponseFailed([Failure(ConnectionDone())])))
+
+        d: Deferred = Deferred(cancel)
+        self.pending.append(d)
+        return d
+
+    def respond(self, contentType: bytes = b"text/event-stream", code: int = 200) -> Response:
+        response = Response(
+            (b"HTTP", 1, 1), code, b"OK", Headers({b"content-type": [contentType]}),
+            TransportProxyProducer(self.transport),
+        )
+        self.pending.pop(0).callback(response)
+        return response
+
+
+class StreamTests(SynchronousTestCase):
+    """
+    The relay's behaviour on a real HTTP channel: streaming, backpressure,
+    disconnects, timeouts and broken upstreams.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.upstream = _Upstream()
+        config = loadConfig(CONFIG.replace("timeout: 30s", "timeout: 5s"))
+        site = GatewaySite(buildRouteTable(config, self.upstream, self.clock, {}))
+        address = IPv4Address("TCP", "127.0.0.1", 40000)
+        self.channel = site.buildProtocol(address)
+        self.client = StringTransport(peerAddress=address)
+        self.channel.makeConnection(self.client)
+        body = json.dumps(dict(CHAT, stream=True)).encode()
+        self.channel.dataReceived(
+            b"POST /local HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+
+    def test_chunksRelayedAsTheyCome(self) -> None:
+        """
+        Each upstream chunk is written to the client when it arrives.
+        """
+        response = self.upstream.respond()
+        response._bodyDataReceived(b"data: one\n\n")
+        self.assertIn(b"data: one\n\n", self.client.value())
+        self.assertNotIn(b"data: two", self.client.value())
+        response._bodyDataReceived(b"data: two\n\n")
+        self.assertIn(b"data: two\n\n", self.client.value())
+        response._bodyDataFinished(Failure(ResponseDone()))
+        self.assertTrue(self.client.value().endswith(b"0\r\n\r\n"))
+        self.assertFalse(self.client.disconnecting)
+
+    def test_backpressure(self) -> None:
+        """
+        A client whose socket is full pauses the upstream read; draining it
+        resumes the read.
+        """
+        response = self.upstream.respond()
+        response._bodyDataReceived(b"data: one\n\n")
+        self.client.producer.pauseProducing()
+        self.assertEqual(self.upstream.transport.producerState, "paused")
+        self.client.producer.resumeProducing()
+        self.assertEqual(self.upstream.transport.producerState, "producing")
+
+    def test_disconnectCancelsUpstreamBody(self) -> None:
+        """
+        A client that goes away mid-stream stops the upstream transfer.
+        """
+        response = self.upstream.respond()
+        response._bodyDataReceived(b"data: one\n\n")
+        self.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.upstream.transport.producerState, "stopped")
+
+    def test_disconnectCancelsUpstreamRequest(self) -> None:
+        """
+        A client that goes away before the answer starts cancels the
+        upstream request.
+        """
+        self.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.upstream.cancelled, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_timeoutBeforeHeaders(self) -> None:
+        """
+        No answer within the route's timeout is a 504, and the upstream
+        request is cancelled.
+        """
+        self.clock.advance(5)
+        self.assertIn(b"HTTP/1.1 504 ", self.client.value())
+        self.assertIn(b"upstream_timeout", self.client.value())
+        self.assertEqual(self.upstream.cancelled, 1)
+
+    def test_timeoutMidStream(self) -> None:
+        """
+        A stream still going when the timeout runs out ends with an error
+        event and a connection closed without the final chunk.
+        """
+        response = self.upstream.respond()
+        response._bodyDataReceived(b"data: one\n\n")
+        self.clock.advance(5)
+        self.assertIn(b"event: error", self.client.value())
+        self.assertTrue(self.client.disconnecting)
+        self.assertEqual(self.upstream.transport.producerState, "stopped")
+
+    def test_brokenStream(self) -> None:
+        """
+        An upstream that breaks mid-stream ends the client's stream with an
+        error event and a closed connection, not a clean end.
+        """
+        response = self.upstream.respond()
+        response._bodyDataReceived(b"data: one\n\n")
+        response._bodyDataFinished(Failure(ResponseFailed([Failure(ConnectionDone())])))
+        value = self.client.value()
+        self.assertIn(b"event: error\ndata: {\"error\"", value)
+        self.assertFalse(value.endswith(b"0\r\n\r\n"))
+        self.assertTrue(self.client.disconnecting)
+
+    def test_refused(self) -> None:
+        """
+        A refused connection is a 502 in the OpenAI envelope.
+        """
+        self.upstream.pending.pop(0).errback(ConnectionRefusedError())
+        self.assertIn(b"HTTP/1.1 502 ", self.client.value())
+        self.assertIn(b"upstream_unreachable", self.client.value())
