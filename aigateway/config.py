@@ -21,6 +21,11 @@ from twisted.internet.endpoints import serverFromString
 
 __all__ = [
     "AdminConfig",
+    "JWKSSource",
+    "JWTPolicy",
+    "JWTProviderConfig",
+    "TokenSource",
+    "TracingConfig",
     "Backend",
     "Config",
     "ConfigError",
@@ -92,6 +97,8 @@ class Backend:
         path); the provider adds C{/v1/...}.
     @ivar model: when set, replaces the C{model} a client asked for.
     @ivar authToken: the credential sent upstream, or L{None} for none.
+    @ivar streamUsage: ask for usage on streams (C{stream_options.include_usage})
+        when the client did not, so token counts are known for every answer.
     """
 
     name: str
@@ -99,6 +106,7 @@ class Backend:
     url: str
     model: str | None
     authToken: SecretRef | None
+    streamUsage: bool = True
 
 
 @attrs.frozen
@@ -117,12 +125,73 @@ class Match:
 
 
 @attrs.frozen
+class JWKSSource:
+    """
+    Where a JWT provider's keys come from: exactly one of inline text
+    (C{local}), a file, or a remote JWKS URL.
+
+    @ivar keys: for C{local}, the keys parsed from the text.
+    """
+
+    kind: str
+    keys: tuple = ()
+    path: str | None = None
+    url: str | None = None
+    cacheDuration: float = 300.0
+
+
+@attrs.frozen
+class JWTProviderConfig:
+    """
+    One issuer the gateway accepts tokens from.
+
+    @ivar claimsToHeaders: pairs of (claim path, upstream header name).
+    """
+
+    name: str
+    issuer: str
+    audiences: tuple[str, ...]
+    jwks: JWKSSource
+    clockSkew: float = 60.0
+    requireExp: bool = False
+    maxLifetime: float | None = None
+    claimsToHeaders: tuple[tuple[str, str], ...] = ()
+
+
+@attrs.frozen
+class TokenSource:
+    """
+    Where the gateway looks for a token, in this order: a header (with an
+    optional value prefix such as C{Bearer }), a query parameter, a cookie.
+    """
+
+    header: str | None = "authorization"
+    prefix: str = "Bearer "
+    queryParam: str | None = None
+    cookie: str | None = None
+
+
+@attrs.frozen
+class JWTPolicy:
+    """
+    JWT authentication for a route: C{strict} requires a valid token,
+    C{optional} lets requests without one through, C{permissive} never
+    blocks.
+    """
+
+    mode: str
+    providers: tuple[JWTProviderConfig, ...]
+    tokenFrom: TokenSource = TokenSource()
+
+
+@attrs.frozen
 class Route:
     """
     One entry of the route table.
 
     @ivar timeout: seconds for the whole request, or L{None} for no limit.
     @ivar maxRequestBody: the largest request body accepted, in bytes.
+    @ivar jwt: the route's JWT policy, or L{None} when it has none.
     """
 
     name: str
@@ -130,6 +199,7 @@ class Route:
     backend: Backend
     timeout: float | None
     maxRequestBody: int
+    jwt: JWTPolicy | None = None
 
 
 @attrs.frozen
@@ -142,6 +212,26 @@ class AdminConfig:
 
 
 @attrs.frozen
+class TracingConfig:
+    """
+    Where traces go and what they hold.
+
+    @ivar otlpEndpoint: the OTLP/HTTP traces URL; without it (and without
+        the C{OTEL_EXPORTER_OTLP_*} variables) no spans are made.
+    @ivar captureContent: put prompts and answers on spans.
+    @ivar legacyAttributes: also write the older C{llm.*} and
+        C{gen_ai.prompt}/C{gen_ai.completion} names.
+    """
+
+    otlpEndpoint: str | None = None
+    otlpHeaders: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
+    sampleRatio: float = 1.0
+    captureContent: bool = False
+    legacyAttributes: bool = False
+    serviceName: str = "aigateway"
+
+
+@attrs.frozen
 class Config:
     """
     A whole, validated gateway configuration.
@@ -151,6 +241,8 @@ class Config:
     admin: AdminConfig | None
     backends: Mapping[str, Backend]
     routes: tuple[Route, ...]
+    jwt: JWTPolicy | None = None
+    tracing: TracingConfig = TracingConfig()
 
 
 class _Fields:
@@ -342,6 +434,7 @@ def _backend(name: str, value: object, path: str) -> Backend:
         url=fields.take("url", _url, PROVIDERS[kind]) or PROVIDERS[kind],
         model=fields.take("model", _string),
         authToken=fields.take("authToken", _secret),
+        streamUsage=fields.take("streamUsage", _boolean, True),  # type: ignore[arg-type]
     )
     fields.done()
     return backend
@@ -399,8 +492,25 @@ def _match(value: object, path: str) -> Match:
     return match
 
 
+def _routeJwt(gatewayPolicy: JWTPolicy | None) -> Callable[[object, str], JWTPolicy | None]:
+    def parse(value: object, path: str) -> JWTPolicy | None:
+        if value is False or value == "off":
+            return None
+        if value is True or value == "on":
+            if gatewayPolicy is None:
+                raise ConfigError(path, "there is no gateway-wide jwt policy to turn on")
+            return gatewayPolicy
+        return _jwtPolicy(value, path)
+
+    return parse
+
+
 def _route(
-    value: object, path: str, backends: Mapping[str, Backend], maxRequestBody: int
+    value: object,
+    path: str,
+    backends: Mapping[str, Backend],
+    maxRequestBody: int,
+    gatewayPolicy: JWTPolicy | None,
 ) -> Route:
     fields = _Fields(value, path)
     name = fields.take("name", _string, required=True)
@@ -418,6 +528,7 @@ def _route(
         timeout=fields.take("timeout", parseDuration),
         maxRequestBody=fields.take("maxRequestBody", parseSize, maxRequestBody)
         or maxRequestBody,
+        jwt=fields.take("jwt", _routeJwt(gatewayPolicy), gatewayPolicy),
     )
     fields.done()
     return route
@@ -428,6 +539,169 @@ def _admin(value: object, path: str) -> AdminConfig:
     admin = AdminConfig(listen=fields.take("listen", _endpoints, required=True) or ())
     fields.done()
     return admin
+
+
+JWT_MODES = ("strict", "optional", "permissive")
+
+
+def _stringList(value: object, path: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list):
+        raise ConfigError(path, f"must be a list of strings, not {_kind(value)}")
+    return tuple(_string(v, f"{path}[{i}]") for i, v in enumerate(value))
+
+
+def _jwks(value: object, path: str) -> JWKSSource:
+    from aigateway.keys import KeyLoadError, keysFromText
+
+    fields = _Fields(value, path)
+    given = [k for k in ("local", "file", "remote") if fields.has(k)]
+    if len(given) != 1:
+        raise ConfigError(path, "must have exactly one of local, file, remote")
+    kind = given[0]
+    if kind == "local":
+
+        def local(v: object, p: str) -> tuple:
+            inner = _Fields(v, p)
+            text = inner.take("key", _string, required=True)
+            inner.done()
+            try:
+                return keysFromText(text or "")
+            except KeyLoadError as e:
+                raise ConfigError(f"{p}.key", str(e)) from None
+
+        source = JWKSSource("local", keys=fields.take(kind, local) or ())
+    elif kind == "file":
+        source = JWKSSource("file", path=fields.take(kind, _string))
+    else:
+
+        def remote(v: object, p: str) -> JWKSSource:
+            inner = _Fields(v, p)
+            url = inner.take("url", _url, required=True)
+            cacheDuration = inner.take("cacheDuration", parseDuration, 300.0)
+            inner.done()
+            return JWKSSource("remote", url=url, cacheDuration=cacheDuration or 300.0)
+
+        source = fields.take(kind, remote)  # type: ignore[assignment]
+    fields.done()
+    assert source is not None
+    return source
+
+
+def _claimsToHeaders(value: object, path: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(path, "must be a mapping of claim to header name")
+    pairs = []
+    for claim, header in value.items():
+        claim = _string(claim, path)
+        header = _string(header, f"{path}.{claim}")
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", header):
+            raise ConfigError(f"{path}.{claim}", f"invalid header name {header!r}")
+        pairs.append((claim, header.lower()))
+    return tuple(pairs)
+
+
+def _jwtProvider(name: str, value: object, path: str) -> JWTProviderConfig:
+    fields = _Fields(value, path)
+    issuer = fields.take("issuer", _string, required=True)
+    audiences = fields.take("audiences", _stringList, ()) or ()
+    jwks = fields.take("jwks", _jwks, required=True)
+    assert issuer is not None and jwks is not None
+    provider = JWTProviderConfig(
+        name=name,
+        issuer=issuer,
+        audiences=audiences,
+        jwks=jwks,
+        clockSkew=fields.take("clockSkew", parseDuration, 60.0),  # type: ignore[arg-type]
+        requireExp=fields.take("requireExp", _boolean, False),  # type: ignore[arg-type]
+        maxLifetime=fields.take("maxLifetime", parseDuration),
+        claimsToHeaders=fields.take("claimsToHeaders", _claimsToHeaders, ()) or (),
+    )
+    fields.done()
+    return provider
+
+
+def _tokenSource(value: object, path: str) -> TokenSource:
+    fields = _Fields(value, path)
+
+    def header(v: object, p: str) -> tuple[str, str]:
+        inner = _Fields(v, p)
+        name = inner.take("name", _string, required=True)
+        prefix = inner.take("prefix", lambda x, q: x if isinstance(x, str) else _string(x, q), "")
+        inner.done()
+        assert name is not None and prefix is not None
+        return name.lower(), prefix
+
+    named = fields.take("header", header)
+    source = TokenSource(
+        header=named[0] if named else None,
+        prefix=named[1] if named else "",
+        queryParam=fields.take("queryParam", _string),
+        cookie=fields.take("cookie", _string),
+    )
+    fields.done()
+    if source == TokenSource(header=None, prefix=""):
+        raise ConfigError(path, "must name at least one of header, queryParam, cookie")
+    return source
+
+
+def _jwtPolicy(value: object, path: str) -> JWTPolicy:
+    fields = _Fields(value, path)
+
+    def mode(v: object, p: str) -> str:
+        v = _string(v, p)
+        if v not in JWT_MODES:
+            raise ConfigError(p, f"must be one of {', '.join(JWT_MODES)}, not {v!r}")
+        return v
+
+    def providers(v: object, p: str) -> tuple[JWTProviderConfig, ...]:
+        if not isinstance(v, dict) or not v:
+            raise ConfigError(p, "must be a mapping of provider name to provider")
+        return tuple(_jwtProvider(str(n), pv, f"{p}.{n}") for n, pv in v.items())
+
+    policy = JWTPolicy(
+        mode=fields.take("mode", mode, "strict") or "strict",
+        providers=fields.take("providers", providers, required=True) or (),
+        tokenFrom=fields.take("tokenFrom", _tokenSource, TokenSource()) or TokenSource(),
+    )
+    fields.done()
+    return policy
+
+
+def _tracing(value: object, path: str) -> TracingConfig:
+    fields = _Fields(value, path)
+
+    def otlp(v: object, p: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+        inner = _Fields(v, p)
+        endpoint = inner.take("endpoint", _url, required=True)
+
+        def headers(h: object, q: str) -> tuple[tuple[str, str], ...]:
+            if not isinstance(h, dict):
+                raise ConfigError(q, "must be a mapping of header name to value")
+            return tuple((str(k), _string(x, f"{q}.{k}")) for k, x in h.items())
+
+        extra = inner.take("headers", headers, ()) or ()
+        inner.done()
+        assert endpoint is not None
+        return endpoint, extra
+
+    def ratio(v: object, p: str) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise ConfigError(p, f"must be a number from 0 to 1, not {v!r}")
+        return float(v)
+
+    endpoint, headers = fields.take("otlp", otlp) or (None, ())
+    config = TracingConfig(
+        otlpEndpoint=endpoint,
+        otlpHeaders=headers,
+        sampleRatio=fields.take("sampleRatio", ratio, 1.0),  # type: ignore[arg-type]
+        captureContent=fields.take("captureContent", _boolean, False),  # type: ignore[arg-type]
+        legacyAttributes=fields.take("legacyAttributes", _boolean, False),  # type: ignore[arg-type]
+        serviceName=fields.take("serviceName", _string, "aigateway"),  # type: ignore[arg-type]
+    )
+    fields.done()
+    return config
 
 
 def parseConfig(document: object) -> Config:
@@ -441,6 +715,7 @@ def parseConfig(document: object) -> Config:
     admin = fields.take("admin", _admin)
     maxRequestBody = fields.take("maxRequestBody", parseSize, DEFAULT_MAX_REQUEST_BODY)
     assert maxRequestBody is not None
+    gatewayPolicy = fields.take("jwt", _jwtPolicy)
 
     def backends(value: object, path: str) -> dict[str, Backend]:
         if not isinstance(value, dict):
@@ -457,7 +732,7 @@ def parseConfig(document: object) -> Config:
         parsed: list[Route] = []
         seen: dict[str, int] = {}
         for i, v in enumerate(value):
-            route = _route(v, f"{path}[{i}]", byName, maxRequestBody)
+            route = _route(v, f"{path}[{i}]", byName, maxRequestBody, gatewayPolicy)
             if route.name in seen:
                 raise ConfigError(
                     f"{path}[{i}].name",
@@ -472,6 +747,8 @@ def parseConfig(document: object) -> Config:
         admin=admin,
         backends=byName,
         routes=fields.take("routes", routes, ()) or (),
+        jwt=gatewayPolicy,
+        tracing=fields.take("tracing", _tracing, TracingConfig()) or TracingConfig(),
     )
     fields.done()
     return config

@@ -41,9 +41,11 @@ from zope.interface import implementer
 
 from aigateway.config import Route
 from aigateway.credentials import Credential
-from aigateway.errors import errorBody, writeError
+from aigateway.errors import errorBody
 from aigateway.guard import Identity
 from aigateway.providers.openai import OpenAIProvider, ProviderError, UpstreamCall
+from aigateway.telemetry import Exchange, Telemetry
+from aigateway.usage import AnswerObserver
 
 __all__ = ["ProxyResource", "downstreamHeaders", "upstreamHeaders"]
 
@@ -184,21 +186,25 @@ class _Relay:
     """
     One upstream exchange on behalf of one client request.
 
-    @ivar done: the client's side is over (finished, aborted or gone); once
+    @ivar done: the client's side is over (finished, closed or gone); once
         set, nothing more is written to the client.
     """
 
     def __init__(
         self,
         request: Request,
+        exchange: Exchange,
         agent: IAgent,
         clock: IReactorTime,
         timeout: float | None,
+        observer: AnswerObserver | None,
     ) -> None:
         self.request = request
+        self.exchange = exchange
         self.agent = agent
         self.clock = clock
         self.timeout = timeout
+        self.observer = observer
         self.done = False
         self.stream = False
         self._pending: Optional[Deferred[IResponse]] = None
@@ -243,6 +249,7 @@ class _Relay:
 
     def _timedOut(self) -> None:
         self._deadline = None
+        self.exchange.upstreamError = "timeout"
         message = f"the upstream did not answer within the route's timeout of {self.timeout:g}s"
         if self._pending is not None:
             self._fail(504, message, "upstream_timeout")
@@ -254,7 +261,7 @@ class _Relay:
         if self.done:
             return
         request = self.request
-        body = writeError(request, status, message, code)
+        body = self.exchange.refuse(request, status, message, code)
         request.setHeader(b"content-length", b"%d" % (len(body),))
         request.write(body)
         request.finish()
@@ -264,11 +271,14 @@ class _Relay:
         if self.done:
             return
         if failure.check(ConnectionRefusedError, DNSLookupError, ConnectTimeoutError, ConnectError):
+            self.exchange.upstreamError = "unreachable"
             self._fail(502, "cannot connect to the upstream", "upstream_unreachable")
         elif failure.check(ResponseFailed, ConnectionLost, CancelledError):
+            self.exchange.upstreamError = "reset"
             self._fail(502, "the upstream closed the connection before answering", "upstream_reset")
         else:
             log.failure("upstream request for {uri}", failure, uri=self.request.uri)
+            self.exchange.upstreamError = "failed"
             self._fail(502, "the upstream request failed", "upstream_error")
 
     def _gotResponse(self, response: IResponse) -> None:
@@ -277,6 +287,7 @@ class _Relay:
         if self.done:
             response.deliverBody(_BodyRelay(self))
             return
+        self.exchange.upstreamStatus = response.code
         request.setResponseCode(response.code, response.phrase)
         headers = request.responseHeaders
         for name, values in downstreamHeaders(response.headers):
@@ -285,6 +296,12 @@ class _Relay:
         if contentType.startswith(b"text/event-stream"):
             self.stream = True
             headers.setRawHeaders(b"x-accel-buffering", [b"no"])
+        if self.observer is not None and (
+            response.code >= 300 or self.stream != self.observer.stream
+        ):
+            # Only successful answers of the expected shape say anything
+            # about usage.
+            self.observer = None
         response.deliverBody(_BodyRelay(self))
 
     def bodyStarted(self, transport: IPushProducer) -> None:
@@ -295,8 +312,15 @@ class _Relay:
         self.request.registerProducer(transport, True)
 
     def bodyData(self, data: bytes) -> None:
-        if not self.done:
-            self.request.write(data)
+        if self.done:
+            return
+        exchange = self.exchange
+        if exchange.firstChunk is None:
+            exchange.firstChunk = self.clock.seconds()
+        exchange.bytesOut += len(data)
+        self.request.write(data)
+        if self.observer is not None:
+            self.observer.data(data)
 
     def bodyEnded(self, reason: Failure) -> None:
         self._bodyTransport = None
@@ -304,8 +328,11 @@ class _Relay:
             return
         self.request.unregisterProducer()
         if reason.check(ResponseDone, PotentialDataLoss):
+            if self.observer is not None:
+                self.observer.end()
             self.request.finish()
         else:
+            self.exchange.upstreamError = "stream_broken"
             self._breakStream("the upstream connection broke before the answer was complete")
 
     def _breakStream(self, message: str) -> None:
@@ -313,6 +340,7 @@ class _Relay:
         End a response that has started in a way no client takes for success.
         """
         request = self.request
+        self.exchange.reason = message
         if self._bodyTransport is not None:
             request.unregisterProducer()
             self._stopUpstream()
@@ -345,6 +373,7 @@ class ProxyResource(Resource):
         credential: Credential,
         agent: IAgent,
         clock: IReactorTime,
+        telemetry: Telemetry,
     ) -> None:
         super().__init__()
         self.route = route
@@ -352,26 +381,32 @@ class ProxyResource(Resource):
         self.credential = credential
         self.agent = agent
         self.clock = clock
+        self.telemetry = telemetry
+        self.capture = telemetry.config.captureContent
         prefix = route.match.pathPrefix
         self._prefixLength = len(prefix.rstrip("/").encode("utf-8")) if prefix else None
 
-    def withIdentity(self, identity: Identity) -> "Resource":
+    def withIdentity(self, identity: Identity) -> "_Identified":
         """
         This resource, for a caller the JWT guard has identified.
         """
         return _Identified(self, identity)
 
     def render(self, request: Request) -> bytes | int:
-        return self.renderFor(request, None)
+        return self.handle(request, Exchange.standalone(request))
 
-    def renderFor(self, request: Request, identity: Identity | None) -> bytes | int:
+    def handle(
+        self, request: Request, exchange: Exchange, identity: Identity | None = None
+    ) -> bytes | int:
         """
         Relay C{request}; C{identity}, when the route is guarded, says what
         of the caller's token must be kept from the provider and which
         claims go upstream as headers.
         """
+        provider = self.provider
+        exchange.provider = provider.name
         if self.credential.problem is not None:
-            return writeError(
+            return exchange.refuse(
                 request,
                 503,
                 f"backend '{self.route.backend.name}' has no credential: {self.credential.problem}",
@@ -379,9 +414,9 @@ class ProxyResource(Resource):
             )
         content = request.content
         content.seek(0, 2)
-        size = content.tell()
+        size = exchange.bytesIn = content.tell()
         if size > self.route.maxRequestBody:
-            return writeError(
+            return exchange.refuse(
                 request,
                 413,
                 f"the request body is {size} bytes; this route takes at most "
@@ -396,9 +431,9 @@ class ProxyResource(Resource):
         if identity is not None:
             query = identity.location.upstreamQuery(query)
         try:
-            call = self.provider.prepare(request.method, remainder, query, body)
+            call = provider.prepare(request.method, remainder, query, body)
         except ProviderError as e:
-            return writeError(request, e.status, e.message, e.code)
+            return exchange.refuse(request, e.status, e.message, e.code)
         headers = upstreamHeaders(
             request.requestHeaders,
             self.credential,
@@ -409,8 +444,22 @@ class ProxyResource(Resource):
             _applyIdentity(headers, identity)
         if call.document is not None and not headers.hasHeader(b"content-type"):
             headers.setRawHeaders(b"content-type", [b"application/json"])
-        relay = _Relay(request, self.agent, self.clock, self.route.timeout)
-        relay.start(self.provider.origin + call.path, call, headers)
+        observer = None
+        if call.operation is not None:
+            exchange.operation = call.operation
+            exchange.requestModel = call.requestModel
+            exchange.stream = call.stream
+            exchange.parameters = call.parameters
+            if self.capture and call.document is not None:
+                exchange.inputMessages = call.document.get("messages", call.document.get("input"))
+            observer = AnswerObserver(call.stream, self.capture)
+            exchange.answer = observer
+        exchange.serverAddress = provider.serverAddress
+        exchange.serverPort = provider.serverPort
+        for name, value in self.telemetry.upstreamHeaders(exchange):
+            headers.setRawHeaders(name, [value])
+        relay = _Relay(request, exchange, self.agent, self.clock, self.route.timeout, observer)
+        relay.start(provider.origin + call.path, call, headers)
         return NOT_DONE_YET
 
 
@@ -432,16 +481,14 @@ def _applyIdentity(headers: Headers, identity: Identity) -> None:
         headers.setRawHeaders(name, [value])
 
 
-class _Identified(Resource):
+class _Identified:
     """
     A route's proxy as seen by one identified caller.
     """
-
-    isLeaf = True
 
     def __init__(self, proxy: ProxyResource, identity: Identity) -> None:
         self.proxy = proxy
         self.identity = identity
 
-    def render(self, request: Request) -> bytes | int:
-        return self.proxy.renderFor(request, self.identity)
+    def handle(self, request: Request, exchange: Exchange) -> bytes | int:
+        return self.proxy.handle(request, exchange, self.identity)

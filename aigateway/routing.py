@@ -11,15 +11,31 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from typing import Protocol
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource, Resource
+from twisted.web.resource import Resource
 
 from aigateway.config import Match, Route
-from aigateway.errors import writeError
+from aigateway.telemetry import Exchange, Telemetry
 
-__all__ = ["RouteTable", "hasDotSegment"]
+__all__ = ["Handler", "RouteTable", "hasDotSegment"]
 
-_Entry = tuple[Route, IResource]
+
+class Handler(Protocol):
+    """
+    A route's resource chain, as the route table calls it: like
+    C{IResource.render}, with the request's L{Exchange} alongside.
+    """
+
+    def handle(self, request: IRequest, exchange: Exchange) -> bytes | int:
+        ...
+
+
+_Entry = tuple[Route, Handler]
+log = Logger()
 
 
 def _accepts(match: Match, request: IRequest) -> bool:
@@ -55,8 +71,9 @@ class RouteTable(Resource):
 
     isLeaf = True
 
-    def __init__(self, entries: Sequence[_Entry]) -> None:
+    def __init__(self, entries: Sequence[_Entry], telemetry: Telemetry) -> None:
         super().__init__()
+        self.telemetry = telemetry
         self.routes = tuple(route for route, _ in entries)
         self._exact: dict[bytes, list[_Entry]] = {}
         self._prefix: dict[bytes, list[_Entry]] = {}
@@ -93,15 +110,26 @@ class RouteTable(Resource):
         return None
 
     def render(self, request: IRequest) -> bytes | int:
+        exchange = self.telemetry.begin(request)
+        request.notifyFinish().addBoth(self._finished, request, exchange).addErrback(
+            lambda failure: log.failure("reporting {path}", failure, path=request.path)
+        )
         if hasDotSegment(request.path):
-            return writeError(request, 400, "the request path has '.' or '..' segments", "invalid_path")
+            return exchange.refuse(
+                request, 400, "the request path has '.' or '..' segments", "invalid_path"
+            )
         found = self.find(request)
         if found is None:
-            return writeError(
+            return exchange.refuse(
                 request,
                 404,
                 f"no route for {request.method.decode('latin-1')} "
-                f"{request.path.decode('latin-1')}",
+                f"{request.path[:200].decode('latin-1')}",
                 "route_not_found",
             )
-        return found[1].render(request)
+        route, handler = found
+        exchange.route = route.name
+        return handler.handle(request, exchange)
+
+    def _finished(self, result: object, request: IRequest, exchange: Exchange) -> None:
+        self.telemetry.finish(exchange, request.code, not isinstance(result, Failure))

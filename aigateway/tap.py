@@ -6,6 +6,7 @@ This is the one module that imports the global reactor.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import attrs
@@ -65,15 +66,25 @@ def readConfig(options: Options) -> Config:
 def makeService(options: Options) -> IService:
     """
     Load the configuration and build the gateway; a broken configuration is
-    reported on one line and the process exits with status 1.
+    reported on one line and the process exits with status 1.  Files the
+    configuration names by a relative path are found beside it.
     """
     from twisted.internet import reactor
 
     from aigateway.service import gatewayService
 
+    base = os.path.dirname(os.path.abspath(options["config"]))
+
+    def readFile(path: str) -> bytes:
+        with open(os.path.join(base, path), "rb") as f:
+            return f.read()
+
     try:
         config = readConfig(options)
+        try:
+            return gatewayService(config, reactor, readFile=readFile)
+        except ConfigError as e:
+            raise ConfigError(f"{options['config']}: {e.path}", e.problem) from None
     except ConfigError as e:
         sys.stderr.write(f"aigateway: {e}\n")
         raise SystemExit(1)
-    return gatewayService(config, reactor)

@@ -232,7 +232,9 @@ class TreqTests(TestCase):
         await treq.collect(response, chunks.append)
         text = b"".join(chunks)
         self.assertTrue(text.endswith(b"data: [DONE]\n\n"), text[-200:])
-        self.assertEqual(text.count(b"chat.completion.chunk"), 7)
+        # role, five words, finish, and the usage chunk the gateway asked for
+        self.assertEqual(text.count(b"chat.completion.chunk"), 8)
+        self.assertIn(b'"usage":{', text)
         self.assertGreater(len(chunks), 1)
 
     async def test_models(self) -> None:

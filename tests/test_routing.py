@@ -6,8 +6,11 @@ from treq.testing import StubTreq
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
-from aigateway.config import loadConfig
+from twisted.internet.task import Clock
+
+from aigateway.config import TracingConfig, loadConfig
 from aigateway.routing import RouteTable, hasDotSegment
+from aigateway.telemetry import Metrics, Telemetry
 
 
 class _Named(Resource):
@@ -17,7 +20,7 @@ class _Named(Resource):
         super().__init__()
         self.name = name
 
-    def render(self, request) -> bytes:
+    def handle(self, request, exchange) -> bytes:
         return self.name.encode("utf-8")
 
 
@@ -25,7 +28,8 @@ def _table(routes: str) -> RouteTable:
     config = loadConfig(
         "backends:\n  b: {provider: openai, url: 'http://127.0.0.1:1'}\nroutes:\n" + routes
     )
-    return RouteTable([(route, _Named(route.name)) for route in config.routes])
+    telemetry = Telemetry(TracingConfig(), Metrics(), Clock())
+    return RouteTable([(route, _Named(route.name)) for route in config.routes], telemetry)
 
 
 TABLE = """

@@ -8,8 +8,10 @@ Path mapping, after the route's prefix has been taken off:
   - anything else: C{/v1} is put in front (C{base_url} ending in C{/openai}).
 
 JSON bodies of the endpoints that take a C{model} are checked (bad JSON is a
-400 here, not a confusing answer from upstream) and, when the backend sets a
-C{model}, rewritten to ask for that model.
+400 here, not a confusing answer from upstream) and rewritten only where the
+backend says so: its C{model} replaces the one asked for, and a stream that
+did not ask for usage gets C{stream_options.include_usage} so that its token
+counts are known.
 """
 
 from __future__ import annotations
@@ -29,6 +31,22 @@ _JSON_ENDPOINTS = {
     b"/v1/embeddings": "embeddings",
     b"/v1/responses": "responses",
 }
+
+
+# Request parameters recorded on the upstream call's span, by the name the
+# GenAI semantic conventions give them.
+_PARAMETERS = {
+    "max_tokens": "gen_ai.request.max_tokens",
+    "max_completion_tokens": "gen_ai.request.max_tokens",
+    "max_output_tokens": "gen_ai.request.max_tokens",
+    "temperature": "gen_ai.request.temperature",
+    "top_p": "gen_ai.request.top_p",
+    "frequency_penalty": "gen_ai.request.frequency_penalty",
+    "presence_penalty": "gen_ai.request.presence_penalty",
+    "seed": "gen_ai.request.seed",
+    "n": "gen_ai.request.choice.count",
+}
+_STREAM_USAGE = ("chat", "text_completion")
 
 
 class ProviderError(Exception):
@@ -57,6 +75,7 @@ class UpstreamCall:
     @ivar requestModel: the model the upstream is asked for.
     @ivar stream: whether the client asked for a stream.
     @ivar document: the parsed JSON body, when there is one.
+    @ivar parameters: span attributes for the request parameters it sets.
     """
 
     method: bytes
@@ -66,6 +85,7 @@ class UpstreamCall:
     requestModel: str | None = None
     stream: bool = False
     document: dict | None = attrs.field(default=None, repr=False)
+    parameters: dict = attrs.Factory(dict)
 
 
 class OpenAIProvider:
@@ -120,16 +140,35 @@ class OpenAIProvider:
             raise ProviderError(400, "the request body is not valid JSON", "invalid_json") from None
         if not isinstance(document, dict):
             raise ProviderError(400, "the request body must be a JSON object", "invalid_json")
+        rewrite = False
         if self.backend.model is not None:
             document["model"] = self.backend.model
+            rewrite = True
+        stream = document.get("stream") is True
+        if stream and self.backend.streamUsage and operation in _STREAM_USAGE:
+            options = document.get("stream_options")
+            if not isinstance(options, dict):
+                document["stream_options"] = {"include_usage": True}
+                rewrite = True
+            elif options.get("include_usage") is not True:
+                options["include_usage"] = True
+                rewrite = True
+        if rewrite:
             body = json.dumps(document, separators=(",", ":")).encode("utf-8")
         model = document.get("model")
+        parameters = {
+            attribute: document[name]
+            for name, attribute in _PARAMETERS.items()
+            if isinstance(document.get(name), (int, float))
+            and not isinstance(document.get(name), bool)
+        }
         return UpstreamCall(
             method,
             fullPath,
             body,
             operation=operation,
             requestModel=model if isinstance(model, str) else None,
-            stream=document.get("stream") is True,
+            stream=stream,
             document=document,
+            parameters=parameters,
         )

@@ -1,0 +1,220 @@
+"""
+The JWT guard: a transparent resource in front of a route's chain.
+
+It finds the caller's token (a header, a query parameter or a cookie, as the
+policy says), verifies it with the route's L{Verifier}, and then either
+answers 401 itself or hands the request to the protected resource built for
+what it learned, an L{Identity}, the way cred hands over an avatar.  In every
+case the token is kept from the provider.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable, Mapping
+from urllib.parse import parse_qsl, urlencode
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+
+from aigateway.config import JWTPolicy, TokenSource
+from aigateway.jwt import JWTError, VerifiedToken, Verifier
+from aigateway.routing import Handler
+from aigateway.telemetry import Exchange
+
+__all__ = ["Identity", "JWTGuard", "TokenLocation", "claimHeaders"]
+
+_REALM = b'Bearer realm="aigateway"'
+
+
+@attrs.frozen
+class TokenLocation:
+    """
+    Where the policy reads tokens from, with what the upstream request must
+    lose so that no token reaches the provider.
+
+    @ivar dropHeaders: request headers removed before the upstream call: the
+        token's header and every header that C{claimsToHeaders} writes, so a
+        caller cannot forge them.
+    """
+
+    source: TokenSource
+    dropHeaders: frozenset[bytes]
+
+    def find(self, request: IRequest) -> str | None:
+        """
+        The token the request carries, or L{None}.
+        """
+        source = self.source
+        if source.header is not None:
+            value = request.getHeader(source.header)
+            if value is not None:
+                prefix = source.prefix
+                if not prefix:
+                    return value.strip()
+                if value[: len(prefix)].lower() == prefix.lower():
+                    return value[len(prefix):].strip()
+        if source.queryParam is not None and b"?" in request.uri:
+            for name, value in parse_qsl(request.uri.partition(b"?")[2].decode("latin-1")):
+                if name == source.queryParam:
+                    return value
+        if source.cookie is not None:
+            cookie = request.getCookie(source.cookie.encode("latin-1"))
+            if cookie is not None:
+                return cookie.decode("latin-1")
+        return None
+
+    def upstreamQuery(self, query: bytes) -> bytes:
+        """
+        C{query} without the token's parameter.
+        """
+        if self.source.queryParam is None or not query:
+            return query
+        kept = [
+            (n, v)
+            for n, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+            if n != self.source.queryParam
+        ]
+        return urlencode(kept).encode("latin-1")
+
+    def upstreamCookie(self, cookie: bytes) -> bytes | None:
+        """
+        A C{Cookie} header value without the token's cookie.
+        """
+        if self.source.cookie is None:
+            return cookie
+        name = self.source.cookie.encode("latin-1")
+        kept = [
+            part.strip()
+            for part in cookie.split(b";")
+            if part.strip() and part.strip().partition(b"=")[0] != name
+        ]
+        return b"; ".join(kept) or None
+
+
+@attrs.frozen
+class Identity:
+    """
+    What authentication learned about the caller.
+
+    @ivar token: the verified token, or L{None} for an anonymous caller
+        (a missing token under C{optional}, anything under C{permissive}).
+    @ivar addHeaders: headers to send upstream, from C{claimsToHeaders}.
+    """
+
+    location: TokenLocation
+    token: VerifiedToken | None = None
+    addHeaders: tuple[tuple[bytes, bytes], ...] = ()
+
+    @property
+    def subject(self) -> str | None:
+        return self.token.subject if self.token is not None else None
+
+
+def _claim(claims: Mapping[str, object], path: str) -> object:
+    value: object = claims
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def claimHeaders(
+    claims: Mapping[str, object], mapping: tuple[tuple[str, str], ...]
+) -> tuple[tuple[bytes, bytes], ...]:
+    """
+    The upstream headers C{claimsToHeaders} asks for: nested claims by
+    dotted path, strings as they are, anything else as JSON.  Claims that
+    are absent or cannot be sent as a header value are left out.
+    """
+    headers = []
+    for path, header in mapping:
+        value = _claim(claims, path)
+        if value is None:
+            continue
+        text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        try:
+            encoded = text.encode("ascii")
+        except UnicodeEncodeError:
+            encoded = json.dumps(text).encode("ascii")
+        if any(b < 0x20 or b == 0x7F for b in encoded):
+            continue
+        headers.append((header.encode("ascii"), encoded))
+    return tuple(headers)
+
+
+class JWTGuard(Resource):
+    """
+    Authenticates, then delegates to C{protected(identity)}.
+
+    @ivar protected: builds the resource that serves an authenticated (or,
+        where the mode allows, anonymous) caller.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        policy: JWTPolicy,
+        verifier: Verifier,
+        protected: Callable[[Identity], Handler],
+        clock: IReactorTime,
+    ) -> None:
+        super().__init__()
+        self.mode = policy.mode
+        self.verifier = verifier
+        self.protected = protected
+        self.clock = clock
+        self._claimsToHeaders = {p.name: p.claimsToHeaders for p in policy.providers}
+        drop = {h.encode("ascii") for p in policy.providers for _, h in p.claimsToHeaders}
+        if policy.tokenFrom.header is not None:
+            drop.add(policy.tokenFrom.header.encode("ascii"))
+        self.location = TokenLocation(policy.tokenFrom, frozenset(drop))
+        self._anonymous = Identity(self.location)
+
+    def render(self, request: IRequest) -> bytes | int:
+        return self.handle(request, Exchange.standalone(request))
+
+    def handle(self, request: IRequest, exchange: Exchange) -> bytes | int:
+        token = self.location.find(request)
+        if token is None:
+            if self.mode == "strict":
+                exchange.authFailure = "no bearer token found"
+                return exchange.refuse(
+                    request,
+                    401,
+                    "authentication failure: no bearer token found",
+                    "missing_token",
+                    [(b"www-authenticate", _REALM)],
+                )
+            return self.protected(self._anonymous).handle(request, exchange)
+        try:
+            verified = self.verifier.verify(token, self.clock.seconds())
+        except JWTError as e:
+            if self.mode == "permissive":
+                return self.protected(self._anonymous).handle(request, exchange)
+            exchange.authFailure = e.reason
+            description = e.reason.replace('"', "'").encode("ascii", "replace")
+            return exchange.refuse(
+                request,
+                401,
+                f"authentication failure: {e.reason}",
+                "invalid_token",
+                [
+                    (
+                        b"www-authenticate",
+                        _REALM + b', error="invalid_token", error_description="'
+                        + description + b'"',
+                    )
+                ],
+            )
+        exchange.subject = verified.subject
+        identity = Identity(
+            self.location,
+            verified,
+            claimHeaders(verified.claims, self._claimsToHeaders.get(verified.provider, ())),
+        )
+        return self.protected(identity).handle(request, exchange)

@@ -1,0 +1,410 @@
+"""
+What every request did, told three ways: OpenTelemetry spans (one SERVER
+span per request, one CLIENT span per upstream call, with the GenAI
+semantic conventions), Prometheus metrics, and one access log event.
+
+An L{Exchange} is the request's record.  The route table opens it, each
+resource of the chain adds what it learns (the route, who the caller is,
+why the gateway refused, what the provider answered), and L{Telemetry}
+reports it once the request is over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable, Mapping
+
+import attrs
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from aigateway.config import TracingConfig
+from aigateway.errors import writeError
+
+__all__ = ["Exchange", "Metrics", "Telemetry", "buildTracerProvider"]
+
+accessLog = Logger(namespace="aigateway.access")
+log = Logger()
+
+# Bucket boundaries from the GenAI semantic conventions.
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
+                 16777216, 67108864)
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
+                    40.96, 81.92)
+FIRST_CHUNK_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
+                       2.5, 5.0, 7.5, 10.0)
+
+_ERROR_TYPES = {
+    400: "invalid_request",
+    401: "authentication_failed",
+    403: "authorization_failed",
+    404: "route_not_found",
+    413: "request_too_large",
+    429: "rate_limited",
+    502: "upstream_error",
+    503: "backend_unavailable",
+    504: "timeout",
+}
+
+@attrs.define
+class Exchange:
+    """
+    The record of one request, filled in as it passes the chain.
+
+    @ivar reason: why the gateway refused or failed the request, in words.
+    @ivar errorCode: the short code of that reason.
+    """
+
+    started: float
+    method: str
+    path: str
+    route: str | None = None
+    status: int = 0
+    reason: str | None = None
+    errorCode: str | None = None
+    authFailure: str | None = None
+    subject: str | None = None
+    provider: str | None = None
+    operation: str | None = None
+    requestModel: str | None = None
+    stream: bool = False
+    parameters: dict[str, Any] = attrs.Factory(dict)
+    inputMessages: Any = None
+    upstreamStarted: float | None = None
+    upstreamStatus: int | None = None
+    upstreamError: str | None = None
+    firstChunk: float | None = None
+    serverAddress: str | None = None
+    serverPort: int | None = None
+    answer: Any = None
+    bytesIn: int = 0
+    bytesOut: int = 0
+    serverSpan: Any = None
+    clientSpan: Any = None
+
+    @classmethod
+    def standalone(cls, request: IRequest) -> "Exchange":
+        """
+        A record for a resource rendered outside the route table, which
+        nobody reports.
+        """
+        return cls(0.0, request.method.decode("latin-1"), request.path.decode("latin-1"))
+
+    def refuse(
+        self,
+        request: IRequest,
+        status: int,
+        message: str,
+        code: str | None = None,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+    ) -> bytes:
+        """
+        Answer with an error the gateway decided on, and remember why.
+        """
+        self.reason = message
+        self.errorCode = code
+        return writeError(request, status, message, code, headers)
+
+
+class Metrics:
+    """
+    The gateway's Prometheus metrics, in a registry of their own that
+    outlives configuration reloads.
+
+    Model names come from callers, so at most C{maxModels} distinct ones
+    become label values; the rest are counted as C{other}.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, maxModels: int = 100) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.maxModels = maxModels
+        self._models: set[str] = set()
+        r = self.registry
+        genai = ["gen_ai_provider_name", "gen_ai_request_model", "gen_ai_response_model", "route"]
+        self.tokens = Histogram(
+            "gen_ai_client_token_usage", "Tokens used per operation, by token type.",
+            ["gen_ai_token_type"] + genai, buckets=TOKEN_BUCKETS, registry=r,
+        )
+        self.duration = Histogram(
+            "gen_ai_client_operation_duration_seconds", "Duration of GenAI operations.",
+            genai + ["error_type"], buckets=DURATION_BUCKETS, registry=r,
+        )
+        self.firstChunk = Histogram(
+            "gen_ai_client_operation_time_to_first_chunk_seconds",
+            "Time from the upstream request to the first chunk of its answer.",
+            genai, buckets=FIRST_CHUNK_BUCKETS, registry=r,
+        )
+        self.requests = Counter(
+            "aigateway_requests", "Requests by route and status.", ["route", "status"], registry=r
+        )
+        self.authFailures = Counter(
+            "aigateway_auth_failures", "Authentication and authorization failures by reason.",
+            ["route", "reason"], registry=r,
+        )
+        self.upstreamErrors = Counter(
+            "aigateway_upstream_errors", "Upstream failures by kind.", ["route", "kind"], registry=r
+        )
+        self.inFlight = Gauge(
+            "aigateway_requests_in_flight", "Requests being served.", registry=r
+        )
+
+    def model(self, name: str | None) -> str:
+        """
+        A bounded label value for a model name.
+        """
+        if not name:
+            return ""
+        if name in self._models:
+            return name
+        if len(self._models) < self.maxModels:
+            self._models.add(name)
+            return name
+        return "other"
+
+
+def buildTracerProvider(config: TracingConfig, environ: Mapping[str, str] = os.environ) -> Any:
+    """
+    An OpenTelemetry tracer provider that exports over OTLP/HTTP in batches
+    (on the SDK's own thread, off the reactor), or L{None} when no endpoint
+    is configured, in which case no span is ever made.
+    """
+    endpoint = config.otlpEndpoint or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if endpoint is None and environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        endpoint = environ["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + "/v1/traces"
+    if endpoint is None:
+        return None
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": config.serviceName}),
+        sampler=ParentBased(TraceIdRatioBased(config.sampleRatio)),
+    )
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, headers=dict(config.otlpHeaders)),
+                           schedule_delay_millis=1000)
+    )
+    return provider
+
+
+class Telemetry:
+    """
+    Opens an L{Exchange} for each request and reports it when it is over.
+
+    @ivar tracer: the OpenTelemetry tracer, or L{None} when tracing is off.
+    """
+
+    def __init__(
+        self,
+        config: TracingConfig,
+        metrics: Metrics,
+        clock: IReactorTime,
+        tracerProvider: Any = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+        self.tracer = tracerProvider.get_tracer("aigateway") if tracerProvider is not None else None
+        if self.tracer is not None:
+            from opentelemetry.trace import SpanKind, set_span_in_context
+            from opentelemetry.trace.propagation.tracecontext import (
+                TraceContextTextMapPropagator,
+            )
+
+            self._propagator = TraceContextTextMapPropagator()
+            self._kinds = SpanKind
+            self._inContext = set_span_in_context
+
+    def begin(self, request: IRequest) -> Exchange:
+        """
+        Open the record of a request that has just arrived.
+        """
+        exchange = Exchange(
+            started=self.clock.seconds(),
+            method=request.method.decode("latin-1"),
+            path=request.path.decode("latin-1"),
+        )
+        self.metrics.inFlight.inc()
+        if self.tracer is not None:
+            carrier = {}
+            for name in (b"traceparent", b"tracestate"):
+                value = request.getHeader(name)
+                if value is not None:
+                    carrier[name.decode()] = value.decode("latin-1")
+            parent = self._propagator.extract(carrier) if carrier else None
+            address = request.getClientAddress()
+            attributes: dict[str, Any] = {
+                "http.request.method": exchange.method,
+                "url.path": exchange.path,
+                "client.address": getattr(address, "host", ""),
+            }
+            agent = request.getHeader(b"user-agent")
+            if agent is not None:
+                attributes["user_agent.original"] = agent.decode("latin-1")
+            exchange.serverSpan = self.tracer.start_span(
+                exchange.method, context=parent, kind=self._kinds.SERVER, attributes=attributes
+            )
+        return exchange
+
+    def upstreamHeaders(self, exchange: Exchange) -> list[tuple[bytes, bytes]]:
+        """
+        Open the CLIENT span of the upstream call and return the trace
+        context headers the upstream request carries.
+        """
+        exchange.upstreamStarted = self.clock.seconds()
+        if self.tracer is None or exchange.serverSpan is None:
+            return []
+        name = f"{exchange.operation} {exchange.requestModel}" if exchange.operation else exchange.method
+        attributes: dict[str, Any] = {
+            "gen_ai.provider.name": exchange.provider or "",
+            "server.address": exchange.serverAddress or "",
+        }
+        if exchange.serverPort is not None:
+            attributes["server.port"] = exchange.serverPort
+        if exchange.operation:
+            attributes["gen_ai.operation.name"] = exchange.operation
+        if exchange.requestModel:
+            attributes["gen_ai.request.model"] = exchange.requestModel
+            if self.config.legacyAttributes:
+                attributes["llm.request.model"] = exchange.requestModel
+        for key, value in exchange.parameters.items():
+            attributes[key] = value
+        if self.config.captureContent and exchange.inputMessages is not None:
+            messages = json.dumps(exchange.inputMessages, separators=(",", ":"))
+            attributes["gen_ai.input.messages"] = messages
+            if self.config.legacyAttributes:
+                attributes["gen_ai.prompt"] = messages
+        context = self._inContext(exchange.serverSpan)
+        exchange.clientSpan = self.tracer.start_span(
+            name, context=context, kind=self._kinds.CLIENT, attributes=attributes
+        )
+        carrier: dict[str, str] = {}
+        self._propagator.inject(carrier, context=self._inContext(exchange.clientSpan))
+        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in carrier.items()]
+
+    def finish(self, exchange: Exchange, status: int, completed: bool) -> None:
+        """
+        Report a request that is over.
+
+        @param status: the status the client was sent.
+        @param completed: whether the response was delivered whole.
+        """
+        self.metrics.inFlight.dec()
+        now = self.clock.seconds()
+        exchange.status = status
+        answer = exchange.answer
+        errorType = exchange.errorCode or _ERROR_TYPES.get(status) if status >= 400 else None
+        if not completed and errorType is None:
+            errorType = exchange.upstreamError or "client_disconnected"
+        route = exchange.route or ""
+        metrics = self.metrics
+        metrics.requests.labels(route, str(status)).inc()
+        if exchange.authFailure is not None:
+            metrics.authFailures.labels(route, exchange.authFailure).inc()
+        if exchange.upstreamError is not None:
+            metrics.upstreamErrors.labels(route, exchange.upstreamError).inc()
+        responseModel = answer.responseModel if answer is not None else None
+        inputTokens = answer.inputTokens if answer is not None else None
+        outputTokens = answer.outputTokens if answer is not None else None
+        if exchange.upstreamStarted is not None:
+            labels = (exchange.provider or "", metrics.model(exchange.requestModel),
+                      metrics.model(responseModel), route)
+            metrics.duration.labels(*labels, errorType or "").observe(now - exchange.upstreamStarted)
+            if exchange.firstChunk is not None:
+                metrics.firstChunk.labels(*labels).observe(exchange.firstChunk - exchange.upstreamStarted)
+            if inputTokens is not None:
+                metrics.tokens.labels("input", *labels).observe(inputTokens)
+            if outputTokens is not None:
+                metrics.tokens.labels("output", *labels).observe(outputTokens)
+        traceId = None
+        if exchange.serverSpan is not None:
+            traceId = self._endSpans(exchange, status, errorType, answer)
+        accessLog.info(
+            "{method} {path} {route} -> {status} in {durationMs:.1f} ms",
+            time=exchange.started,
+            route=exchange.route,
+            method=exchange.method,
+            path=exchange.path,
+            status=status,
+            durationMs=(now - exchange.started) * 1000.0,
+            ttfbMs=(exchange.firstChunk - exchange.started) * 1000.0
+            if exchange.firstChunk is not None else None,
+            upstreamStatus=exchange.upstreamStatus,
+            requestModel=exchange.requestModel,
+            responseModel=responseModel,
+            inputTokens=inputTokens,
+            outputTokens=outputTokens,
+            sub=exchange.subject,
+            bytesIn=exchange.bytesIn,
+            bytesOut=exchange.bytesOut,
+            traceId=traceId,
+            error=exchange.reason,
+        )
+
+    def _endSpans(self, exchange: Exchange, status: int, errorType: str | None, answer: Any) -> str:
+        from opentelemetry.trace import Status, StatusCode
+
+        legacy = self.config.legacyAttributes
+        client = exchange.clientSpan
+        if client is not None:
+            if answer is not None:
+                attributes: dict[str, Any] = {}
+                if answer.responseModel:
+                    attributes["gen_ai.response.model"] = answer.responseModel
+                    if legacy:
+                        attributes["llm.response.model"] = answer.responseModel
+                if answer.responseId:
+                    attributes["gen_ai.response.id"] = answer.responseId
+                if answer.finishReasons:
+                    attributes["gen_ai.response.finish_reasons"] = answer.finishReasons
+                if answer.inputTokens is not None:
+                    attributes["gen_ai.usage.input_tokens"] = answer.inputTokens
+                    if legacy:
+                        attributes["llm.request.tokens"] = answer.inputTokens
+                if answer.outputTokens is not None:
+                    attributes["gen_ai.usage.output_tokens"] = answer.outputTokens
+                    if legacy:
+                        attributes["llm.response.tokens"] = answer.outputTokens
+                if self.config.captureContent and answer.text:
+                    output = json.dumps(
+                        [{"role": "assistant", "parts": [{"type": "text", "content": "".join(answer.text)}]}],
+                        separators=(",", ":"),
+                    )
+                    attributes["gen_ai.output.messages"] = output
+                    if legacy:
+                        attributes["gen_ai.completion"] = "".join(answer.text)
+                client.set_attributes(attributes)
+            if exchange.firstChunk is not None and exchange.upstreamStarted is not None:
+                client.set_attribute(
+                    "gen_ai.response.time_to_first_chunk",
+                    exchange.firstChunk - exchange.upstreamStarted,
+                )
+            if exchange.upstreamStatus is not None:
+                client.set_attribute("http.response.status_code", exchange.upstreamStatus)
+            if exchange.upstreamError is not None or (exchange.upstreamStatus or 0) >= 400:
+                kind = exchange.upstreamError or str(exchange.upstreamStatus)
+                client.set_attribute("error.type", kind)
+                client.set_status(Status(StatusCode.ERROR))
+            client.end()
+        server = exchange.serverSpan
+        server.update_name(f"{exchange.method} {exchange.route}" if exchange.route else exchange.method)
+        attributes = {"http.response.status_code": status}
+        if exchange.route:
+            attributes["http.route"] = exchange.route
+        if exchange.subject:
+            attributes["enduser.id"] = exchange.subject
+        if errorType is not None:
+            attributes["error.type"] = errorType
+        if exchange.reason is not None:
+            attributes["error"] = exchange.reason
+        server.set_attributes(attributes)
+        if status >= 500 or errorType is not None and status >= 400:
+            server.set_status(Status(StatusCode.ERROR, exchange.reason))
+        server.end()
+        return format(server.get_span_context().trace_id, "032x")
