@@ -1,0 +1,272 @@
+"""
+Tests for L{aigateway.telemetry}: spans, metrics and access log events for
+requests through the gateway, in memory.
+"""
+
+from __future__ import annotations
+
+import json
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from prometheus_client import generate_latest
+from treq import collect
+from treq.testing import RequestTraversalAgent, StubTreq
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from aigateway.config import loadConfig
+from aigateway.fakellm import FakeLLM
+from aigateway.service import buildRouteTable
+from aigateway.telemetry import Metrics, Telemetry
+
+CONFIG = """
+backends:
+  local: {provider: openai, url: 'http://127.0.0.1:9000'}
+  keyless: {provider: openai, authToken: {env: NOT_SET_ANYWHERE}}
+routes:
+  - {name: local, match: {pathPrefix: /local}, backend: local}
+  - {name: keyless, match: {pathPrefix: /keyless}, backend: keyless}
+tracing:
+  captureContent: %(capture)s
+  legacyAttributes: true
+"""
+CHAT = {
+    "model": "gpt-4o-mini",
+    "temperature": 0.5,
+    "max_tokens": 50,
+    "messages": [{"role": "user", "content": "Whats your favorite poem?"}],
+}
+
+
+class _Traced:
+    """
+    The gateway in memory, its spans kept in memory and its access log
+    events collected.
+    """
+
+    def __init__(self, capture: bool = False) -> None:
+        self.clock = Clock()
+        self.spans = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        config = loadConfig(CONFIG % {"capture": "true" if capture else "false"})
+        self.metrics = Metrics()
+        telemetry = Telemetry(config.tracing, self.metrics, self.clock, provider)
+        self.fakellm = FakeLLM(self.clock)
+        self.upstream = RequestTraversalAgent(self.fakellm)
+        self.client = StubTreq(buildRouteTable(config, self.upstream, self.clock, {}, telemetry=telemetry))
+        self.events: list[dict] = []
+
+    def observe(self, case: SynchronousTestCase) -> None:
+        def observer(event: dict) -> None:
+            if event.get("log_namespace") == "aigateway.access":
+                self.events.append(event)
+
+        globalLogPublisher.addObserver(observer)
+        case.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def post(self, case: SynchronousTestCase, path: str, body: dict, headers: dict | None = None) -> bytes:
+        d = self.client.post(
+            "http://gw" + path, json.dumps(body).encode(),
+            headers=dict({"content-type": "application/json"}, **(headers or {})),
+            unbuffered=True,
+        )
+        for _ in range(5):
+            self.upstream.flush()
+            self.client.flush()
+        response = case.successResultOf(d)
+        chunks: list[bytes] = []
+        done = collect(response, chunks.append)
+        for _ in range(5):
+            self.upstream.flush()
+            self.client.flush()
+        case.successResultOf(done)
+        return b"".join(chunks)
+
+    def byKind(self) -> dict:
+        return {span.kind: span for span in self.spans.get_finished_spans()}
+
+
+class SpanTests(SynchronousTestCase):
+    """
+    One SERVER span per request and one CLIENT span per upstream call, with
+    the GenAI attributes.
+    """
+
+    def test_chat(self) -> None:
+        """
+        A chat completion: route, status, model, parameters, usage, and the
+        legacy names.
+        """
+        traced = _Traced()
+        traced.post(self, "/local", CHAT, {"user-agent": "lab/1"})
+        spans = traced.byKind()
+        server, client = spans[SpanKind.SERVER], spans[SpanKind.CLIENT]
+        self.assertEqual(server.name, "POST local")
+        self.assertEqual(client.name, "chat gpt-4o-mini")
+        self.assertEqual(client.parent.span_id, server.context.span_id)
+        self.assertEqual(server.attributes["http.route"], "local")
+        self.assertEqual(server.attributes["http.response.status_code"], 200)
+        self.assertEqual(server.attributes["user_agent.original"], "lab/1")
+        a = client.attributes
+        self.assertEqual(a["gen_ai.operation.name"], "chat")
+        self.assertEqual(a["gen_ai.provider.name"], "openai")
+        self.assertEqual(a["gen_ai.request.model"], "gpt-4o-mini")
+        self.assertEqual(a["gen_ai.response.model"], "gpt-4o-mini")
+        self.assertEqual(a["gen_ai.request.temperature"], 0.5)
+        self.assertEqual(a["gen_ai.request.max_tokens"], 50)
+        self.assertEqual(a["gen_ai.usage.input_tokens"], 4)
+        self.assertEqual(a["gen_ai.usage.output_tokens"], 8)
+        self.assertEqual(tuple(a["gen_ai.response.finish_reasons"]), ("stop",))
+        self.assertTrue(a["gen_ai.response.id"].startswith("chatcmpl-fake-"))
+        self.assertEqual((a["server.address"], a["server.port"]), ("127.0.0.1", 9000))
+        self.assertEqual(a["llm.request.model"], "gpt-4o-mini")
+        self.assertEqual(a["llm.request.tokens"], 4)
+        self.assertEqual(a["llm.response.tokens"], 8)
+        self.assertNotIn("gen_ai.input.messages", a)
+        self.assertNotIn("gen_ai.prompt", a)
+
+    def test_streamUsage(self) -> None:
+        """
+        A stream that did not ask for usage still reports it, because the
+        gateway asked for it; with content capture, the assembled text.
+        """
+        traced = _Traced(capture=True)
+        text = traced.post(self, "/local", dict(CHAT, stream=True), {"x-fakellm-chunks": "5"})
+        self.assertIn(b"[DONE]", text)
+        sent = json.loads(traced.fakellm.requests[-1].body)
+        self.assertEqual(sent["stream_options"], {"include_usage": True})
+        client = traced.byKind()[SpanKind.CLIENT]
+        self.assertEqual(client.attributes["gen_ai.usage.output_tokens"], 5)
+        self.assertEqual(client.attributes["gen_ai.completion"], "Shall I compare thee to")
+        output = json.loads(client.attributes["gen_ai.output.messages"])
+        self.assertEqual(output[0]["parts"][0]["content"], "Shall I compare thee to")
+        self.assertEqual(json.loads(client.attributes["gen_ai.input.messages"]), CHAT["messages"])
+        self.assertIn("gen_ai.response.time_to_first_chunk", client.attributes)
+
+    def test_traceparentContinued(self) -> None:
+        """
+        A caller's C{traceparent} continues its trace, and the upstream
+        request carries the gateway's CLIENT span as its parent.
+        """
+        traced = _Traced()
+        traceId = "4bf92f3577b34da6a3ce929d0e0e4736"
+        traced.post(self, "/local", CHAT, {"traceparent": f"00-{traceId}-00f067aa0ba902b7-01"})
+        server = traced.byKind()[SpanKind.SERVER]
+        client = traced.byKind()[SpanKind.CLIENT]
+        self.assertEqual(format(server.context.trace_id, "032x"), traceId)
+        upstream = traced.fakellm.requests[-1].headers["traceparent"]
+        self.assertEqual(upstream, f"00-{traceId}-{client.context.span_id:016x}-01")
+
+    def test_refusal(self) -> None:
+        """
+        A request the gateway refuses has the status, C{error.type} and the
+        reason in C{error}, and no CLIENT span.
+        """
+        traced = _Traced()
+        traced.post(self, "/keyless", CHAT)
+        spans = traced.spans.get_finished_spans()
+        self.assertEqual([s.kind for s in spans], [SpanKind.SERVER])
+        a = spans[0].attributes
+        self.assertEqual(a["http.response.status_code"], 503)
+        self.assertEqual(a["error.type"], "backend_credential_missing")
+        self.assertIn("NOT_SET_ANYWHERE is not set", a["error"])
+
+    def test_noRoute(self) -> None:
+        """
+        A 404 is a span named by its method only.
+        """
+        traced = _Traced()
+        traced.post(self, "/nowhere", CHAT)
+        span = traced.spans.get_finished_spans()[0]
+        self.assertEqual((span.name, span.attributes["error.type"]), ("POST", "route_not_found"))
+
+
+class NoTracingTests(SynchronousTestCase):
+    """
+    Without a tracer, nothing is traced and the trace context is passed on
+    as the caller sent it.
+    """
+
+    def test_noSpans(self) -> None:
+        """
+        The upstream gets the caller's own C{traceparent}.
+        """
+        clock = Clock()
+        fakellm = FakeLLM(clock)
+        upstream = RequestTraversalAgent(fakellm)
+        config = loadConfig(CONFIG % {"capture": "false"})
+        telemetry = Telemetry(config.tracing, Metrics(), clock)
+        self.assertIsNone(telemetry.tracer)
+        client = StubTreq(buildRouteTable(config, upstream, clock, {}, telemetry=telemetry))
+        parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        d = client.post("http://gw/local", json.dumps(CHAT).encode(),
+                        headers={"traceparent": parent, "content-type": "application/json"})
+        upstream.flush()
+        client.flush()
+        self.assertEqual(self.successResultOf(d).code, 200)
+        self.assertEqual(fakellm.requests[-1].headers["traceparent"], parent)
+
+
+class MetricsTests(SynchronousTestCase):
+    """
+    The Prometheus metrics after some traffic.
+    """
+
+    def test_afterTraffic(self) -> None:
+        """
+        Token usage, durations, requests by status, and a bounded model label.
+        """
+        traced = _Traced()
+        traced.post(self, "/local", CHAT)
+        traced.post(self, "/local", dict(CHAT, stream=True))
+        traced.post(self, "/keyless", CHAT)
+        text = generate_latest(traced.metrics.registry).decode()
+        self.assertIn(
+            'gen_ai_client_token_usage_count{gen_ai_provider_name="openai",'
+            'gen_ai_request_model="gpt-4o-mini",gen_ai_response_model="gpt-4o-mini",'
+            'gen_ai_token_type="output",route="local"} 2.0', text
+        )
+        self.assertIn('aigateway_requests_total{route="local",status="200"} 2.0', text)
+        self.assertIn('aigateway_requests_total{route="keyless",status="503"} 1.0', text)
+        self.assertIn("gen_ai_client_operation_duration_seconds_bucket", text)
+        self.assertIn("gen_ai_client_operation_time_to_first_chunk_seconds_bucket", text)
+        self.assertIn("aigateway_requests_in_flight 0.0", text)
+
+    def test_modelLabelsBounded(self) -> None:
+        """
+        Past the limit, new model names are counted as C{other}.
+        """
+        metrics = Metrics(maxModels=2)
+        self.assertEqual([metrics.model(m) for m in ("a", "b", "c", "a")], ["a", "b", "other", "a"])
+
+
+class AccessLogTests(SynchronousTestCase):
+    """
+    One access log event per request, without secrets or prompts.
+    """
+
+    def test_event(self) -> None:
+        """
+        The event has the route, status, models, tokens and sizes, and no
+        prompt or key.
+        """
+        traced = _Traced()
+        traced.observe(self)
+        traced.post(self, "/local", CHAT, {"authorization": "Bearer sk-caller-secret"})
+        [event] = traced.events
+        self.assertEqual(
+            (event["route"], event["method"], event["path"], event["status"], event["upstreamStatus"]),
+            ("local", "POST", "/local", 200, 200),
+        )
+        self.assertEqual((event["inputTokens"], event["outputTokens"]), (4, 8))
+        self.assertEqual(event["requestModel"], "gpt-4o-mini")
+        self.assertGreater(event["bytesIn"], 0)
+        self.assertGreater(event["bytesOut"], 0)
+        flattened = json.dumps(event, default=str)
+        self.assertNotIn("sk-caller-secret", flattened)
+        self.assertNotIn("favorite poem", flattened)
