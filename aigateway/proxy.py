@@ -89,6 +89,7 @@ def upstreamHeaders(
     credential: Credential,
     clientAddress: str,
     secure: bool,
+    withheld: frozenset[bytes] = frozenset(),
 ) -> Headers:
     """
     The headers to send upstream for a client request.
@@ -98,8 +99,11 @@ def upstreamHeaders(
     the backend passes the caller's through), C{Accept-Encoding} is dropped
     so the gateway can read usage from the answer, and the C{X-Forwarded-*}
     fields record where the request came from.
+
+    @param withheld: more request fields the provider must not see (where
+        the caller's token was, and the fields claims are written to).
     """
-    drop = HOP_BY_HOP | _REPLACED_UPSTREAM | _named(incoming)
+    drop = HOP_BY_HOP | _REPLACED_UPSTREAM | _named(incoming) | withheld
     out = Headers()
     for name, values in incoming.getAllRawHeaders():
         lower = name.lower()
@@ -108,7 +112,7 @@ def upstreamHeaders(
         if lower == b"x-forwarded-for":
             continue
         out.setRawHeaders(name, values)
-    if credential.passthrough:
+    if credential.passthrough and b"authorization" not in withheld:
         callerAuth = incoming.getRawHeaders(b"authorization")
         if callerAuth:
             out.setRawHeaders(b"authorization", callerAuth[-1:])
@@ -439,6 +443,7 @@ class ProxyResource(Resource):
             self.credential,
             getattr(request.getClientAddress(), "host", ""),
             request.isSecure(),
+            identity.location.dropHeaders if identity is not None else frozenset(),
         )
         if identity is not None:
             _applyIdentity(headers, identity)
@@ -468,8 +473,6 @@ def _applyIdentity(headers: Headers, identity: Identity) -> None:
     Keep the caller's token from the provider and add the claim headers.
     """
     location = identity.location
-    for name in location.dropHeaders:
-        headers.removeHeader(name)
     cookies = headers.getRawHeaders(b"cookie")
     if cookies is not None and location.source.cookie is not None:
         kept = location.upstreamCookie(b"; ".join(cookies))

@@ -1,0 +1,186 @@
+"""
+The user's lab, end to end with real processes: a route to the fake LLM
+behind the lab's JWT policy (its PEM key, issuer C{solo.io}), the lab's
+requests (no token, C{ALICE_TOKEN}, and a stream), and the traces they
+leave, received by an OTLP/HTTP collector of the test's own.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from tests.processes import Twistd
+
+LAB_PEM = """-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAskFAGESgB22iOsGk/UgX
+BXTmMtd8R0vphvZ4RkXySOIra/vsg1UKay6aESBoZzeLX3MbBp5laQenjaYJ3U8P
+QLCcellbaiyUuE6+obPQVIa9GEJl37GQmZIMQj4y68KHZ4m2WbQVlZVIw/Uw52cw
+eGtitLMztiTnsve0xtgdUzV0TaynaQrRW7REF+PtLWitnvp9evweOrzHhQiPLcdm
+fxfxCbEJHa0LRyyYatCZETOeZgkOHlYSU0ziyMhHBqpDH1vzXrM573MQ5MtrKkWR
+T4ZQKuEe0Acyd2GhRg9ZAxNqs/gbb8bukDPXv4JnFLtWZ/7EooKbUC/QBKhQYAsK
+bQIDAQAB
+-----END PUBLIC KEY-----
+"""
+ALICE_TOKEN = (
+    "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyAiaXNzIjogInNvbG8uaW8iLCAib3JnIjogInNvbG8uaW8iLCAic3ViIjogImFsaWNlIiwgInRlYW0iOiAiZGV2IiwgImxsbXMiOiB7ICJvcGVuYWkiOiBbICJncHQtMy41LXR1cmJvIiBdIH0gfQ."
+    "I7whTti0aDKxlILc5uLK9oo6TljGS6JUrjPVd6z1PxzucUa_cnuKkY0qj_wrkzyVN5djy4t2ggE1uBO8Llpwi-Ygru9hM84-1m53aO07JYFya1VTDsI25tCRG8rYhShDdAP5L935SIARta2QtHhrVcd1Ae7yfTDZ8G1DXLtjR2QelszCd2R8PioCQmqJ8PeKg4sURhu05GlBCZoXES9-rtPVbe6j3YLBTodJAvLHhyy3LgV_QbN7IiZ5qEywdKHoEF4D4aCUf_LqPp4NoqHXnGT4jLzWJEtZXHQ4sgRy_5T93NOLzWLdIjgMjGO_F0aVLwBzU-phykOVfcBPaMvetg"
+)
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Whats your favorite poem?"}]}
+
+CONFIG = """
+listen: tcp:0:interface=127.0.0.1
+admin:
+  listen: tcp:0:interface=127.0.0.1
+backends:
+  openai-all-models:
+    provider: openai
+    url: http://127.0.0.1:{fakellm}
+    authToken: {{value: sk-lab}}
+routes:
+  - name: openai
+    match: {{pathPrefix: /openai}}
+    backend: openai-all-models
+    timeout: 120s
+jwt:
+  providers:
+    selfminted:
+      issuer: solo.io
+      jwks:
+        local:
+          key: |
+{pem}
+tracing:
+  otlp: {{endpoint: "http://127.0.0.1:{collector}/v1/traces"}}
+  captureContent: true
+  legacyAttributes: true
+"""
+
+
+class _Collector(Resource):
+    """
+    An OTLP/HTTP trace receiver: decodes each export request's protobuf.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spans: list = []
+
+    def render_POST(self, request) -> bytes:
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(request.content.read())
+        for resourceSpans in message.resource_spans:
+            for scopeSpans in resourceSpans.scope_spans:
+                self.spans.extend(scopeSpans.spans)
+        request.setHeader(b"content-type", b"application/x-protobuf")
+        return ExportTraceServiceResponse().SerializeToString()
+
+
+def _attributes(span) -> dict:
+    values = {}
+    for kv in span.attributes:
+        v = kv.value
+        kind = v.WhichOneof("value")
+        if kind == "array_value":
+            values[kv.key] = [getattr(x, x.WhichOneof("value")) for x in v.array_value.values]
+        else:
+            values[kv.key] = getattr(v, kind)
+    return values
+
+
+class LabTests(TestCase):
+    """
+    The lab's walk-through against real processes.
+    """
+
+    async def setUp(self) -> None:
+        self.collector = _Collector()
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(self.collector))
+        self.addCleanup(port.stopListening)
+        fakellm = Twistd(["fakellm", "--listen", "tcp:0:interface=127.0.0.1", "--key", "sk-lab"])
+        self.addCleanup(fakellm.stop)
+        directory = tempfile.mkdtemp(prefix="aigateway-lab-")
+        path = os.path.join(directory, "gateway.yaml")
+        pem = "\n".join(" " * 12 + line for line in LAB_PEM.splitlines())
+        with open(path, "w") as f:
+            f.write(CONFIG.format(fakellm=fakellm.ports[0], collector=port.getHost().port, pem=pem))
+        self.gateway = Twistd(["aigateway", "-c", path], listeners=2)
+        self.addCleanup(self.gateway.stop)
+        self.url = f"http://127.0.0.1:{self.gateway.ports[0]}/openai"
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.treq = HTTPClient(Agent(reactor, pool=pool))
+
+    async def spans(self, count: int) -> list:
+        deadline = time.monotonic() + 20
+        while len(self.collector.spans) < count and time.monotonic() < deadline:
+            await deferLater(reactor, 0.1, lambda: None)
+        return self.collector.spans
+
+    async def test_walkThrough(self) -> None:
+        """
+        No token: 401.  ALICE_TOKEN (RS256, no kid, no exp): 200.  A stream
+        with the token: 200 with usage.  The traces show the refusal with
+        its reason, and the GenAI data of both answers.
+        """
+        response = await self.treq.post(self.url, json=CHAT)
+        self.assertEqual(response.code, 401)
+        body = await response.json()
+        self.assertEqual(body["error"]["message"], "authentication failure: no bearer token found")
+        self.assertEqual(response.headers.getRawHeaders("www-authenticate"), ['Bearer realm="aigateway"'])
+
+        auth = {"authorization": f"Bearer {ALICE_TOKEN}"}
+        response = await self.treq.post(self.url, json=CHAT, headers=auth)
+        self.assertEqual(response.code, 200, await response.text())
+        self.assertEqual((await response.json())["object"], "chat.completion")
+
+        response = await self.treq.post(self.url, json=dict(CHAT, stream=True), headers=auth,
+                                        unbuffered=True)
+        self.assertEqual(response.code, 200)
+        text = await response.content()
+        self.assertIn(b"[DONE]", text)
+
+        spans = await self.spans(5)
+        servers = [s for s in spans if s.kind == s.SPAN_KIND_SERVER]
+        clients = [s for s in spans if s.kind == s.SPAN_KIND_CLIENT]
+        self.assertEqual((len(servers), len(clients)), (3, 2))
+        statuses = sorted(_attributes(s)["http.response.status_code"] for s in servers)
+        self.assertEqual(statuses, [200, 200, 401])
+        refused = next(s for s in servers if _attributes(s)["http.response.status_code"] == 401)
+        self.assertEqual(_attributes(refused)["error"], "authentication failure: no bearer token found")
+        self.assertEqual(refused.name, "POST openai")
+        served = [_attributes(s) for s in servers if _attributes(s)["http.response.status_code"] == 200]
+        self.assertEqual([a["enduser.id"] for a in served], ["alice", "alice"])
+        for span in clients:
+            a = _attributes(span)
+            self.assertEqual(span.name, "chat gpt-4o-mini")
+            self.assertEqual(a["gen_ai.request.model"], "gpt-4o-mini")
+            self.assertEqual(a["llm.request.model"], "gpt-4o-mini")
+            self.assertEqual(a["gen_ai.usage.input_tokens"], 4)
+            self.assertEqual(a["llm.request.tokens"], 4)
+            self.assertEqual(a["gen_ai.usage.output_tokens"], 8)
+            self.assertIn("favorite poem", a["gen_ai.prompt"])
+            self.assertTrue(a["gen_ai.completion"].startswith("Shall I compare"))
+        self.assertNotIn(ALICE_TOKEN.encode(), b"".join(s.SerializeToString() for s in spans))
+
+        metrics = await self.treq.get(f"http://127.0.0.1:{self.gateway.ports[1]}/metrics")
+        text = (await metrics.content()).decode()
+        self.assertIn('aigateway_requests_total{route="openai",status="200"} 2.0', text)
+        self.assertIn('aigateway_auth_failures_total{reason="no bearer token found",route="openai"} 1.0', text)
+        self.assertIn('gen_ai_token_type="output"', text)
