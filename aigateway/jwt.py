@@ -72,11 +72,11 @@ class JWTError(Exception):
 @attrs.frozen
 class ParsedToken:
     """
-    A token whose shape and encoding passed, not yet its signature.
+    A compact JWS whose shape and encoding passed, not yet its signature.
     """
 
     header: Mapping[str, Any]
-    claims: Mapping[str, Any]
+    payload: bytes = attrs.field(repr=False)
     signingInput: bytes = attrs.field(repr=False)
     signature: bytes = attrs.field(repr=False)
 
@@ -100,9 +100,8 @@ def _noConstants(name: str) -> Any:
     raise ValueError("not JSON")
 
 
-def _object(segment: str) -> dict:
+def _object(data: bytes) -> dict:
     try:
-        data = b64urlDecode(segment)
         document = json.loads(
             data.decode("utf-8"), object_pairs_hook=_noDuplicates, parse_constant=_noConstants
         )
@@ -118,8 +117,8 @@ def parseToken(token: str, maxBytes: int = 16384) -> ParsedToken:
     Check a compact JWS token's shape and decode it; no cryptography yet.
 
     @raise JWTError: when the token is not exactly three canonical base64url
-        segments of a JSON object header, a JSON object payload and a
-        signature, or is too large, or has an algorithm that never passes.
+        segments (a JSON object header, a payload, a signature), or is too
+        large, or has an algorithm or critical header that never passes.
     """
     if not isinstance(token, str):
         raise JWTError("malformed token")
@@ -130,7 +129,12 @@ def parseToken(token: str, maxBytes: int = 16384) -> ParsedToken:
     parts = token.split(".")
     if len(parts) != 3:
         raise JWTError("malformed token")
-    header = _object(parts[0])
+    try:
+        header = _object(b64urlDecode(parts[0]))
+        payload = b64urlDecode(parts[1])
+        signature = b64urlDecode(parts[2])
+    except ValueError:
+        raise JWTError("malformed token") from None
     alg = header.get("alg")
     if not isinstance(alg, str):
         raise JWTError("malformed token")
@@ -143,13 +147,8 @@ def parseToken(token: str, maxBytes: int = 16384) -> ParsedToken:
     kid = header.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise JWTError("malformed token")
-    claims = _object(parts[1])
-    try:
-        signature = b64urlDecode(parts[2])
-    except ValueError:
-        raise JWTError("malformed token") from None
     signingInput = (parts[0] + "." + parts[1]).encode("ascii")
-    return ParsedToken(header, claims, signingInput, signature)
+    return ParsedToken(header, payload, signingInput, signature)
 
 
 def _kidMatches(keyKid: str | None, tokenKid: str) -> bool:
@@ -324,7 +323,8 @@ class Verifier:
 
     def _verify(self, token: str, now: float) -> tuple[VerifiedToken, float]:
         parsed = parseToken(token, self.maxTokenBytes)
-        issuer = parsed.claims.get("iss")
+        claims = _object(parsed.payload)
+        issuer = claims.get("iss")
         if not isinstance(issuer, str):
             raise JWTError("unknown issuer" if issuer is None else "invalid claim iss")
         providers = self.byIssuer.get(issuer)
@@ -344,7 +344,7 @@ class Verifier:
                 if failure is None or failure.reason in ("no keys available", "no matching key"):
                     failure = e
                 continue
-            verified = checkClaims(parsed.claims, provider, now)
+            verified = checkClaims(claims, provider, now)
             expires = math.inf if verified.expiresAt is None else verified.expiresAt + provider.clockSkew
             return verified, expires
         assert failure is not None

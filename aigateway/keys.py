@@ -273,6 +273,9 @@ def _fromJSON(document: object) -> list[VerifyKey]:
             raise KeyLoadError("'keys' must be a list")
     else:
         entries = [document]
+    kids = [e.get("kid") for e in entries if isinstance(e, dict) and e.get("kid") is not None]
+    if len(kids) != len(set(map(str, kids))):
+        raise KeyLoadError("two keys share one kid")
     keys: list[VerifyKey] = []
     problems: list[str] = []
     for index, entry in enumerate(entries):
@@ -283,9 +286,6 @@ def _fromJSON(document: object) -> list[VerifyKey]:
             continue
         if key is not None:
             keys.append(key)
-    kids = [k.kid for k in keys if k.kid is not None]
-    if len(kids) != len(set(kids)):
-        raise KeyLoadError("two keys share one kid")
     if any(k.kty == "oct" for k in keys) and any(k.kty != "oct" for k in keys):
         raise KeyLoadError("a key set must not mix shared secrets with public keys")
     if not keys:
