@@ -237,6 +237,8 @@ def _time(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims[name]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise JWTError(f"invalid claim {name}")
+    if isinstance(value, int) and abs(value) >= _MAX_TIME:
+        raise JWTError(f"invalid claim {name}")
     if not math.isfinite(value) or abs(value) >= _MAX_TIME:
         raise JWTError(f"invalid claim {name}")
     return float(value)

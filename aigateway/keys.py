@@ -37,6 +37,7 @@ __all__ = [
     "VerifyKey",
     "b64urlDecode",
     "keysFromText",
+    "publicKeyFromPEM",
     "thumbprint",
     "treqFetch",
 ]
@@ -168,6 +169,22 @@ def _ecKey(public: ec.EllipticCurvePublicKey, **fields: Any) -> VerifyKey:
     alg = _CURVES[crv][1]
     return VerifyKey(kty="EC", algorithms={alg: CryptographyECKey(public, alg)},
                      bits=public.curve.key_size, thumbprint=thumbprint(jwk), **fields)
+
+
+def publicKeyFromPEM(text: str) -> Any:
+    """
+    The public key of the first PEM block in C{text}: a public key, a
+    private key or a certificate.
+
+    @raise KeyLoadError: when there is no such block or it is not a key.
+    """
+    found = _PEM.search(text)
+    if found is None:
+        raise KeyLoadError("no PEM key found")
+    try:
+        return _publicFromPEM(found.group(1), found.group(0).encode("ascii", "replace"))
+    except (ValueError, TypeError):
+        raise KeyLoadError(f"the PEM block ({found.group(1)}) is not a valid key") from None
 
 
 def _publicFromPEM(label: str, block: bytes) -> Any:
@@ -364,7 +381,7 @@ class RemoteJWKS:
         self.ready = False
         self._next: IDelayedCall | None = None
         self._inFlight = False
-        self._lastFetch: float | None = None
+        self._lastEarly: float | None = None
         self._running = False
 
     def start(self) -> None:
@@ -385,13 +402,16 @@ class RemoteJWKS:
 
     def refreshForUnknownKid(self) -> None:
         """
-        A token named a key we do not have: fetch now, unless a fetch ran
-        within the last C{cacheDuration}... or is running.
+        A token named a key we do not have, perhaps a new one: fetch now,
+        unless a fetch is running or an unknown kid already brought one
+        forward within the last C{cacheDuration}.
         """
         if not self._running or self._inFlight:
             return
-        if self._lastFetch is not None and self.clock.seconds() - self._lastFetch < self.cacheDuration:
+        now = self.clock.seconds()
+        if self._lastEarly is not None and now - self._lastEarly < self.cacheDuration:
             return
+        self._lastEarly = now
         self._refresh()
 
     def _refresh(self) -> None:
@@ -399,7 +419,6 @@ class RemoteJWKS:
             self._next.cancel()
         self._next = None
         self._inFlight = True
-        self._lastFetch = self.clock.seconds()
         d = self.fetch(self.url)
         d.addCallback(self._got)
         d.addErrback(self._failed)
