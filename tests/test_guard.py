@@ -1,0 +1,173 @@
+"""
+Tests for L{aigateway.guard}: the JWT policy on routes, in memory, with
+the lab's key and token.
+"""
+
+from __future__ import annotations
+
+import json
+
+from treq.testing import RequestTraversalAgent, StubTreq
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from aigateway.config import loadConfig
+from aigateway.fakellm import FakeLLM
+from aigateway.service import buildRouteTable
+from tests.test_lab import ALICE_TOKEN, LAB_PEM
+
+PEM = "\n".join(" " * 12 + line for line in LAB_PEM.splitlines())
+PEM_JSON = json.dumps(LAB_PEM)
+CONFIG = f"""
+backends:
+  local: {{provider: openai, url: 'http://127.0.0.1:9000', authToken: {{value: sk-backend}}}}
+routes:
+  - {{name: strict, match: {{pathPrefix: /strict}}, backend: local}}
+  - {{name: open, match: {{pathPrefix: /open}}, backend: local, jwt: off}}
+  - name: optional
+    match: {{pathPrefix: /optional}}
+    backend: local
+    jwt:
+      mode: optional
+      providers:
+        lab: {{issuer: solo.io, jwks: {{local: {{key: {PEM_JSON}}}}}}}
+  - name: permissive
+    match: {{pathPrefix: /permissive}}
+    backend: local
+    jwt:
+      mode: permissive
+      providers:
+        lab: {{issuer: solo.io, jwks: {{local: {{key: {PEM_JSON}}}}}}}
+  - name: query
+    match: {{pathPrefix: /query}}
+    backend: local
+    jwt:
+      tokenFrom: {{queryParam: access_token, cookie: session}}
+      providers:
+        lab: {{issuer: solo.io, jwks: {{local: {{key: {PEM_JSON}}}}}}}
+jwt:
+  providers:
+    selfminted:
+      issuer: solo.io
+      jwks:
+        local:
+          key: |
+{PEM}
+      claimsToHeaders: {{sub: x-user-id, llms.openai: x-user-models, team: x-team}}
+"""
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+BAD_TOKEN = ALICE_TOKEN[:-4] + ("AAAA" if not ALICE_TOKEN.endswith("AAAA") else "BBBB")
+
+
+class GuardTests(SynchronousTestCase):
+    """
+    Modes, responses and what reaches the provider.
+    """
+
+    def setUp(self) -> None:
+        clock = Clock()
+        self.fakellm = FakeLLM(clock, key="sk-backend")
+        self.upstream = RequestTraversalAgent(self.fakellm)
+        config = loadConfig(CONFIG)
+        self.client = StubTreq(buildRouteTable(config, self.upstream, clock, {}))
+
+    def post(self, url: str, token: str | None = None, headers: dict | None = None):
+        allHeaders = {"content-type": "application/json"}
+        if token is not None:
+            allHeaders["authorization"] = f"Bearer {token}"
+        allHeaders.update(headers or {})
+        d = self.client.post("http://gw" + url, json.dumps(CHAT).encode(), headers=allHeaders)
+        for _ in range(3):
+            self.upstream.flush()
+            self.client.flush()
+        response = self.successResultOf(d)
+        return response, self.successResultOf(response.json())
+
+    def test_labToken(self) -> None:
+        """
+        The lab's token (no kid, no exp) gets a 200; the provider sees the
+        backend's key, not the token, and the claims as headers.
+        """
+        response, body = self.post("/strict", ALICE_TOKEN, {"x-user-id": "mallory"})
+        self.assertEqual(response.code, 200, body)
+        seen = self.fakellm.requests[-1].headers
+        self.assertEqual(seen["authorization"], "Bearer sk-backend")
+        self.assertNotIn(ALICE_TOKEN, json.dumps(seen))
+        self.assertEqual(seen["x-user-id"], "alice")
+        self.assertEqual(seen["x-team"], "dev")
+        self.assertEqual(json.loads(seen["x-user-models"]), ["gpt-3.5-turbo"])
+
+    def test_missingToken(self) -> None:
+        """
+        No token: 401 with the bearer challenge and the reason.
+        """
+        response, body = self.post("/strict")
+        self.assertEqual(response.code, 401)
+        self.assertEqual(response.headers.getRawHeaders("www-authenticate"), ['Bearer realm="aigateway"'])
+        self.assertEqual(body["error"]["message"], "authentication failure: no bearer token found")
+        self.assertEqual(len(self.fakellm.requests), 0)
+
+    def test_invalidToken(self) -> None:
+        """
+        A bad signature: 401 with C{invalid_token} and a short description,
+        and no trace of the token in the answer.
+        """
+        response, body = self.post("/strict", BAD_TOKEN)
+        self.assertEqual(response.code, 401)
+        self.assertEqual(
+            response.headers.getRawHeaders("www-authenticate"),
+            ['Bearer realm="aigateway", error="invalid_token", '
+             'error_description="signature verification failed"'],
+        )
+        self.assertEqual(body["error"]["message"], "authentication failure: signature verification failed")
+        self.assertEqual(body["error"]["code"], "invalid_token")
+        self.assertNotIn(BAD_TOKEN[-20:], json.dumps(body))
+
+    def test_notBearer(self) -> None:
+        """
+        Basic credentials are no bearer token.
+        """
+        response, body = self.post("/strict", headers={"authorization": "Basic YTpi"})
+        self.assertEqual(response.code, 401)
+        self.assertIn("no bearer token found", body["error"]["message"])
+
+    def test_routeOff(self) -> None:
+        """
+        C{jwt: off} on a route.
+        """
+        response, _ = self.post("/open")
+        self.assertEqual(response.code, 200)
+
+    def test_optional(self) -> None:
+        """
+        Optional: no token passes, a bad one does not.
+        """
+        self.assertEqual(self.post("/optional")[0].code, 200)
+        self.assertEqual(self.post("/optional", BAD_TOKEN)[0].code, 401)
+        self.assertEqual(self.post("/optional", ALICE_TOKEN)[0].code, 200)
+
+    def test_permissive(self) -> None:
+        """
+        Permissive never blocks, and a bad token still never reaches the
+        provider.
+        """
+        self.assertEqual(self.post("/permissive")[0].code, 200)
+        self.assertEqual(self.post("/permissive", BAD_TOKEN)[0].code, 200)
+        self.assertEqual(self.fakellm.requests[-1].headers["authorization"], "Bearer sk-backend")
+
+    def test_queryParameter(self) -> None:
+        """
+        A token in the query is used, and removed before the provider.
+        """
+        response, _ = self.post(f"/query/v1/chat/completions?access_token={ALICE_TOKEN}&x=1")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.fakellm.requests[-1].path, "/v1/chat/completions?x=1")
+
+    def test_cookie(self) -> None:
+        """
+        A token in a cookie is used, and that cookie removed before the
+        provider.
+        """
+        response, _ = self.post("/query", headers={"cookie": f"theme=dark; session={ALICE_TOKEN}"})
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.fakellm.requests[-1].headers["cookie"], "theme=dark")
