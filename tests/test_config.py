@@ -300,3 +300,100 @@ class ValueTests(SynchronousTestCase):
         """
         for bad in (0, -1, True, "10 parsecs", "", 1.5):
             self.assertRaises(ConfigError, parseSize, bad, "x")
+
+
+JWT = LAB + """
+jwt:
+  providers:
+    selfminted:
+      issuer: solo.io
+      jwks:
+        local:
+          key: |
+            -----BEGIN PUBLIC KEY-----
+            MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAskFAGESgB22iOsGk/UgX
+            BXTmMtd8R0vphvZ4RkXySOIra/vsg1UKay6aESBoZzeLX3MbBp5laQenjaYJ3U8P
+            QLCcellbaiyUuE6+obPQVIa9GEJl37GQmZIMQj4y68KHZ4m2WbQVlZVIw/Uw52cw
+            eGtitLMztiTnsve0xtgdUzV0TaynaQrRW7REF+PtLWitnvp9evweOrzHhQiPLcdm
+            fxfxCbEJHa0LRyyYatCZETOeZgkOHlYSU0ziyMhHBqpDH1vzXrM573MQ5MtrKkWR
+            T4ZQKuEe0Acyd2GhRg9ZAxNqs/gbb8bukDPXv4JnFLtWZ/7EooKbUC/QBKhQYAsK
+            bQIDAQAB
+            -----END PUBLIC KEY-----
+"""
+
+
+class JWTConfigTests(SynchronousTestCase):
+    """
+    The C{jwt} section, gateway-wide and per route.
+    """
+
+    def test_gatewayPolicyOnEveryRoute(self) -> None:
+        """
+        The gateway-wide policy applies to routes that say nothing, with
+        the documented defaults.
+        """
+        config = loadConfig(JWT)
+        policy = config.routes[0].jwt
+        self.assertIs(policy, config.jwt)
+        self.assertEqual(policy.mode, "strict")
+        provider = policy.providers[0]
+        self.assertEqual((provider.issuer, provider.clockSkew, provider.requireExp), ("solo.io", 60.0, False))
+        self.assertEqual(len(provider.jwks.keys), 1)
+        self.assertEqual(policy.tokenFrom.header, "authorization")
+
+    def test_routeOff(self) -> None:
+        """
+        C{jwt: off} on a route turns the policy off there.
+        """
+        config = loadConfig(JWT.replace("timeout: 120s", "timeout: 120s\n    jwt: off"))
+        self.assertIsNone(config.routes[0].jwt)
+
+    def test_badKey(self) -> None:
+        """
+        A key that does not parse is named by its field path.
+        """
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig(JWT.replace("MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAskFAGESgB22iOsGk/UgX", "garbage"))
+        self.assertEqual(
+            str(caught.exception),
+            "jwt.providers.selfminted.jwks.local.key: PEM block 1 (PUBLIC KEY) is not a valid key",
+        )
+
+    def test_badMode(self) -> None:
+        """
+        Only the three modes.
+        """
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig(JWT.replace("jwt:\n  providers:", "jwt:\n  mode: lax\n  providers:"))
+        self.assertEqual(str(caught.exception), "jwt.mode: must be one of strict, optional, permissive, not 'lax'")
+
+    def test_twoKeySources(self) -> None:
+        """
+        C{jwks} takes exactly one source.
+        """
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig(JWT.replace("      jwks:\n", "      jwks:\n        file: k.pem\n"))
+        self.assertEqual(str(caught.exception),
+                         "jwt.providers.selfminted.jwks: must have exactly one of local, file, remote")
+
+    def test_remote(self) -> None:
+        """
+        A remote key set with its cache duration.
+        """
+        text = JWT[: JWT.index("        local:")] + (
+            "        remote: {url: 'https://idp.example/jwks.json', cacheDuration: 10m}\n"
+        )
+        jwks = loadConfig(text).jwt.providers[0].jwks
+        self.assertEqual((jwks.kind, jwks.url, jwks.cacheDuration), ("remote", "https://idp.example/jwks.json", 600.0))
+
+    def test_tracing(self) -> None:
+        """
+        Tracing settings; collector headers stay out of the repr.
+        """
+        config = loadConfig(LAB + "tracing: {otlp: {endpoint: 'http://127.0.0.1:4318/v1/traces', "
+                            "headers: {authorization: secret-token}}, sampleRatio: 0.5}\n")
+        self.assertEqual(config.tracing.sampleRatio, 0.5)
+        self.assertNotIn("secret-token", repr(config))
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig(LAB + "tracing: {sampleRatio: 2}\n")
+        self.assertEqual(str(caught.exception), "tracing.sampleRatio: must be a number from 0 to 1, not 2")

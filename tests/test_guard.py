@@ -11,7 +11,7 @@ from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from aigateway.config import loadConfig
+from aigateway.config import ConfigError, loadConfig
 from aigateway.fakellm import FakeLLM
 from aigateway.service import buildRouteTable
 from tests.test_lab import ALICE_TOKEN, LAB_PEM
@@ -171,3 +171,50 @@ class GuardTests(SynchronousTestCase):
         response, _ = self.post("/query", headers={"cookie": f"theme=dark; session={ALICE_TOKEN}"})
         self.assertEqual(response.code, 200)
         self.assertEqual(self.fakellm.requests[-1].headers["cookie"], "theme=dark")
+
+
+class KeyFileTests(SynchronousTestCase):
+    """
+    Keys from a file named in the configuration.
+    """
+
+    CONFIG = """
+backends:
+  local: {provider: openai, url: 'http://127.0.0.1:9000'}
+routes:
+  - {name: r, match: {pathPrefix: /r}, backend: local}
+jwt:
+  providers:
+    lab: {issuer: solo.io, jwks: {file: keys/lab.pem}}
+"""
+
+    def test_keyFile(self) -> None:
+        """
+        The file's keys verify the lab's token.
+        """
+        clock = Clock()
+        files = {"keys/lab.pem": LAB_PEM.encode()}
+        upstream = RequestTraversalAgent(FakeLLM(clock))
+        root = buildRouteTable(loadConfig(self.CONFIG), upstream, clock, {}, files.__getitem__)
+        client = StubTreq(root)
+        d = client.post("http://gw/r", json.dumps(CHAT).encode(),
+                        headers={"authorization": f"Bearer {ALICE_TOKEN}"})
+        upstream.flush()
+        client.flush()
+        self.assertEqual(self.successResultOf(d).code, 200)
+
+    def test_missingFile(self) -> None:
+        """
+        A key file that cannot be read is a configuration error naming the
+        field and the file.
+        """
+
+        def missing(path: str) -> bytes:
+            raise FileNotFoundError(2, "No such file or directory")
+
+        with self.assertRaises(ConfigError) as caught:
+            buildRouteTable(loadConfig(self.CONFIG), None, Clock(), {}, missing)
+        self.assertEqual(
+            str(caught.exception),
+            "jwt.providers.lab.jwks.file: cannot read keys/lab.pem: No such file or directory",
+        )
