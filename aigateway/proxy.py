@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
@@ -296,6 +296,10 @@ class _Relay:
         headers = request.responseHeaders
         for name, values in downstreamHeaders(response.headers):
             headers.setRawHeaders(name, values)
+        if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
+            # The client parser takes Content-Length out of the headers;
+            # give it back so the caller knows the size too.
+            headers.setRawHeaders(b"content-length", [b"%d" % response.length])
         contentType = response.headers.getRawHeaders(b"content-type", [b""])[0]
         if contentType.startswith(b"text/event-stream"):
             self.stream = True

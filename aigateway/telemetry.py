@@ -326,7 +326,8 @@ class Telemetry:
         if exchange.serverSpan is not None:
             traceId = self._endSpans(exchange, status, errorType, answer)
         accessLog.info(
-            "{method} {path} {route} -> {status} in {durationMs:.1f} ms",
+            "{method} {path} {route} -> {status} in {durationMs:.1f} ms"
+            " model={requestModel} tokens={inputTokens}/{outputTokens} sub={sub}",
             time=exchange.started,
             route=exchange.route,
             method=exchange.method,
