@@ -8,7 +8,6 @@ leave, received by an OTLP/HTTP collector of the test's own.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -116,7 +115,8 @@ class LabTests(TestCase):
         self.addCleanup(port.stopListening)
         fakellm = Twistd(["fakellm", "--listen", "tcp:0:interface=127.0.0.1", "--key", "sk-lab"])
         self.addCleanup(fakellm.stop)
-        directory = tempfile.mkdtemp(prefix="aigateway-lab-")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
         path = os.path.join(directory, "gateway.yaml")
         pem = "\n".join(" " * 12 + line for line in LAB_PEM.splitlines())
         with open(path, "w") as f:

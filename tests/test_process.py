@@ -6,9 +6,11 @@ twistd plugin, the fake LLM over a socket, and clients a user would use
 
 from __future__ import annotations
 
+import atexit
 import http.client
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,6 +58,7 @@ class _Servers:
     def __init__(self) -> None:
         self.fakellm = Twistd(["fakellm", "--listen", "tcp:0:interface=127.0.0.1", "--key", KEY])
         self.directory = tempfile.mkdtemp(prefix="aigateway-test-")
+        atexit.register(shutil.rmtree, self.directory, True)
         self.configPath = os.path.join(self.directory, "gateway.yaml")
         with open(self.configPath, "w") as f:
             f.write(CONFIG.format(fakellm=self.fakellm.ports[0], key=KEY))
@@ -112,7 +115,8 @@ class PluginTests(SynchronousTestCase):
         A config naming a missing backend stops twistd with status 1 and one
         line naming the field.
         """
-        directory = tempfile.mkdtemp()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
         path = os.path.join(directory, "broken.yaml")
         with open(path, "w") as f:
             f.write(
