@@ -187,8 +187,11 @@ def buildTracerProvider(config: TracingConfig, environ: Mapping[str, str] = os.e
         sampler=ParentBased(TraceIdRatioBased(config.sampleRatio)),
     )
     provider.add_span_processor(
-        BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, headers=dict(config.otlpHeaders)),
-                           schedule_delay_millis=1000)
+        BatchSpanProcessor(
+            # Without configured headers the exporter reads OTEL_EXPORTER_OTLP_HEADERS.
+            OTLPSpanExporter(endpoint=endpoint, headers=dict(config.otlpHeaders) or None),
+            schedule_delay_millis=1000,
+        )
     )
     return provider
 

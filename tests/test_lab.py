@@ -7,6 +7,7 @@ leave, received by an OTLP/HTTP collector of the test's own.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -184,3 +185,82 @@ class LabTests(TestCase):
         self.assertIn('aigateway_requests_total{route="openai",status="200"} 2.0', text)
         self.assertIn('aigateway_auth_failures_total{reason="no bearer token found",route="openai"} 1.0', text)
         self.assertIn('gen_ai_token_type="output"', text)
+
+
+class _KeySetServer(Resource):
+    """
+    An issuer's JWKS URL that is down until the test says otherwise.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.document: bytes | None = None
+        self.hits = 0
+
+    def render_GET(self, request) -> bytes:
+        self.hits += 1
+        if self.document is None:
+            request.setResponseCode(503)
+            return b"starting"
+        request.setHeader(b"content-type", b"application/json")
+        return self.document
+
+
+class RemoteKeySetTests(TestCase):
+    """
+    A remote JWKS, fetched with treq by the real gateway.
+    """
+
+    async def test_downThenUp(self) -> None:
+        """
+        While the key set URL is down the gateway is not ready and tokens
+        get 401; once it answers, C{/readyz} is 200 and the token passes.
+        """
+        from aigateway.token import publicJWK
+
+        keys = _KeySetServer()
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(keys))
+        self.addCleanup(port.stopListening)
+        fakellm = Twistd(["fakellm", "--listen", "tcp:0:interface=127.0.0.1"])
+        self.addCleanup(fakellm.stop)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "gateway.yaml")
+        with open(path, "w") as f:
+            f.write(
+                "listen: tcp:0:interface=127.0.0.1\nadmin: {listen: tcp:0:interface=127.0.0.1}\n"
+                f"backends: {{local: {{provider: openai, url: 'http://127.0.0.1:{fakellm.ports[0]}'}}}}\n"
+                "routes: [{name: local, match: {pathPrefix: /local}, backend: local}]\n"
+                "jwt: {providers: {idp: {issuer: solo.io, jwks: {remote: "
+                f"{{url: 'http://127.0.0.1:{port.getHost().port}/jwks.json', cacheDuration: 1s}}}}}}}}}}\n"
+            )
+        gateway = Twistd(["aigateway", "-c", path], listeners=2)
+        self.addCleanup(gateway.stop)
+        client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        ready = f"http://127.0.0.1:{gateway.ports[1]}/readyz"
+        url = f"http://127.0.0.1:{gateway.ports[0]}/local"
+        auth = {"authorization": f"Bearer {ALICE_TOKEN}"}
+
+        response = await client.get(ready)
+        self.assertEqual(response.code, 503)
+        self.assertIn("/jwks.json", (await response.json())["pending"][0])
+        response = await client.post(url, json=CHAT, headers=auth)
+        self.assertEqual(response.code, 401)
+        self.assertEqual((await response.json())["error"]["message"],
+                         "authentication failure: no keys available")
+
+        keys.document = json.dumps({"keys": [publicJWK(LAB_PEM)]}).encode()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            response = await client.get(ready)
+            await response.content()
+            if response.code == 200:
+                break
+            await deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(response.code, 200)
+        response = await client.post(url, json=CHAT, headers=auth)
+        self.assertEqual(response.code, 200)
+        await response.content()
+        self.assertGreaterEqual(keys.hits, 2)
