@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import attrs
 import yaml
@@ -313,6 +313,23 @@ def _string(value: object, path: str) -> str:
     return value
 
 
+def _oneOf(choices: Sequence[str], known: bool = False) -> Callable[[object, str], str]:
+    """
+    A parser for a string that must be one of C{choices}.
+    """
+
+    def parse(value: object, path: str) -> str:
+        text = _string(value, path)
+        if text not in choices:
+            if known:
+                raise ConfigError(path, f"unknown {path.rsplit('.', 1)[-1]} {text!r} "
+                                        f"(known: {', '.join(choices)})")
+            raise ConfigError(path, f"must be one of {', '.join(choices)}, not {text!r}")
+        return text
+
+    return parse
+
+
 def _boolean(value: object, path: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(path, f"must be true or false, not {_kind(value)}")
@@ -419,14 +436,7 @@ def _url(value: object, path: str) -> str:
 
 def _backend(name: str, value: object, path: str) -> Backend:
     fields = _Fields(value, path)
-
-    def provider(v: object, p: str) -> str:
-        v = _string(v, p)
-        if v not in PROVIDERS:
-            raise ConfigError(p, f"unknown provider {v!r} (known: {', '.join(PROVIDERS)})")
-        return v
-
-    kind = fields.take("provider", provider, required=True)
+    kind = fields.take("provider", _oneOf(list(PROVIDERS), known=True), required=True)
     assert kind is not None
     backend = Backend(
         name=name,
@@ -649,19 +659,13 @@ def _tokenSource(value: object, path: str) -> TokenSource:
 def _jwtPolicy(value: object, path: str) -> JWTPolicy:
     fields = _Fields(value, path)
 
-    def mode(v: object, p: str) -> str:
-        v = _string(v, p)
-        if v not in JWT_MODES:
-            raise ConfigError(p, f"must be one of {', '.join(JWT_MODES)}, not {v!r}")
-        return v
-
     def providers(v: object, p: str) -> tuple[JWTProviderConfig, ...]:
         if not isinstance(v, dict) or not v:
             raise ConfigError(p, "must be a mapping of provider name to provider")
         return tuple(_jwtProvider(str(n), pv, f"{p}.{n}") for n, pv in v.items())
 
     policy = JWTPolicy(
-        mode=fields.take("mode", mode, "strict") or "strict",
+        mode=fields.take("mode", _oneOf(JWT_MODES), "strict") or "strict",
         providers=fields.take("providers", providers, required=True) or (),
         tokenFrom=fields.take("tokenFrom", _tokenSource, TokenSource()) or TokenSource(),
     )

@@ -42,7 +42,6 @@ __all__ = [
     "GatewaySite",
     "buildAgent",
     "buildGateway",
-    "buildRouteTable",
     "gatewayService",
 ]
 
@@ -193,20 +192,6 @@ def buildGateway(
     if telemetry is None:
         telemetry = Telemetry(config.tracing, Metrics(), clock)
     return _Builder(config, agent, clock, environ, readFile, fetch, telemetry).build()
-
-
-def buildRouteTable(
-    config: Config,
-    agent: IAgent,
-    clock: IReactorTime,
-    environ: Mapping[str, str] = os.environ,
-    readFile: Callable[[str], bytes] = _readFile,
-    telemetry: Telemetry | None = None,
-) -> RouteTable:
-    """
-    The route table alone, for configurations without remote key sets.
-    """
-    return buildGateway(config, agent, clock, environ, readFile, None, telemetry).root
 
 
 class GatewayRequest(Request):

@@ -5,6 +5,7 @@ Tests for L{aigateway.config}: the YAML contract and its error messages.
 from twisted.trial.unittest import SynchronousTestCase
 
 from aigateway.config import ConfigError, loadConfig, parseDuration, parseSize
+from tests.lab import LAB_POLICY
 
 LAB = """
 listen: tcp:8080
@@ -302,24 +303,7 @@ class ValueTests(SynchronousTestCase):
             self.assertRaises(ConfigError, parseSize, bad, "x")
 
 
-JWT = LAB + """
-jwt:
-  providers:
-    selfminted:
-      issuer: solo.io
-      jwks:
-        local:
-          key: |
-            -----BEGIN PUBLIC KEY-----
-            MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAskFAGESgB22iOsGk/UgX
-            BXTmMtd8R0vphvZ4RkXySOIra/vsg1UKay6aESBoZzeLX3MbBp5laQenjaYJ3U8P
-            QLCcellbaiyUuE6+obPQVIa9GEJl37GQmZIMQj4y68KHZ4m2WbQVlZVIw/Uw52cw
-            eGtitLMztiTnsve0xtgdUzV0TaynaQrRW7REF+PtLWitnvp9evweOrzHhQiPLcdm
-            fxfxCbEJHa0LRyyYatCZETOeZgkOHlYSU0ziyMhHBqpDH1vzXrM573MQ5MtrKkWR
-            T4ZQKuEe0Acyd2GhRg9ZAxNqs/gbb8bukDPXv4JnFLtWZ/7EooKbUC/QBKhQYAsK
-            bQIDAQAB
-            -----END PUBLIC KEY-----
-"""
+JWT = LAB + LAB_POLICY
 
 
 class JWTConfigTests(SynchronousTestCase):

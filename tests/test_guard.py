@@ -13,10 +13,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from aigateway.config import ConfigError, loadConfig
 from aigateway.fakellm import FakeLLM
-from aigateway.service import buildRouteTable
-from tests.test_lab import ALICE_TOKEN, LAB_PEM
+from aigateway.service import buildGateway
+from tests.lab import ALICE_TOKEN, LAB_PEM, LAB_POLICY
 
-PEM = "\n".join(" " * 12 + line for line in LAB_PEM.splitlines())
 PEM_JSON = json.dumps(LAB_PEM)
 CONFIG = f"""
 backends:
@@ -45,15 +44,7 @@ routes:
       tokenFrom: {{queryParam: access_token, cookie: session}}
       providers:
         lab: {{issuer: solo.io, jwks: {{local: {{key: {PEM_JSON}}}}}}}
-jwt:
-  providers:
-    selfminted:
-      issuer: solo.io
-      jwks:
-        local:
-          key: |
-{PEM}
-      claimsToHeaders: {{sub: x-user-id, llms.openai: x-user-models, team: x-team}}
+{LAB_POLICY}      claimsToHeaders: {{sub: x-user-id, llms.openai: x-user-models, team: x-team}}
 """
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 BAD_TOKEN = ALICE_TOKEN[:-4] + ("AAAA" if not ALICE_TOKEN.endswith("AAAA") else "BBBB")
@@ -69,7 +60,7 @@ class GuardTests(SynchronousTestCase):
         self.fakellm = FakeLLM(clock, key="sk-backend")
         self.upstream = RequestTraversalAgent(self.fakellm)
         config = loadConfig(CONFIG)
-        self.client = StubTreq(buildRouteTable(config, self.upstream, clock, {}))
+        self.client = StubTreq(buildGateway(config, self.upstream, clock, {}).root)
 
     def post(self, url: str, token: str | None = None, headers: dict | None = None):
         allHeaders = {"content-type": "application/json"}
@@ -195,7 +186,7 @@ jwt:
         clock = Clock()
         files = {"keys/lab.pem": LAB_PEM.encode()}
         upstream = RequestTraversalAgent(FakeLLM(clock))
-        root = buildRouteTable(loadConfig(self.CONFIG), upstream, clock, {}, files.__getitem__)
+        root = buildGateway(loadConfig(self.CONFIG), upstream, clock, {}, files.__getitem__).root
         client = StubTreq(root)
         d = client.post("http://gw/r", json.dumps(CHAT).encode(),
                         headers={"authorization": f"Bearer {ALICE_TOKEN}"})
@@ -213,7 +204,7 @@ jwt:
             raise FileNotFoundError(2, "No such file or directory")
 
         with self.assertRaises(ConfigError) as caught:
-            buildRouteTable(loadConfig(self.CONFIG), None, Clock(), {}, missing)
+            buildGateway(loadConfig(self.CONFIG), None, Clock(), {}, missing)
         self.assertEqual(
             str(caught.exception),
             "jwt.providers.lab.jwks.file: cannot read keys/lab.pem: No such file or directory",

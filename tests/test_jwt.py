@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from aigateway.jwt import JWTError, JWTProvider, Verifier, parseToken
 from aigateway.keys import keysFromText
 from aigateway.token import publicJWK, sign
-from tests.test_lab import ALICE_TOKEN, LAB_PEM
+from tests.lab import ALICE_TOKEN, LAB_PEM
 
 NOW = 1_800_000_000.0
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -21,7 +21,7 @@ from aigateway.jwt import JWTError, JWTProvider, Verifier
 from aigateway.keys import KeyLoadError, RemoteJWKS, keysFromText, thumbprint
 from aigateway.token import publicJWK, sign
 from tests.test_jwt import CLAIMS, EC_KEY, NOW, OTHER_RSA_KEY, RSA_KEY, _b64, _pem
-from tests.test_lab import LAB_PEM
+from tests.lab import LAB_PEM
 
 # RFC 7638 section 3.1.
 RFC7638_JWK = {

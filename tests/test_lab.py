@@ -25,23 +25,8 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from tests.lab import ALICE_TOKEN, CHAT, LAB_PEM, LAB_POLICY
 from tests.processes import Twistd
-
-LAB_PEM = """-----BEGIN PUBLIC KEY-----
-MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAskFAGESgB22iOsGk/UgX
-BXTmMtd8R0vphvZ4RkXySOIra/vsg1UKay6aESBoZzeLX3MbBp5laQenjaYJ3U8P
-QLCcellbaiyUuE6+obPQVIa9GEJl37GQmZIMQj4y68KHZ4m2WbQVlZVIw/Uw52cw
-eGtitLMztiTnsve0xtgdUzV0TaynaQrRW7REF+PtLWitnvp9evweOrzHhQiPLcdm
-fxfxCbEJHa0LRyyYatCZETOeZgkOHlYSU0ziyMhHBqpDH1vzXrM573MQ5MtrKkWR
-T4ZQKuEe0Acyd2GhRg9ZAxNqs/gbb8bukDPXv4JnFLtWZ/7EooKbUC/QBKhQYAsK
-bQIDAQAB
------END PUBLIC KEY-----
-"""
-ALICE_TOKEN = (
-    "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyAiaXNzIjogInNvbG8uaW8iLCAib3JnIjogInNvbG8uaW8iLCAic3ViIjogImFsaWNlIiwgInRlYW0iOiAiZGV2IiwgImxsbXMiOiB7ICJvcGVuYWkiOiBbICJncHQtMy41LXR1cmJvIiBdIH0gfQ."
-    "I7whTti0aDKxlILc5uLK9oo6TljGS6JUrjPVd6z1PxzucUa_cnuKkY0qj_wrkzyVN5djy4t2ggE1uBO8Llpwi-Ygru9hM84-1m53aO07JYFya1VTDsI25tCRG8rYhShDdAP5L935SIARta2QtHhrVcd1Ae7yfTDZ8G1DXLtjR2QelszCd2R8PioCQmqJ8PeKg4sURhu05GlBCZoXES9-rtPVbe6j3YLBTodJAvLHhyy3LgV_QbN7IiZ5qEywdKHoEF4D4aCUf_LqPp4NoqHXnGT4jLzWJEtZXHQ4sgRy_5T93NOLzWLdIjgMjGO_F0aVLwBzU-phykOVfcBPaMvetg"
-)
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Whats your favorite poem?"}]}
 
 CONFIG = """
 listen: tcp:0:interface=127.0.0.1
@@ -57,15 +42,7 @@ routes:
     match: {{pathPrefix: /openai}}
     backend: openai-all-models
     timeout: 120s
-jwt:
-  providers:
-    selfminted:
-      issuer: solo.io
-      jwks:
-        local:
-          key: |
-{pem}
-tracing:
+{policy}tracing:
   otlp: {{endpoint: "http://127.0.0.1:{collector}/v1/traces"}}
   captureContent: true
   legacyAttributes: true
@@ -119,9 +96,8 @@ class LabTests(TestCase):
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         path = os.path.join(directory, "gateway.yaml")
-        pem = "\n".join(" " * 12 + line for line in LAB_PEM.splitlines())
         with open(path, "w") as f:
-            f.write(CONFIG.format(fakellm=fakellm.ports[0], collector=port.getHost().port, pem=pem))
+            f.write(CONFIG.format(fakellm=fakellm.ports[0], collector=port.getHost().port, policy=LAB_POLICY))
         self.gateway = Twistd(["aigateway", "-c", path], listeners=2)
         self.addCleanup(self.gateway.stop)
         self.url = f"http://127.0.0.1:{self.gateway.ports[0]}/openai"

@@ -20,10 +20,10 @@ from treq.client import HTTPClient
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.lab import CHAT
 from tests.processes import REPO, Twistd, twistdCommand
 
 KEY = "sk-test-upstream"
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Whats your favorite poem?"}]}
 
 CONFIG = """
 listen: tcp:0:interface=127.0.0.1

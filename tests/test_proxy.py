@@ -27,7 +27,8 @@ from twisted.web.http_headers import Headers
 
 from aigateway.config import loadConfig
 from aigateway.fakellm import FakeLLM
-from aigateway.service import GatewaySite, buildRouteTable
+from aigateway.service import GatewaySite, buildGateway
+from tests.lab import CHAT
 
 KEY = "sk-upstream-secret"
 CONFIG = f"""
@@ -46,7 +47,6 @@ routes:
   - {{name: pinned, match: {{pathPrefix: /pinned}}, backend: pinned}}
   - {{name: small, match: {{pathPrefix: /small}}, backend: local, maxRequestBody: 100}}
 """
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Whats your favorite poem?"}]}
 
 
 class _Gateway:
@@ -58,7 +58,7 @@ class _Gateway:
         self.clock = Clock()
         self.fakellm = FakeLLM(self.clock, key=KEY)
         self.upstream = RequestTraversalAgent(self.fakellm)
-        root = buildRouteTable(loadConfig(config), self.upstream, self.clock, {})
+        root = buildGateway(loadConfig(config), self.upstream, self.clock, {}).root
         self.client = StubTreq(root)
 
     def pump(self) -> None:
@@ -202,7 +202,7 @@ class StreamTests(SynchronousTestCase):
         self.clock = Clock()
         self.upstream = _Upstream()
         config = loadConfig(CONFIG.replace("timeout: 30s", "timeout: 5s"))
-        site = GatewaySite(buildRouteTable(config, self.upstream, self.clock, {}))
+        site = GatewaySite(buildGateway(config, self.upstream, self.clock, {}).root)
         address = IPv4Address("TCP", "127.0.0.1", 40000)
         self.channel = site.buildProtocol(address)
         self.client = StringTransport(peerAddress=address)

@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from aigateway.config import loadConfig
 from aigateway.fakellm import FakeLLM
-from aigateway.service import buildRouteTable
+from aigateway.service import buildGateway
 from aigateway.telemetry import Metrics, Telemetry
 
 CONFIG = """
@@ -58,7 +58,7 @@ class _Traced:
         telemetry = Telemetry(config.tracing, self.metrics, self.clock, provider)
         self.fakellm = FakeLLM(self.clock)
         self.upstream = RequestTraversalAgent(self.fakellm)
-        self.client = StubTreq(buildRouteTable(config, self.upstream, self.clock, {}, telemetry=telemetry))
+        self.client = StubTreq(buildGateway(config, self.upstream, self.clock, {}, telemetry=telemetry).root)
         self.events: list[dict] = []
 
     def observe(self, case: SynchronousTestCase) -> None:
@@ -202,7 +202,7 @@ class NoTracingTests(SynchronousTestCase):
         config = loadConfig(CONFIG % {"capture": "false"})
         telemetry = Telemetry(config.tracing, Metrics(), clock)
         self.assertIsNone(telemetry.tracer)
-        client = StubTreq(buildRouteTable(config, upstream, clock, {}, telemetry=telemetry))
+        client = StubTreq(buildGateway(config, upstream, clock, {}, telemetry=telemetry).root)
         parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         d = client.post("http://gw/local", json.dumps(CHAT).encode(),
                         headers={"traceparent": parent, "content-type": "application/json"})
