@@ -1,22 +1,59 @@
 """
-The admin listener: C{/healthz} (the process is alive), C{/readyz} (it
-can serve: every remote key set has keys) and C{/metrics} (Prometheus).
+The admin listener, loopback by default:
+
+  - C{GET /healthz}: the process is up;
+  - C{GET /readyz}: 200 once every remote key set has keys, else 503 with
+    what is pending;
+  - C{GET /metrics}: the Prometheus metrics;
+  - C{GET /config}: the configuration being served, secrets redacted, with
+    its SHA-256, when it was loaded and why the last reload failed;
+  - C{POST /reload}: load the configuration again now.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from typing import TYPE_CHECKING, Any
 
+import yaml
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from aigateway.errors import writeError
-from aigateway.keys import RemoteJWKS
-from aigateway.telemetry import Metrics
 
-__all__ = ["AdminRoot"]
+if TYPE_CHECKING:
+    from aigateway.service import GatewayService
+
+__all__ = ["AdminRoot", "redacted"]
+
+REDACTED = "<redacted>"
+
+
+def redacted(document: Any, parent: str = "") -> Any:
+    """
+    A copy of a configuration document with every secret replaced: inline
+    backend keys and the collector's headers.
+    """
+    if isinstance(document, dict):
+        copy = {}
+        for key, value in document.items():
+            if parent == "authToken" and key == "value":
+                copy[key] = REDACTED
+            elif parent == "otlp" and key == "headers" and isinstance(value, dict):
+                copy[key] = {name: REDACTED for name in value}
+            else:
+                copy[key] = redacted(value, str(key))
+        return copy
+    if isinstance(document, list):
+        return [redacted(item, parent) for item in document]
+    return document
+
+
+def _json(request: Request, document: object, status: int = 200) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(document, indent=2, default=str).encode("utf-8") + b"\n"
 
 
 class AdminRoot(Resource):
@@ -26,24 +63,35 @@ class AdminRoot(Resource):
 
     isLeaf = True
 
-    def __init__(self, keySets: Sequence[RemoteJWKS] = (), metrics: Metrics | None = None) -> None:
+    def __init__(self, gateway: "GatewayService") -> None:
         super().__init__()
-        self.keySets = tuple(keySets)
-        self.metrics = metrics
+        self.gateway = gateway
 
-    def render(self, request: Request) -> bytes:
-        if request.path == b"/healthz":
+    def render_GET(self, request: Request) -> bytes:
+        gateway = self.gateway
+        path = request.path
+        if path == b"/healthz":
             request.setHeader(b"content-type", b"text/plain")
             return b"ok\n"
-        if request.path == b"/readyz":
-            pending = [keySet.url for keySet in self.keySets if not keySet.ready]
-            request.setHeader(b"content-type", b"application/json")
-            if pending:
-                request.setResponseCode(503)
-            return json.dumps(
-                {"ready": not pending, "pending": [f"jwks {url}" for url in pending]}
-            ).encode("utf-8") + b"\n"
-        if request.path == b"/metrics" and self.metrics is not None:
+        if path == b"/readyz":
+            pending = gateway.ready
+            return _json(request, {"ready": not pending, "pending": pending}, 503 if pending else 200)
+        if path == b"/metrics":
             request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
-            return generate_latest(self.metrics.registry)
+            return generate_latest(gateway.metrics.registry)
+        if path == b"/config":
+            return _json(request, {
+                "sha256": gateway.digest,
+                "loadedAt": gateway.loadedAt,
+                "lastError": gateway.lastError,
+                "config": redacted(yaml.safe_load(gateway.text)),
+            })
+        return writeError(request, 404, f"no admin endpoint {path.decode('latin-1')}")
+
+    def render_POST(self, request: Request) -> bytes:
+        if request.path == b"/reload":
+            error = self.gateway.reload("POST /reload")
+            if error is not None:
+                return _json(request, {"reloaded": False, "error": error}, 422)
+            return _json(request, {"reloaded": True, "sha256": self.gateway.digest})
         return writeError(request, 404, f"no admin endpoint {request.path.decode('latin-1')}")

@@ -243,6 +243,7 @@ class Config:
     routes: tuple[Route, ...]
     jwt: JWTPolicy | None = None
     tracing: TracingConfig = TracingConfig()
+    shutdownTimeout: float = 30.0
 
 
 class _Fields:
@@ -753,6 +754,7 @@ def parseConfig(document: object) -> Config:
         routes=fields.take("routes", routes, ()) or (),
         jwt=gatewayPolicy,
         tracing=fields.take("tracing", _tracing, TracingConfig()) or TracingConfig(),
+        shutdownTimeout=fields.take("shutdownTimeout", parseDuration, 30.0),  # type: ignore[arg-type]
     )
     fields.done()
     return config

@@ -1,20 +1,22 @@
 """
 Building the running gateway from a L{Config}: the route table with one
 resource chain per route, the HTTP site, the listeners and the admin
-listener.  Everything takes its reactor, agent and environment as
+listener, and serving it: reloads and a graceful drain.  Everything takes its reactor, agent and environment as
 arguments; only L{aigateway.tap} knows the global reactor.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Callable, Mapping
 
 import attrs
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.threads import deferToThread
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -25,7 +27,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from aigateway.admin import AdminRoot
-from aigateway.config import Config, ConfigError, JWTPolicy, JWTProviderConfig, Route
+from aigateway.config import Config, ConfigError, JWTPolicy, JWTProviderConfig, Route, loadConfig
 from aigateway.credentials import resolveCredential
 from aigateway.errors import errorBody
 from aigateway.guard import JWTGuard
@@ -34,15 +36,16 @@ from aigateway.keys import KeyLoadError, RemoteJWKS, keysFromText, treqFetch
 from aigateway.providers.openai import OpenAIProvider
 from aigateway.proxy import ProxyResource
 from aigateway.routing import RouteTable
-from aigateway.telemetry import Metrics, Telemetry, buildTracerProvider
+from aigateway.reload import ConfigWatcher
+from aigateway.telemetry import InFlight, Metrics, Telemetry, buildTracerProvider
 
 __all__ = [
     "Gateway",
     "GatewayRequest",
     "GatewaySite",
     "buildAgent",
+    "GatewayService",
     "buildGateway",
-    "gatewayService",
 ]
 
 log = Logger()
@@ -248,78 +251,196 @@ def buildAgent(reactor) -> IAgent:
     return Agent(reactor, pool=pool, connectTimeout=10)
 
 
-class KeyRefreshService(Service):
+class _Listeners:
     """
-    Keeps a configuration's remote key sets fresh while it serves.
+    The listening ports for one site, opened and closed as the set of
+    endpoint strings changes.
     """
 
-    def __init__(self, keySets: tuple[RemoteJWKS, ...]) -> None:
-        self.keySets = keySets
+    def __init__(self, reactor, site: Site) -> None:
+        self.reactor = reactor
+        self.site = site
+        self.running: dict[str, StreamServerEndpointService] = {}
+
+    def update(self, descriptions: tuple[str, ...]) -> list[Deferred]:
+        stopping = []
+        for description in list(self.running):
+            if description not in descriptions:
+                stopping.append(self.running.pop(description).stopService())
+        for description in descriptions:
+            if description not in self.running:
+                listener = StreamServerEndpointService(
+                    serverFromString(self.reactor, description), self.site
+                )
+                listener._raiseSynchronously = True
+                listener.startService()
+                self.running[description] = listener
+        return [d for d in stopping if d is not None]
+
+    def stop(self) -> Deferred:
+        return gatherResults(self.update(()))
+
+
+class GatewayService(Service):
+    """
+    The running gateway: its listeners and admin listener, the remote key
+    sets of the configuration it serves, reloads of that configuration
+    (on a change on disk, C{SIGHUP} or C{POST /reload}), and a graceful
+    drain when it stops.
+
+    A reload builds the whole new route tree first and only then swaps it
+    in; requests in flight finish on the tree they started with.  A
+    configuration that does not load changes nothing.
+
+    @ivar config: the configuration being served.
+    @ivar loadedAt: when it was loaded (POSIX time).
+    @ivar digest: the SHA-256 of its text.
+    @ivar lastError: why the last reload failed, or L{None}.
+    """
+
+    def __init__(
+        self,
+        reactor,
+        configPath: str,
+        agent: IAgent | None = None,
+        environ: Mapping[str, str] = os.environ,
+        readFile: Callable[[str], bytes] = _readFile,
+        listen: tuple[str, ...] = (),
+        watch: bool = True,
+    ) -> None:
+        self.reactor = reactor
+        self.configPath = configPath
+        self.agent = agent if agent is not None else buildAgent(reactor)
+        self.environ = environ
+        self.readFile = readFile
+        self.listenOverride = listen
+        self.metrics = Metrics()
+        self.inFlight = InFlight(self.metrics)
+        self.lastError: str | None = None
+        config, text = self._load()
+        self.tracerProvider = buildTracerProvider(config.tracing, environ)
+        self._serve(config, text, self._build(config))
+        self.site = GatewaySite(self.gateway.root)
+        self.listeners = _Listeners(reactor, self.site)
+        adminSite = Site(AdminRoot(self))
+        adminSite.log = lambda request: None  # type: ignore[method-assign]
+        adminSite.noisy = False
+        self.adminListeners = _Listeners(reactor, adminSite)
+        self.watcher = (
+            ConfigWatcher(reactor, self._watchedFiles(config), lambda: self.reload("file changed"))
+            if watch else None
+        )
+
+    def _load(self) -> tuple[Config, bytes]:
+        try:
+            text = self.readFile(self.configPath)
+        except OSError as e:
+            raise ConfigError("", f"cannot read the configuration: {e.strerror or e}") from None
+        config = loadConfig(text)
+        if self.listenOverride:
+            config = attrs.evolve(config, listen=self.listenOverride)
+        return config, text
+
+    def _build(self, config: Config) -> Gateway:
+        telemetry = Telemetry(config.tracing, self.metrics, self.reactor, self.tracerProvider, self.inFlight)
+        return buildGateway(
+            config, self.agent, self.reactor, self.environ, self.readFile,
+            treqFetch(self.agent, self.reactor), telemetry,
+        )
+
+    def _serve(self, config: Config, text: bytes, gateway: Gateway) -> None:
+        self.config = config
+        self.text = text
+        self.gateway = gateway
+        self.digest = hashlib.sha256(text).hexdigest()
+        self.loadedAt = self.reactor.seconds()
+
+    def _watchedFiles(self, config: Config) -> list[str]:
+        base = os.path.dirname(os.path.abspath(self.configPath))
+        files = [self.configPath]
+        files += [b.authToken.ref for b in config.backends.values()
+                  if b.authToken is not None and b.authToken.kind == "file"]
+        policies = [config.jwt] + [r.jwt for r in config.routes]
+        files += [p.jwks.path for policy in policies if policy is not None
+                  for p in policy.providers if p.jwks.kind == "file" and p.jwks.path]
+        return [os.path.join(base, f) for f in files]
+
+    @property
+    def ready(self) -> list[str]:
+        """
+        What the gateway still waits for before it can serve: the remote
+        key sets without keys.
+        """
+        return [f"jwks {keySet.url}" for keySet in self.gateway.keySets if not keySet.ready]
+
+    def reload(self, reason: str) -> str | None:
+        """
+        Load the configuration again and, if it is good, serve it.
+
+        @return: L{None}, or why the configuration was not taken.
+        """
+        started = self.reactor.seconds()
+        try:
+            config, text = self._load()
+            gateway = self._build(config)
+        except ConfigError as e:
+            self.lastError = str(e)
+            self.metrics.reloads.labels("failed").inc()
+            log.error("configuration not reloaded ({reason}): {error}", reason=reason, error=str(e))
+            return self.lastError
+        old = self.gateway
+        for keySet in gateway.keySets:
+            keySet.start()
+        self.site.resource = gateway.root
+        for keySet in old.keySets:
+            keySet.stop()
+        self._serve(config, text, gateway)
+        self.lastError = None
+        self.metrics.reloads.labels("ok").inc()
+        if self.running:
+            self.listeners.update(config.listen)
+            self.adminListeners.update(config.admin.listen if config.admin else ())
+        if self.watcher is not None:
+            self.watcher.watch(self._watchedFiles(config))
+        log.info(
+            "configuration reloaded ({reason}): {routes} routes in {ms:.1f} ms",
+            reason=reason, routes=len(config.routes), ms=(self.reactor.seconds() - started) * 1000,
+        )
+        return None
 
     def startService(self) -> None:
         super().startService()
-        for keySet in self.keySets:
+        for keySet in self.gateway.keySets:
             keySet.start()
+        self.listeners.update(self.config.listen)
+        self.adminListeners.update(self.config.admin.listen if self.config.admin else ())
+        if self.watcher is not None:
+            self.watcher.startService()
 
-    def stopService(self) -> None:
-        super().stopService()
-        for keySet in self.keySets:
+    async def _drain(self) -> None:
+        """
+        Stop accepting, let what is in flight finish (up to the
+        configuration's C{shutdownTimeout}), then let go of the rest.
+        """
+        await self.listeners.stop()
+        if self.inFlight.count:
+            log.info("draining {count} requests in flight", count=self.inFlight.count)
+            idle = self.inFlight.whenIdle()
+            timer = self.reactor.callLater(self.config.shutdownTimeout, idle.cancel)
+            try:
+                await idle
+            except CancelledError:
+                log.warn("{count} requests still in flight at shutdown", count=self.inFlight.count)
+            else:
+                timer.cancel()
+        await self.adminListeners.stop()
+        if self.watcher is not None:
+            self.watcher.stopService()
+        for keySet in self.gateway.keySets:
             keySet.stop()
-
-
-class TracerShutdown(Service):
-    """
-    Flushes the spans still queued for export when the gateway stops.
-    """
-
-    def __init__(self, provider) -> None:
-        self.provider = provider
+        if self.tracerProvider is not None:
+            await deferToThread(self.tracerProvider.shutdown)
 
     def stopService(self) -> Deferred[None]:
-        from twisted.internet.threads import deferToThread
-
         super().stopService()
-        return deferToThread(self.provider.shutdown)
-
-
-def gatewayService(
-    config: Config,
-    reactor,
-    agent: IAgent | None = None,
-    environ: Mapping[str, str] = os.environ,
-    readFile: Callable[[str], bytes] = _readFile,
-) -> MultiService:
-    """
-    The whole gateway as one service: a listener per C{listen} endpoint, one
-    per admin endpoint, and the refresh of remote key sets.
-
-    @raise ConfigError: when a file the configuration names is unusable.
-    """
-    if agent is None:
-        agent = buildAgent(reactor)
-    metrics = Metrics()
-    tracerProvider = buildTracerProvider(config.tracing, environ)
-    telemetry = Telemetry(config.tracing, metrics, reactor, tracerProvider)
-    gateway = buildGateway(
-        config, agent, reactor, environ, readFile, treqFetch(agent, reactor), telemetry
-    )
-    site = GatewaySite(gateway.root)
-    top = MultiService()
-    KeyRefreshService(gateway.keySets).setServiceParent(top)
-    if tracerProvider is not None:
-        TracerShutdown(tracerProvider).setServiceParent(top)
-    for description in config.listen:
-        listener = StreamServerEndpointService(serverFromString(reactor, description), site)
-        listener._raiseSynchronously = True
-        listener.setServiceParent(top)
-    if config.admin is not None:
-        adminSite = Site(AdminRoot(gateway.keySets, metrics))
-        adminSite.log = lambda request: None  # type: ignore[method-assign]
-        adminSite.noisy = False
-        for description in config.admin.listen:
-            listener = StreamServerEndpointService(
-                serverFromString(reactor, description), adminSite
-            )
-            listener._raiseSynchronously = True
-            listener.setServiceParent(top)
-    return top
+        return Deferred.fromCoroutine(self._drain())

@@ -7,15 +7,15 @@ This is the one module that imports the global reactor.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
-import attrs
 from twisted.application.service import IService
 from twisted.python import usage
 
-from aigateway.config import Config, ConfigError, parseEndpoint, loadConfig
+from aigateway.config import ConfigError, parseEndpoint
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "makeService", "listenOverride"]
 
 
 class Options(usage.Options):
@@ -39,52 +39,48 @@ class Options(usage.Options):
         self["listen"].append(description)
 
 
-def readConfig(options: Options) -> Config:
+def listenOverride(options: Options) -> tuple[str, ...]:
     """
-    Load the configuration file the options name, with C{--listen} applied.
+    The endpoints given with C{--listen}, checked.
 
-    @raise ConfigError: with a message naming the file and the field.
+    @raise ConfigError: naming the bad one.
     """
-    path = options["config"]
-    try:
-        with open(path, "rb") as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError(path, f"cannot read the configuration: {e.strerror or e}") from None
-    try:
-        config = loadConfig(text)
-        listen = tuple(
-            parseEndpoint(d, f"--listen[{i}]") for i, d in enumerate(options["listen"])
-        )
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e.path}" if e.path else path, e.problem) from None
-    if listen:
-        config = attrs.evolve(config, listen=listen)
-    return config
+    return tuple(parseEndpoint(d, f"--listen[{i}]") for i, d in enumerate(options["listen"]))
 
 
-def makeService(options: Options) -> IService:
+def fileReader(configPath: str):
     """
-    Load the configuration and build the gateway; a broken configuration is
-    reported on one line and the process exits with status 1.  Files the
-    configuration names by a relative path are found beside it.
+    Reads files by paths as the configuration gives them: relative ones
+    are found beside the configuration file.
     """
-    from twisted.internet import reactor
-
-    from aigateway.service import gatewayService
-
-    base = os.path.dirname(os.path.abspath(options["config"]))
+    base = os.path.dirname(os.path.abspath(configPath))
 
     def readFile(path: str) -> bytes:
         with open(os.path.join(base, path), "rb") as f:
             return f.read()
 
+    return readFile
+
+
+def makeService(options: Options) -> IService:
+    """
+    Load the configuration and build the gateway; a broken configuration is
+    reported on one line and the process exits with status 1.  C{SIGHUP}
+    reloads the configuration.
+    """
+    from twisted.internet import reactor
+
+    from aigateway.service import GatewayService
+
+    path = options["config"]
     try:
-        config = readConfig(options)
-        try:
-            return gatewayService(config, reactor, readFile=readFile)
-        except ConfigError as e:
-            raise ConfigError(f"{options['config']}: {e.path}", e.problem) from None
+        service = GatewayService(
+            reactor, os.path.abspath(path), readFile=fileReader(path), listen=listenOverride(options)
+        )
     except ConfigError as e:
-        sys.stderr.write(f"aigateway: {e}\n")
+        sys.stderr.write(f"aigateway: {path}: {e}\n")
         raise SystemExit(1)
+    signal.signal(
+        signal.SIGHUP, lambda *args: reactor.callFromThread(service.reload, "SIGHUP")
+    )
+    return service

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -24,7 +25,7 @@ from twisted.web.iweb import IRequest
 from aigateway.config import TracingConfig
 from aigateway.errors import writeError
 
-__all__ = ["Exchange", "Metrics", "Telemetry", "buildTracerProvider"]
+__all__ = ["Exchange", "InFlight", "Metrics", "Telemetry", "buildTracerProvider"]
 
 accessLog = Logger(namespace="aigateway.access")
 log = Logger()
@@ -150,6 +151,9 @@ class Metrics:
         self.inFlight = Gauge(
             "aigateway_requests_in_flight", "Requests being served.", registry=r
         )
+        self.reloads = Counter(
+            "aigateway_config_reloads", "Configuration reloads by result.", ["result"], registry=r
+        )
 
     def model(self, name: str | None) -> str:
         """
@@ -163,6 +167,40 @@ class Metrics:
             self._models.add(name)
             return name
         return "other"
+
+
+class InFlight:
+    """
+    How many requests are being served, across configuration reloads, and
+    a way to wait until none is.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.count = 0
+        self._waiting: list[Deferred[None]] = []
+
+    def started(self) -> None:
+        self.count += 1
+        self.metrics.inFlight.inc()
+
+    def finished(self) -> None:
+        self.count -= 1
+        self.metrics.inFlight.dec()
+        if not self.count:
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.callback(None)
+
+    def whenIdle(self) -> Deferred[None]:
+        """
+        A Deferred that fires once no request is in flight.
+        """
+        if not self.count:
+            return succeed(None)
+        d: Deferred[None] = Deferred(lambda d: self._waiting.remove(d))
+        self._waiting.append(d)
+        return d
 
 
 def buildTracerProvider(config: TracingConfig, environ: Mapping[str, str] = os.environ) -> Any:
@@ -209,10 +247,12 @@ class Telemetry:
         metrics: Metrics,
         clock: IReactorTime,
         tracerProvider: Any = None,
+        inFlight: InFlight | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
         self.clock = clock
+        self.inFlight = inFlight if inFlight is not None else InFlight(metrics)
         self.tracer = tracerProvider.get_tracer("aigateway") if tracerProvider is not None else None
         if self.tracer is not None:
             from opentelemetry.trace import SpanKind, set_span_in_context
@@ -233,7 +273,7 @@ class Telemetry:
             method=request.method.decode("latin-1"),
             path=request.path.decode("latin-1"),
         )
-        self.metrics.inFlight.inc()
+        self.inFlight.started()
         if self.tracer is not None:
             carrier = {}
             for name in (b"traceparent", b"tracestate"):
@@ -298,7 +338,7 @@ class Telemetry:
         @param status: the status the client was sent.
         @param completed: whether the response was delivered whole.
         """
-        self.metrics.inFlight.dec()
+        self.inFlight.finished()
         now = self.clock.seconds()
         exchange.status = status
         answer = exchange.answer

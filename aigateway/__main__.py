@@ -1,0 +1,44 @@
+"""
+C{python -m aigateway check -c FILE}: validate a configuration, as the
+gateway would load it, and print what is wrong.  Exit status 0 when it is
+good, 1 when it is not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from twisted.internet.task import Clock
+
+from aigateway.config import ConfigError, loadConfig
+from aigateway.service import buildGateway
+from aigateway.tap import fileReader
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aigateway")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check", help="validate a configuration file")
+    check.add_argument("-c", "--config", default="etc/gateway.yaml")
+    args = parser.parse_args(argv)
+    readFile = fileReader(args.config)
+    try:
+        try:
+            with open(args.config, "rb") as f:
+                text = f.read()
+        except OSError as e:
+            raise ConfigError("", f"cannot read the configuration: {e.strerror or e}") from None
+        config = loadConfig(text)
+        buildGateway(config, None, Clock(), environ={}, readFile=readFile,
+                     fetch=lambda url: None)
+    except ConfigError as e:
+        print(f"{args.config}: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.config}: ok ({len(config.routes)} routes, {len(config.backends)} backends)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
