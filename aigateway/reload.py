@@ -93,7 +93,7 @@ class ConfigWatcher(Service):
         self._watched.clear()
 
     def _event(self, ignored: object, path: FilePath, mask: int) -> None:
-        directory, name = os.path.split(path.path)
+        directory, name = os.path.split(os.fsdecode(path.path))
         if (directory, name) not in self._names():
             return
         if self._pending is not None and self._pending.active():

@@ -15,13 +15,14 @@ import attrs
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.threads import deferToThread
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
@@ -217,18 +218,61 @@ class GatewayRequest(Request):
         self.finish()
 
 
+class _GatewayChannel(HTTPChannel):
+    """
+    A client connection that the site keeps track of, so a drain can close
+    the idle ones cleanly.
+    """
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.channels.add(self)
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self.factory.channelClosed(self)
+
+
 class GatewaySite(Site):
     """
     The site that serves the route table.  Per-request logging is the
     telemetry's job, so the Site's own access log is off.
+
+    @ivar channels: the open client connections.
     """
 
+    protocol = _GatewayChannel
     requestFactory = GatewayRequest
     displayTracebacks = False
     noisy = False
 
+    def __init__(self, resource: IResource, reactor: IReactorTime | None = None) -> None:
+        super().__init__(resource, reactor=reactor)
+        self.channels: set[HTTPChannel] = set()
+        self._whenClosed: list[Deferred[None]] = []
+
     def log(self, request: Request) -> None:
         pass
+
+    def channelClosed(self, channel: HTTPChannel) -> None:
+        self.channels.discard(channel)
+        if not self.channels:
+            waiting, self._whenClosed = self._whenClosed, []
+            for d in waiting:
+                d.callback(None)
+
+    def closeChannels(self) -> Deferred[None]:
+        """
+        Close every client connection once what was written to it is sent;
+        fires when all are closed.
+        """
+        if not self.channels:
+            return succeed(None)
+        d: Deferred[None] = Deferred(lambda d: self._whenClosed.remove(d))
+        self._whenClosed.append(d)
+        for channel in list(self.channels):
+            channel.transport.loseConnection()
+        return d
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -320,7 +364,7 @@ class GatewayService(Service):
         config, text = self._load()
         self.tracerProvider = buildTracerProvider(config.tracing, environ)
         self._serve(config, text, self._build(config))
-        self.site = GatewaySite(self.gateway.root)
+        self.site = GatewaySite(self.gateway.root, reactor)
         self.listeners = _Listeners(reactor, self.site)
         adminSite = Site(AdminRoot(self))
         adminSite.log = lambda request: None  # type: ignore[method-assign]
@@ -423,16 +467,14 @@ class GatewayService(Service):
         configuration's C{shutdownTimeout}), then let go of the rest.
         """
         await self.listeners.stop()
+        deadline = self.reactor.seconds() + self.config.shutdownTimeout
         if self.inFlight.count:
             log.info("draining {count} requests in flight", count=self.inFlight.count)
-            idle = self.inFlight.whenIdle()
-            timer = self.reactor.callLater(self.config.shutdownTimeout, idle.cancel)
-            try:
-                await idle
-            except CancelledError:
+            if not await self._within(self.inFlight.whenIdle(), deadline):
                 log.warn("{count} requests still in flight at shutdown", count=self.inFlight.count)
-            else:
-                timer.cancel()
+        # Idle connections are closed after their last bytes are sent: the
+        # reactor's own shutdown would drop what is still buffered.
+        await self._within(self.site.closeChannels(), deadline)
         await self.adminListeners.stop()
         if self.watcher is not None:
             self.watcher.stopService()
@@ -440,6 +482,15 @@ class GatewayService(Service):
             keySet.stop()
         if self.tracerProvider is not None:
             await deferToThread(self.tracerProvider.shutdown)
+
+    async def _within(self, d: Deferred[None], deadline: float) -> bool:
+        timer = self.reactor.callLater(max(0.0, deadline - self.reactor.seconds()), d.cancel)
+        try:
+            await d
+        except CancelledError:
+            return False
+        timer.cancel()
+        return True
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

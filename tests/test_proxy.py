@@ -202,7 +202,7 @@ class StreamTests(SynchronousTestCase):
         self.clock = Clock()
         self.upstream = _Upstream()
         config = loadConfig(CONFIG.replace("timeout: 30s", "timeout: 5s"))
-        site = GatewaySite(buildGateway(config, self.upstream, self.clock, {}).root)
+        site = GatewaySite(buildGateway(config, self.upstream, self.clock, {}).root, self.clock)
         address = IPv4Address("TCP", "127.0.0.1", 40000)
         self.channel = site.buildProtocol(address)
         self.client = StringTransport(peerAddress=address)
