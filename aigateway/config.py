@@ -21,6 +21,7 @@ from twisted.internet.endpoints import serverFromString
 
 __all__ = [
     "AdminConfig",
+    "AuthorizationPolicy",
     "JWKSSource",
     "JWTPolicy",
     "JWTProviderConfig",
@@ -185,6 +186,15 @@ class JWTPolicy:
 
 
 @attrs.frozen
+class AuthorizationPolicy:
+    """
+    Authorization rules, compiled: see L{aigateway.policy}.
+    """
+
+    rules: tuple
+
+
+@attrs.frozen
 class Route:
     """
     One entry of the route table.
@@ -192,6 +202,8 @@ class Route:
     @ivar timeout: seconds for the whole request, or L{None} for no limit.
     @ivar maxRequestBody: the largest request body accepted, in bytes.
     @ivar jwt: the route's JWT policy, or L{None} when it has none.
+    @ivar authorization: the route's rules, or L{None}.
+    @ivar rateLimits: the route's limits (L{aigateway.policy.Limit}).
     """
 
     name: str
@@ -200,6 +212,8 @@ class Route:
     timeout: float | None
     maxRequestBody: int
     jwt: JWTPolicy | None = None
+    authorization: AuthorizationPolicy | None = None
+    rateLimits: tuple = ()
 
 
 @attrs.frozen
@@ -242,6 +256,7 @@ class Config:
     backends: Mapping[str, Backend]
     routes: tuple[Route, ...]
     jwt: JWTPolicy | None = None
+    authorization: AuthorizationPolicy | None = None
     tracing: TracingConfig = TracingConfig()
     shutdownTimeout: float = 30.0
 
@@ -516,12 +531,101 @@ def _routeJwt(gatewayPolicy: JWTPolicy | None) -> Callable[[object, str], JWTPol
     return parse
 
 
+def _expression(value: object, path: str) -> Any:
+    from aigateway.policy import ExpressionError, compileExpression
+
+    try:
+        return compileExpression(_string(value, path))
+    except ExpressionError as e:
+        raise ConfigError(path, str(e)) from None
+
+
+RULE_KINDS = ("allow", "deny", "require")
+
+
+def _authorization(value: object, path: str) -> AuthorizationPolicy:
+    from aigateway.policy import Rule
+
+    fields = _Fields(value, path)
+
+    def rules(v: object, p: str) -> tuple:
+        if not isinstance(v, list) or not v:
+            raise ConfigError(p, "must be a non-empty list of rules")
+        parsed = []
+        for i, item in enumerate(v):
+            where = f"{p}[{i}]"
+            inner = _Fields(item, where)
+            kinds = [k for k in RULE_KINDS if inner.has(k)]
+            if len(kinds) != 1:
+                raise ConfigError(where, "must have exactly one of allow, deny, require")
+            expression = inner.take(kinds[0], _expression)
+            inner.done()
+            parsed.append(Rule(kinds[0], expression, f"rules[{i}]"))
+        return tuple(parsed)
+
+    policy = AuthorizationPolicy(rules=fields.take("rules", rules, required=True) or ())
+    fields.done()
+    return policy
+
+
+def _routeAuthorization(gatewayPolicy: AuthorizationPolicy | None) -> Callable[[object, str], AuthorizationPolicy | None]:
+    def parse(value: object, path: str) -> AuthorizationPolicy | None:
+        if value is False or value == "off":
+            return None
+        return _authorization(value, path)
+
+    return parse
+
+
+def _bucket(value: object, path: str) -> Any:
+    from aigateway.policy import Bucket
+
+    fields = _Fields(value, path)
+
+    def positive(v: object, p: str) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+            raise ConfigError(p, f"must be a positive number, not {v!r}")
+        return float(v)
+
+    bucket = Bucket(
+        limit=fields.take("limit", positive, required=True),  # type: ignore[arg-type]
+        per=fields.take("per", parseDuration, required=True),  # type: ignore[arg-type]
+    )
+    fields.done()
+    if bucket.per <= 0:
+        raise ConfigError(f"{path}.per", "must be longer than zero")
+    return bucket
+
+
+def _rateLimits(value: object, path: str) -> tuple:
+    from aigateway.policy import Limit
+
+    if not isinstance(value, list):
+        raise ConfigError(path, f"must be a list of limits, not {_kind(value)}")
+    limits = []
+    for i, item in enumerate(value):
+        where = f"{path}[{i}]"
+        fields = _Fields(item, where)
+        limit = Limit(
+            key=fields.take("key", _expression),
+            requests=fields.take("requests", _bucket),
+            tokens=fields.take("tokens", _bucket),
+            where=where,
+        )
+        fields.done()
+        if limit.requests is None and limit.tokens is None:
+            raise ConfigError(where, "must have requests, tokens or both")
+        limits.append(limit)
+    return tuple(limits)
+
+
 def _route(
     value: object,
     path: str,
     backends: Mapping[str, Backend],
     maxRequestBody: int,
     gatewayPolicy: JWTPolicy | None,
+    gatewayAuthorization: AuthorizationPolicy | None = None,
 ) -> Route:
     fields = _Fields(value, path)
     name = fields.take("name", _string, required=True)
@@ -540,6 +644,10 @@ def _route(
         maxRequestBody=fields.take("maxRequestBody", parseSize, maxRequestBody)
         or maxRequestBody,
         jwt=fields.take("jwt", _routeJwt(gatewayPolicy), gatewayPolicy),
+        authorization=fields.take(
+            "authorization", _routeAuthorization(gatewayAuthorization), gatewayAuthorization
+        ),
+        rateLimits=fields.take("rateLimits", _rateLimits, ()) or (),
     )
     fields.done()
     return route
@@ -721,6 +829,7 @@ def parseConfig(document: object) -> Config:
     maxRequestBody = fields.take("maxRequestBody", parseSize, DEFAULT_MAX_REQUEST_BODY)
     assert maxRequestBody is not None
     gatewayPolicy = fields.take("jwt", _jwtPolicy)
+    gatewayAuthorization = fields.take("authorization", _authorization)
 
     def backends(value: object, path: str) -> dict[str, Backend]:
         if not isinstance(value, dict):
@@ -737,7 +846,9 @@ def parseConfig(document: object) -> Config:
         parsed: list[Route] = []
         seen: dict[str, int] = {}
         for i, v in enumerate(value):
-            route = _route(v, f"{path}[{i}]", byName, maxRequestBody, gatewayPolicy)
+            route = _route(
+                v, f"{path}[{i}]", byName, maxRequestBody, gatewayPolicy, gatewayAuthorization
+            )
             if route.name in seen:
                 raise ConfigError(
                     f"{path}[{i}].name",
@@ -753,6 +864,7 @@ def parseConfig(document: object) -> Config:
         backends=byName,
         routes=fields.take("routes", routes, ()) or (),
         jwt=gatewayPolicy,
+        authorization=gatewayAuthorization,
         tracing=fields.take("tracing", _tracing, TracingConfig()) or TracingConfig(),
         shutdownTimeout=fields.take("shutdownTimeout", parseDuration, 30.0),  # type: ignore[arg-type]
     )

@@ -17,7 +17,7 @@ with a clean end that would look like success.
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Callable, Optional
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import (
@@ -43,6 +43,7 @@ from aigateway.config import Route
 from aigateway.credentials import Credential
 from aigateway.errors import errorBody
 from aigateway.guard import Identity
+from aigateway.policy import Refusal, RoutePolicy
 from aigateway.providers.openai import OpenAIProvider, ProviderError, UpstreamCall
 from aigateway.telemetry import Exchange, Telemetry
 from aigateway.usage import AnswerObserver
@@ -202,7 +203,9 @@ class _Relay:
         clock: IReactorTime,
         timeout: float | None,
         observer: AnswerObserver | None,
+        charge: Callable[[int, float], None] | None = None,
     ) -> None:
+        self.charge = charge
         self.request = request
         self.exchange = exchange
         self.agent = agent
@@ -336,8 +339,12 @@ class _Relay:
             return
         self.request.unregisterProducer()
         if reason.check(ResponseDone, PotentialDataLoss):
-            if self.observer is not None:
-                self.observer.end()
+            observer = self.observer
+            if observer is not None:
+                observer.end()
+                if self.charge is not None:
+                    used = (observer.inputTokens or 0) + (observer.outputTokens or 0)
+                    self.charge(used, self.clock.seconds())
             self.request.finish()
         else:
             self.exchange.upstreamError = "stream_broken"
@@ -382,8 +389,10 @@ class ProxyResource(Resource):
         agent: IAgent,
         clock: IReactorTime,
         telemetry: Telemetry,
+        policy: RoutePolicy | None = None,
     ) -> None:
         super().__init__()
+        self.policy = policy
         self.route = route
         self.provider = provider
         self.credential = credential
@@ -442,6 +451,14 @@ class ProxyResource(Resource):
             call = provider.prepare(request.method, remainder, query, body)
         except ProviderError as e:
             return exchange.refuse(request, e.status, e.message, e.code)
+        charge = None
+        if self.policy is not None:
+            refusal, charge = self._admit(request, identity, call)
+            if refusal is not None:
+                if refusal.status == 403:
+                    exchange.authFailure = "authorization failed"
+                return exchange.refuse(request, refusal.status, refusal.message, refusal.code,
+                                       refusal.headers)
         headers = upstreamHeaders(
             request.requestHeaders,
             self.credential,
@@ -467,9 +484,40 @@ class ProxyResource(Resource):
         exchange.serverPort = provider.serverPort
         for name, value in self.telemetry.upstreamHeaders(exchange):
             headers.setRawHeaders(name, [value])
-        relay = _Relay(request, exchange, self.agent, self.clock, self.route.timeout, observer)
+        relay = _Relay(request, exchange, self.agent, self.clock, self.route.timeout, observer, charge)
         relay.start(provider.origin + call.path, call, headers)
         return NOT_DONE_YET
+
+
+    def _admit(
+        self, request: Request, identity: Identity | None, call: UpstreamCall
+    ) -> tuple[Refusal | None, Callable[[int, float], None] | None]:
+        """
+        The route's authorization rules, then its rate limits.
+        """
+        policy = self.policy
+        assert policy is not None
+        token = identity.token if identity is not None else None
+
+        def headers() -> dict[str, str]:
+            return {
+                name.decode("latin-1").lower(): b", ".join(values).decode("latin-1")
+                for name, values in request.requestHeaders.getAllRawHeaders()
+            }
+
+        variables = policy.variables(
+            token.claims if token is not None else None,
+            request.method.decode("latin-1"),
+            request.path.decode("latin-1"),
+            headers,
+            call.requestModel,
+            call.stream,
+            self.provider.name,
+        )
+        refusal = policy.authorize(variables)
+        if refusal is not None:
+            return refusal, None
+        return policy.admit(variables, self.clock.seconds())
 
 
 def _applyIdentity(headers: Headers, identity: Identity) -> None:

@@ -37,6 +37,7 @@ from aigateway.keys import KeyLoadError, RemoteJWKS, keysFromText, treqFetch
 from aigateway.providers.openai import OpenAIProvider
 from aigateway.proxy import ProxyResource
 from aigateway.routing import RouteTable
+from aigateway.policy import BucketStore, MemoryBuckets, RoutePolicy
 from aigateway.reload import ConfigWatcher
 from aigateway.telemetry import InFlight, Metrics, Telemetry, buildTracerProvider
 
@@ -84,9 +85,11 @@ class _Builder:
         readFile: Callable[[str], bytes],
         fetch: Callable[[str], Deferred[bytes]] | None,
         telemetry: Telemetry,
+        buckets: BucketStore,
     ) -> None:
         self.config = config
         self.telemetry = telemetry
+        self.buckets = buckets
         self.agent = agent
         self.clock = clock
         self.readFile = readFile
@@ -146,6 +149,10 @@ class _Builder:
 
     def route(self, index: int, route: Route) -> IResource:
         backend = route.backend.name
+        policy = None
+        if route.authorization is not None or route.rateLimits:
+            rules = route.authorization.rules if route.authorization is not None else ()
+            policy = RoutePolicy(route.name, rules, route.rateLimits, self.buckets)
         proxy = ProxyResource(
             route,
             self.providers[backend],
@@ -153,6 +160,7 @@ class _Builder:
             self.agent,
             self.clock,
             self.telemetry,
+            policy,
         )
         if route.jwt is None:
             return proxy
@@ -181,6 +189,7 @@ def buildGateway(
     readFile: Callable[[str], bytes] = _readFile,
     fetch: Callable[[str], Deferred[bytes]] | None = None,
     telemetry: Telemetry | None = None,
+    buckets: BucketStore | None = None,
 ) -> Gateway:
     """
     Build every route's resource chain, once for this configuration.
@@ -191,11 +200,15 @@ def buildGateway(
         configuration names one.
     @param telemetry: where requests are reported; by default, metrics in a
         registry of their own and no traces.
+    @param buckets: where rate limits keep their buckets (across reloads);
+        by default, new ones in memory.
     @raise ConfigError: when a file the configuration names is unusable.
     """
     if telemetry is None:
         telemetry = Telemetry(config.tracing, Metrics(), clock)
-    return _Builder(config, agent, clock, environ, readFile, fetch, telemetry).build()
+    if buckets is None:
+        buckets = MemoryBuckets()
+    return _Builder(config, agent, clock, environ, readFile, fetch, telemetry, buckets).build()
 
 
 class GatewayRequest(Request):
@@ -360,6 +373,7 @@ class GatewayService(Service):
         self.listenOverride = listen
         self.metrics = Metrics()
         self.inFlight = InFlight(self.metrics)
+        self.buckets = MemoryBuckets()
         self.lastError: str | None = None
         config, text = self._load()
         self.tracerProvider = buildTracerProvider(config.tracing, environ)
@@ -389,7 +403,7 @@ class GatewayService(Service):
         telemetry = Telemetry(config.tracing, self.metrics, self.reactor, self.tracerProvider, self.inFlight)
         return buildGateway(
             config, self.agent, self.reactor, self.environ, self.readFile,
-            treqFetch(self.agent, self.reactor), telemetry,
+            treqFetch(self.agent, self.reactor), telemetry, self.buckets,
         )
 
     def _serve(self, config: Config, text: bytes, gateway: Gateway) -> None:

@@ -1,0 +1,303 @@
+"""
+Who may call which model, and how much: claim-based authorization rules
+and rate limits, as CEL expressions compiled once per configuration load.
+
+They run after the request body is read, so a rule can name the model the
+caller asked for (C{llm.requestModel}), which a gateway that decides before
+reading the body cannot do.
+
+Variables an expression sees:
+  - C{jwt}: the verified claims (empty when there is no token);
+  - C{request}: C{method}, C{path}, C{headers} (lowercase names);
+  - C{llm}: C{requestModel}, C{stream}, C{provider};
+  - C{route}: C{name}.
+
+A rule that cannot be evaluated (a missing claim, a wrong type) is false,
+never an error page.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import re
+from typing import Any, Callable, Mapping, Sequence
+
+import attrs
+import cel
+
+__all__ = [
+    "Bucket",
+    "BucketStore",
+    "Expression",
+    "Limit",
+    "MemoryBuckets",
+    "Refusal",
+    "Rule",
+    "RoutePolicy",
+    "compileExpression",
+]
+
+VARIABLES = frozenset(["jwt", "request", "llm", "route"])
+
+
+class ExpressionError(ValueError):
+    """
+    An expression that does not compile, in one line.
+    """
+
+
+@attrs.frozen(eq=False)
+class Expression:
+    """
+    A compiled CEL expression and the variables it reads.
+    """
+
+    source: str
+    program: Any = attrs.field(repr=False)
+    variables: frozenset[str]
+
+    def evaluate(self, variables: Mapping[str, Callable[[], object]]) -> object:
+        """
+        Evaluate with the variables it reads, built on demand.
+
+        @return: the value, or L{None} when evaluation failed.
+        """
+        try:
+            return self.program.execute({name: variables[name]() for name in self.variables})
+        except Exception:
+            return None
+
+
+def compileExpression(source: str) -> Expression:
+    """
+    Compile a CEL expression.
+
+    @raise ExpressionError: for a syntax error or an unknown variable.
+    """
+    try:
+        program = cel.compile(source)
+    except (ValueError, RuntimeError) as e:
+        found = re.search(r"<input>:(\d+):(\d+): ([^\n]*)", str(e))
+        detail = (
+            f" (line {found.group(1)}, column {found.group(2)}): {found.group(3)}" if found else ""
+        )
+        raise ExpressionError(f"not a valid CEL expression{detail}") from None
+    names = frozenset(program.variables())
+    unknown = names - VARIABLES
+    if unknown:
+        raise ExpressionError(
+            f"unknown variable {sorted(unknown)[0]!r} (known: {', '.join(sorted(VARIABLES))})"
+        )
+    return Expression(source, program, names)
+
+
+@attrs.frozen
+class Rule:
+    """
+    One authorization rule: C{allow}, C{deny} or C{require}.
+    """
+
+    kind: str
+    expression: Expression
+    where: str
+
+
+@attrs.frozen
+class Bucket:
+    """
+    A token bucket's parameters: C{limit} tokens, refilled over C{per}
+    seconds.
+    """
+
+    limit: float
+    per: float
+
+    @property
+    def rate(self) -> float:
+        return self.limit / self.per
+
+
+@attrs.frozen
+class Limit:
+    """
+    A rate limit: requests and/or tokens per window, one bucket per value
+    of C{key}.
+    """
+
+    key: Expression | None
+    requests: Bucket | None
+    tokens: Bucket | None
+    where: str
+
+
+@attrs.frozen
+class Refusal:
+    """
+    Why a request may not go on, and how to answer.
+    """
+
+    status: int
+    message: str
+    code: str
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+class BucketStore:
+    """
+    Where token buckets live.  One process keeps them in memory
+    (L{MemoryBuckets}); a shared store can serve several gateways.
+    """
+
+    def level(self, name: str, bucket: Bucket, now: float) -> float:
+        """
+        How many tokens the bucket C{name} holds at C{now}.
+        """
+        raise NotImplementedError()
+
+    def take(self, name: str, bucket: Bucket, amount: float, now: float, force: bool = False) -> float:
+        """
+        Take C{amount} tokens if the bucket holds them (or anyway, when
+        C{force}, going into debt).
+
+        @return: the level after taking, or the (unchanged) level, negative
+            only through debt, when there were not enough.
+        """
+        raise NotImplementedError()
+
+
+class MemoryBuckets(BucketStore):
+    """
+    Token buckets in this process's memory, the least recently used
+    forgotten beyond C{capacity} (a forgotten bucket is full again).
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._levels: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
+
+    def level(self, name: str, bucket: Bucket, now: float) -> float:
+        stored = self._levels.get(name)
+        if stored is None:
+            return bucket.limit
+        level, at = stored
+        return min(bucket.limit, level + (now - at) * bucket.rate)
+
+    def take(self, name: str, bucket: Bucket, amount: float, now: float, force: bool = False) -> float:
+        level = self.level(name, bucket, now)
+        if level >= amount or force:
+            level -= amount
+        self._levels[name] = (level, now)
+        self._levels.move_to_end(name)
+        if len(self._levels) > self.capacity:
+            self._levels.popitem(last=False)
+        return level
+
+
+def _seconds(value: float) -> bytes:
+    return b"%d" % max(1, math.ceil(value))
+
+
+class RoutePolicy:
+    """
+    A route's authorization rules and rate limits, built once per load.
+    """
+
+    def __init__(
+        self,
+        routeName: str,
+        rules: Sequence[Rule],
+        limits: Sequence[Limit],
+        store: BucketStore,
+    ) -> None:
+        self.routeName = routeName
+        self.rules = tuple(rules)
+        self.allows = tuple(r for r in rules if r.kind == "allow")
+        self.limits = tuple(limits)
+        self.store = store
+
+    def variables(
+        self, claims: Mapping[str, Any] | None, method: str, path: str,
+        headers: Callable[[], dict[str, str]], requestModel: str | None, stream: bool,
+        provider: str,
+    ) -> dict[str, Callable[[], object]]:
+        """
+        The variables expressions may read, each built only if read.
+        """
+        return {
+            "jwt": lambda: dict(claims or {}),
+            "request": lambda: {"method": method, "path": path, "headers": headers()},
+            "llm": lambda: {"requestModel": requestModel or "", "stream": stream, "provider": provider},
+            "route": lambda: {"name": self.routeName},
+        }
+
+    def authorize(self, variables: Mapping[str, Callable[[], object]]) -> Refusal | None:
+        """
+        Apply the rules: any deny that matches, or any require that does
+        not hold, refuses; so does having allow rules of which none matches.
+        """
+        for rule in self.rules:
+            holds = rule.expression.evaluate(variables) is True
+            if rule.kind == "deny" and holds:
+                return Refusal(403, f"authorization failed: {rule.where} (deny) matched", "authorization_failed")
+            if rule.kind == "require" and not holds:
+                return Refusal(403, f"authorization failed: {rule.where} (require) does not hold",
+                               "authorization_failed")
+        if self.allows and not any(r.expression.evaluate(variables) is True for r in self.allows):
+            return Refusal(403, "authorization failed: no allow rule matched", "authorization_failed")
+        return None
+
+    def _name(self, index: int, limit: Limit, kind: str, variables: Mapping[str, Callable[[], object]]) -> str:
+        value = limit.key.evaluate(variables) if limit.key is not None else ""
+        text = "" if value is None else str(value)
+        return f"{self.routeName}\x00{index}\x00{kind}\x00{text}"
+
+    def admit(self, variables: Mapping[str, Callable[[], object]], now: float) -> tuple[Refusal | None, Callable[[int], None]]:
+        """
+        Check every limit; take one request from each request bucket only
+        when all of them admit the request.
+
+        @return: a refusal or L{None}, and a function to charge the tokens
+            the answer used.
+        """
+        requestBuckets = []
+        tokenBuckets = []
+        for index, limit in enumerate(self.limits):
+            if limit.requests is not None:
+                name = self._name(index, limit, "requests", variables)
+                level = self.store.level(name, limit.requests, now)
+                if level < 1:
+                    return self._tooMany(limit.requests, level, 1, "requests"), _nothing
+                requestBuckets.append((name, limit.requests))
+            if limit.tokens is not None:
+                name = self._name(index, limit, "tokens", variables)
+                level = self.store.level(name, limit.tokens, now)
+                if level <= 0:
+                    return self._tooMany(limit.tokens, level, 1, "tokens"), _nothing
+                tokenBuckets.append((name, limit.tokens))
+        for name, bucket in requestBuckets:
+            self.store.take(name, bucket, 1, now)
+
+        def charge(tokens: int, at: float | None = None) -> None:
+            for name, bucket in tokenBuckets:
+                self.store.take(name, bucket, tokens, now if at is None else at, force=True)
+
+        return None, charge
+
+    def _tooMany(self, bucket: Bucket, level: float, need: float, what: str) -> Refusal:
+        wait = (need - level) / bucket.rate
+        return Refusal(
+            429,
+            f"rate limit exceeded: {bucket.limit:g} {what} per {bucket.per:g}s",
+            "rate_limit_exceeded",
+            (
+                (b"retry-after", _seconds(wait)),
+                (b"x-ratelimit-limit", b"%d" % bucket.limit),
+                (b"x-ratelimit-remaining", b"%d" % max(0, math.floor(level))),
+                (b"x-ratelimit-reset", _seconds((bucket.limit - level) / bucket.rate)),
+            ),
+        )
+
+
+def _nothing(tokens: int, at: float | None = None) -> None:
+    pass
