@@ -35,6 +35,7 @@ __all__ = [
     "Refusal",
     "Rule",
     "RoutePolicy",
+    "Variables",
     "compileExpression",
 ]
 
@@ -47,26 +48,65 @@ class ExpressionError(ValueError):
     """
 
 
+_PATH = re.compile(r"[a-z]+(\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
 @attrs.frozen(eq=False)
 class Expression:
     """
     A compiled CEL expression and the variables it reads.
+
+    @ivar path: for an expression that only names a field (C{jwt.sub}, the
+        usual rate limit key), the field's path, looked up directly.
     """
 
     source: str
     program: Any = attrs.field(repr=False)
     variables: frozenset[str]
+    path: tuple[str, ...] | None = None
 
-    def evaluate(self, variables: Mapping[str, Callable[[], object]]) -> object:
+    def evaluate(self, variables: "Variables") -> object:
         """
-        Evaluate with the variables it reads, built on demand.
+        Evaluate with the variables it reads.
 
         @return: the value, or L{None} when evaluation failed.
         """
+        if self.path is not None:
+            value: object = variables[self.path[0]]
+            for name in self.path[1:]:
+                if not isinstance(value, Mapping):
+                    return None
+                value = value.get(name)
+            return value
         try:
-            return self.program.execute({name: variables[name]() for name in self.variables})
+            return self.program.execute(variables.context())
         except Exception:
             return None
+
+
+class Variables(dict):
+    """
+    The variables of one request, each built the first time it is read,
+    and converted for CEL once for all the expressions of the request.
+
+    @ivar needed: the variables the CEL expressions read.
+    """
+
+    def __init__(self, builders: Mapping[str, Callable[[], object]],
+                 needed: frozenset[str] = VARIABLES) -> None:
+        super().__init__()
+        self.builders = builders
+        self.needed = needed
+        self._context: Any = None
+
+    def __missing__(self, name: str) -> object:
+        value = self[name] = self.builders[name]()
+        return value
+
+    def context(self) -> Any:
+        if self._context is None:
+            self._context = cel.Context({name: self[name] for name in self.needed})
+        return self._context
 
 
 def compileExpression(source: str) -> Expression:
@@ -89,7 +129,8 @@ def compileExpression(source: str) -> Expression:
         raise ExpressionError(
             f"unknown variable {sorted(unknown)[0]!r} (known: {', '.join(sorted(VARIABLES))})"
         )
-    return Expression(source, program, names)
+    path = tuple(source.strip().split(".")) if _PATH.fullmatch(source.strip()) else None
+    return Expression(source, program, names, path)
 
 
 @attrs.frozen
@@ -215,28 +256,32 @@ class RoutePolicy:
         self.allows = tuple(r for r in rules if r.kind == "allow")
         self.limits = tuple(limits)
         self.store = store
+        expressions = [r.expression for r in self.rules] + [l.key for l in self.limits if l.key]
+        self.needed = frozenset().union(*(e.variables for e in expressions if e.path is None))
 
     def variables(
         self, claims: Mapping[str, Any] | None, method: str, path: str,
         headers: Callable[[], dict[str, str]], requestModel: str | None, stream: bool,
         provider: str,
-    ) -> dict[str, Callable[[], object]]:
+    ) -> Variables:
         """
         The variables expressions may read, each built only if read.
         """
-        return {
-            "jwt": lambda: dict(claims or {}),
+        return Variables({
+            "jwt": lambda: claims or {},
             "request": lambda: {"method": method, "path": path, "headers": headers()},
             "llm": lambda: {"requestModel": requestModel or "", "stream": stream, "provider": provider},
             "route": lambda: {"name": self.routeName},
-        }
+        }, self.needed)
 
-    def authorize(self, variables: Mapping[str, Callable[[], object]]) -> Refusal | None:
+    def authorize(self, variables: Variables) -> Refusal | None:
         """
         Apply the rules: any deny that matches, or any require that does
         not hold, refuses; so does having allow rules of which none matches.
         """
         for rule in self.rules:
+            if rule.kind == "allow":
+                continue
             holds = rule.expression.evaluate(variables) is True
             if rule.kind == "deny" and holds:
                 return Refusal(403, f"authorization failed: {rule.where} (deny) matched", "authorization_failed")
@@ -247,12 +292,12 @@ class RoutePolicy:
             return Refusal(403, "authorization failed: no allow rule matched", "authorization_failed")
         return None
 
-    def _name(self, index: int, limit: Limit, kind: str, variables: Mapping[str, Callable[[], object]]) -> str:
+    def _name(self, index: int, limit: Limit, kind: str, variables: Variables) -> str:
         value = limit.key.evaluate(variables) if limit.key is not None else ""
         text = "" if value is None else str(value)
         return f"{self.routeName}\x00{index}\x00{kind}\x00{text}"
 
-    def admit(self, variables: Mapping[str, Callable[[], object]], now: float) -> tuple[Refusal | None, Callable[[int], None]]:
+    def admit(self, variables: Variables, now: float) -> tuple[Refusal | None, Callable[[int], None]]:
         """
         Check every limit; take one request from each request bucket only
         when all of them admit the request.

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from aigateway.config import ConfigError, loadConfig
 from aigateway.fakellm import FakeLLM
-from aigateway.policy import Bucket, MemoryBuckets, compileExpression
+from aigateway.policy import Bucket, MemoryBuckets, Variables, compileExpression
 from aigateway.service import buildGateway
 from aigateway.telemetry import Metrics, Telemetry
 from aigateway.token import sign
@@ -99,13 +99,13 @@ class LabRuleTests(SynchronousTestCase):
         self.assertIn('aigateway_auth_failures_total{reason="authorization failed",route="r"} 1.0', text)
 
 
-def _variables(claims: dict, model: str = "gpt-4o", method: str = "POST") -> dict:
-    return {
+def _variables(claims: dict, model: str = "gpt-4o", method: str = "POST") -> Variables:
+    return Variables({
         "jwt": lambda: claims,
         "request": lambda: {"method": method, "path": "/r", "headers": {"x-team": "dev"}},
         "llm": lambda: {"requestModel": model, "stream": False, "provider": "openai"},
         "route": lambda: {"name": "r"},
-    }
+    })
 
 
 class RuleTests(SynchronousTestCase):
