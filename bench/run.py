@@ -1,0 +1,326 @@
+"""
+The aigateway benchmark: `python bench/run.py` (add `--write` to record the
+table in bench/RESULTS.md).
+
+It starts the fake LLM and the gateway as real processes on loopback, drives
+them with wrk (plain requests; installed from Debian's packages if missing)
+and with a small asyncio client (streams), and prints one table.  Each
+scenario runs against the gateway with every feature of etc/gateway.yaml on
+(JWT with a cached token, tracing exported to a local sink, metrics, access
+log, three authorization rules, two rate limits) and against a bare route,
+with the fake LLM alone as the baseline:
+
+  S1 plain chat, one connection: added latency p50 / p99 over direct
+  S2 plain chat, 64 connections: req/s, p99, gateway CPU per request
+  S3 50 concurrent streams, 20 chunks 20 ms apart: added time to first
+     chunk p50 / p99, and the gap between chunks the client sees
+  S4 1,000 concurrent slow streams: the gateway's peak RSS and errors
+  S5 S2 with 1,000 routes and a 100-key JWKS
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+from aigateway.token import publicJWK, sign  # noqa: E402
+
+KEY = "sk-bench"
+BODY = json.dumps({"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "Whats your favorite poem?"}]})
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensureWrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    print("installing wrk from Debian's packages ...", file=sys.stderr)
+    subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, capture_output=True)
+    return shutil.which("wrk") or "wrk"
+
+
+class Process:
+    """
+    A twistd process with its output in a file.
+    """
+
+    def __init__(self, args: list[str], port: int, directory: str, name: str) -> None:
+        self.log = open(os.path.join(directory, name + ".log"), "wb")
+        env = dict(os.environ, PYTHONPATH=REPO)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+             "--pidfile=", "-n"] + args,
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=directory,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{name} did not start; see {self.log.name}")
+
+    def cpu(self) -> float:
+        with open(f"/proc/{self.process.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def peakRSS(self) -> int:
+        with open(f"/proc/{self.process.pid}/status") as f:
+            return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) * 1024
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+def gatewayConfig(fakellm: int, port: int, admin: int, full: bool, routes: int, jwks: str,
+                  collector: int) -> str:
+    head = (
+        f"listen: 'tcp:{port}:interface=127.0.0.1'\nadmin: {{listen: 'tcp:{admin}:interface=127.0.0.1'}}\n"
+        f"backends:\n  local: {{provider: openai, url: 'http://127.0.0.1:{fakellm}', authToken: {{value: {KEY}}}}}\n"
+        "routes:\n"
+    )
+    extra = "".join(
+        f"  - {{name: t{i}, match: {{pathPrefix: /tenant{i}/llm}}, backend: local}}\n" for i in range(routes)
+    )
+    if not full:
+        return head + extra + "  - {name: bench, match: {pathPrefix: /bench}, backend: local}\n"
+    route = (
+        "  - name: bench\n    match: {pathPrefix: /bench}\n    backend: local\n    timeout: 120s\n"
+        "    rateLimits:\n"
+        "      - {key: jwt.sub, requests: {limit: 100000000, per: 1m}}\n"
+        "      - {key: jwt.team, tokens: {limit: 1000000000, per: 1m}}\n"
+    )
+    return head + extra + route + (
+        "authorization:\n  rules:\n"
+        "    - require: 'llm.requestModel in jwt.llms.openai'\n"
+        "    - deny: 'jwt.team == \"suspended\"'\n"
+        "    - allow: 'request.method == \"POST\"'\n"
+        "jwt:\n  providers:\n    bench:\n      issuer: bench.example\n"
+        f"      jwks: {{file: {jwks}}}\n      claimsToHeaders: {{sub: x-user-id}}\n"
+        f"tracing:\n  otlp: {{endpoint: 'http://127.0.0.1:{collector}/v1/traces'}}\n"
+        "  captureContent: true\n  legacyAttributes: true\n"
+    )
+
+
+COLLECTOR = """
+from twisted.internet import reactor
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+class Sink(Resource):
+    isLeaf = True
+    def render_POST(self, request):
+        request.setHeader(b"content-type", b"application/x-protobuf")
+        return b""
+site = Site(Sink()); site.log = lambda request: None
+reactor.listenTCP(int(__import__("sys").argv[1]), site, interface="127.0.0.1")
+reactor.run()
+"""
+
+
+def wrk(url: str, connections: int, seconds: int, token: str | None, key: str | None) -> dict:
+    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    auth = f"Bearer {token}" if token else f"Bearer {key}"
+    script.write(
+        'wrk.method = "POST"\n'
+        f"wrk.body = {json.dumps(BODY)}\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "{auth}"\n'
+    )
+    script.close()
+    threads = min(2, connections)
+    out = subprocess.run(
+        [ensureWrk(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    os.unlink(script.name)
+
+    def ms(label: str) -> float:
+        value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socketErrors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": ms("50%"),
+        "p99": ms("99%"),
+        "errors": (int(errors.group(1)) if errors else 0) + (1 if socketErrors else 0),
+    }
+
+
+async def stream(port: int, path: str, auth: str, chunks: int, gap: int) -> tuple[float, list[float], bool]:
+    """
+    One streamed chat; the time to the first event and the arrival times
+    of all events.
+    """
+    body = BODY.replace('"messages"', '"stream": true, "messages"').encode()
+    started = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {auth}\r\nx-fakellm-chunks: {chunks}\r\nx-fakellm-gap: {gap}\r\n"
+        f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    )
+    await writer.drain()
+    arrivals: list[float] = []
+    buffer = b""
+    ok = False
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            break
+        now = time.perf_counter()
+        buffer += data
+        count = buffer.count(b"data: ")
+        arrivals.extend([now] * (count - len(arrivals)))
+        if b"data: [DONE]" in buffer:
+            ok = buffer.startswith(b"HTTP/1.1 200")
+            break
+    writer.close()
+    return (arrivals[0] - started if arrivals else float("inf")), arrivals, ok
+
+
+async def streams(port: int, path: str, auth: str, count: int, chunks: int, gap: int) -> dict:
+    results = await asyncio.gather(*[stream(port, path, auth, chunks, gap) for _ in range(count)],
+                                   return_exceptions=True)
+    good = [r for r in results if not isinstance(r, BaseException) and r[2]]
+    firsts = sorted(r[0] * 1000 for r in good)
+    gaps = sorted((b - a) * 1000 for r in good for a, b in zip(r[1][2:], r[1][3:]))
+    return {
+        "ttfc50": statistics.median(firsts) if firsts else float("nan"),
+        "ttfc99": firsts[int(len(firsts) * 0.99) - 1] if firsts else float("nan"),
+        "gap50": statistics.median(gaps) if gaps else float("nan"),
+        "errors": count - len(good),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    parser.add_argument("--write", action="store_true", help="record the table in bench/RESULTS.md")
+    args = parser.parse_args()
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    directory = tempfile.mkdtemp(prefix="aigateway-bench-")
+    signer = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = signer.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    token = sign({"iss": "bench.example", "sub": "bench", "team": "dev",
+                  "llms": {"openai": ["gpt-3.5-turbo"]}}, signer)
+    one = os.path.join(directory, "one.json")
+    with open(one, "w") as f:
+        json.dump({"keys": [dict(publicJWK(pem), kid="bench")]}, f)
+    many = os.path.join(directory, "many.json")
+    keys = [dict(publicJWK(pem), kid="bench")]
+    for i in range(99):
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        otherPem = other.public_key().public_bytes(serialization.Encoding.PEM,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        keys.append(dict(publicJWK(otherPem), kid=f"k{i}"))
+    with open(many, "w") as f:
+        json.dump({"keys": keys}, f)
+
+    fakellmPort, collectorPort = freePort(), freePort()
+    fakellm = Process(["fakellm", "--listen", f"tcp:{fakellmPort}:interface=127.0.0.1", "--key", KEY],
+                      fakellmPort, directory, "fakellm")
+    collector = subprocess.Popen([sys.executable, "-c", COLLECTOR, str(collectorPort)])
+    rows: list[tuple[str, str, str]] = []
+    try:
+        direct = f"http://127.0.0.1:{fakellmPort}/v1/chat/completions"
+        base1 = wrk(direct, 1, args.seconds, None, KEY)
+        base64 = wrk(direct, 64, args.seconds, None, KEY)
+        baseStreams = asyncio.run(streams(fakellmPort, "/v1/chat/completions", KEY, 50, 20, 20))
+        rows.append(("direct", "S1 one connection", f"p50 {base1['p50']:.2f} ms, p99 {base1['p99']:.2f} ms"))
+        rows.append(("direct", "S2 64 connections", f"{base64['rps']:.0f} req/s, p99 {base64['p99']:.1f} ms"))
+        rows.append(("direct", "S3 50 streams", f"first chunk p50 {baseStreams['ttfc50']:.2f} ms, "
+                     f"p99 {baseStreams['ttfc99']:.2f} ms, gap p50 {baseStreams['gap50']:.2f} ms"))
+        for full in (True, False):
+            label = "everything on" if full else "bare route"
+            auth = token if full else KEY
+            for scenario in ("main", "S5"):
+                port, admin = freePort(), freePort()
+                path = os.path.join(directory, f"gateway-{label[:4]}-{scenario}.yaml")
+                with open(path, "w") as f:
+                    f.write(gatewayConfig(fakellmPort, port, admin, full,
+                                          1000 if scenario == "S5" else 0,
+                                          many if scenario == "S5" else one, collectorPort))
+                gateway = Process(["aigateway", "-c", path], port, directory, f"gateway-{label[:4]}-{scenario}")
+                try:
+                    url = f"http://127.0.0.1:{port}/bench"
+                    wrk(url, 16, 2, token if full else None, KEY)
+                    if scenario == "S5":
+                        cpu = gateway.cpu()
+                        r = wrk(url, 64, args.seconds, token if full else None, KEY)
+                        perRequest = (gateway.cpu() - cpu) / r["requests"] * 1e6
+                        rows.append((label, "S5 S2 with 1,000 routes, 100-key JWKS",
+                                     f"{r['rps']:.0f} req/s, p99 {r['p99']:.1f} ms, CPU {perRequest:.0f} us/request, "
+                                     f"errors {r['errors']}"))
+                        continue
+                    r1 = wrk(url, 1, args.seconds, token if full else None, KEY)
+                    rows.append((label, "S1 added latency", f"p50 {r1['p50'] - base1['p50']:+.2f} ms, "
+                                 f"p99 {r1['p99'] - base1['p99']:+.2f} ms"))
+                    cpu = gateway.cpu()
+                    r = wrk(url, 64, args.seconds, token if full else None, KEY)
+                    perRequest = (gateway.cpu() - cpu) / r["requests"] * 1e6
+                    rows.append((label, "S2 64 connections", f"{r['rps']:.0f} req/s, p99 {r['p99']:.1f} ms, "
+                                 f"CPU {perRequest:.0f} us/request, errors {r['errors']}"))
+                    s = asyncio.run(streams(port, "/bench", auth, 50, 20, 20))
+                    rows.append((label, "S3 50 streams", f"first chunk added p50 {s['ttfc50'] - baseStreams['ttfc50']:+.2f} ms, "
+                                 f"p99 {s['ttfc99'] - baseStreams['ttfc99']:+.2f} ms, gap p50 {s['gap50']:.2f} ms "
+                                 f"(direct {baseStreams['gap50']:.2f}), errors {s['errors']}"))
+                    s4 = asyncio.run(streams(port, "/bench", auth, 1000, 10, 500))
+                    rows.append((label, "S4 1,000 slow streams", f"peak RSS {gateway.peakRSS() / 2**20:.0f} MB, "
+                                 f"errors {s4['errors']}"))
+                finally:
+                    gateway.stop()
+    finally:
+        collector.terminate()
+        fakellm.stop()
+    width = max(len(r[1]) for r in rows)
+    lines = [f"| gateway | scenario | result |", "| --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
+            f.write(f"# Benchmark results\n\n{datetime.date.today()} on {machine}, "
+                    f"wrk runs of {args.seconds} s, `python bench/run.py --write`.\n"
+                    "The gateway, the fake LLM, the collector and the load generators share the cores.\n\n"
+                    + table + "\n")
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
