@@ -21,9 +21,19 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.web.client import (
+    URI,
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    _HTTP11ClientFactory,
+)
+from twisted.web.error import SchemeNotSupported
+
+from zope.interface import implementer
 from twisted.web.http import HTTPChannel
-from twisted.web.iweb import IAgent
+from twisted.web.iweb import IAgent, IAgentEndpointFactory
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -220,6 +230,12 @@ class GatewayRequest(Request):
 
     defaultContentType = None
 
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        # A proxy relays bodies as they are: no parsing of form posts (which
+        # costs an email.message.EmailMessage per POST in twisted.web).
+        kwargs["parsePOSTFormSubmission"] = False
+        super().__init__(*args, **kwargs)
+
     def processingFailed(self, reason: Failure) -> None:
         log.failure("unhandled error for {method} {path}", reason,
                     method=self.method, path=self.path)
@@ -296,6 +312,35 @@ class _QuietClientFactory(_HTTP11ClientFactory):
     noisy = False
 
 
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """
+    One client endpoint per upstream origin, made once: building a
+    C{HostnameEndpoint} runs IDNA on the host name, which cost more CPU per
+    request than the rest of the upstream call.  HTTPS endpoints verify the
+    server's certificate as browsers do.
+    """
+
+    def __init__(self, reactor, connectTimeout: float) -> None:
+        self.reactor = reactor
+        self.connectTimeout = connectTimeout
+        self.policy = BrowserLikePolicyForHTTPS()
+        self._endpoints: dict[tuple[bytes, bytes, int], object] = {}
+
+    def endpointForURI(self, uri: URI) -> object:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            host = uri.host.decode("ascii")
+            endpoint = HostnameEndpoint(self.reactor, host, uri.port, timeout=self.connectTimeout)
+            if uri.scheme == b"https":
+                endpoint = wrapClientTLS(self.policy.creatorForNetloc(uri.host, uri.port), endpoint)
+            elif uri.scheme != b"http":
+                raise SchemeNotSupported(f"unsupported scheme {uri.scheme!r}")
+            self._endpoints[key] = endpoint
+        return endpoint
+
+
 def buildAgent(reactor) -> IAgent:
     """
     The agent every upstream call goes through: one connection pool, kept
@@ -305,7 +350,7 @@ def buildAgent(reactor) -> IAgent:
     pool._factory = _QuietClientFactory
     pool.maxPersistentPerHost = 256
     pool.cachedConnectionTimeout = 120
-    return Agent(reactor, pool=pool, connectTimeout=10)
+    return Agent.usingEndpointFactory(reactor, _Endpoints(reactor, 10), pool=pool)
 
 
 class _Listeners:
