@@ -513,12 +513,14 @@ class GatewayService(Service):
 
     def startService(self) -> None:
         super().startService()
+        # Watch before listening: a change made as soon as the gateway
+        # answers must not be missed.
+        if self.watcher is not None:
+            self.watcher.startService()
         for keySet in self.gateway.keySets:
             keySet.start()
         self.listeners.update(self.config.listen)
         self.adminListeners.update(self.config.admin.listen if self.config.admin else ())
-        if self.watcher is not None:
-            self.watcher.startService()
 
     async def _drain(self) -> None:
         """
