@@ -42,15 +42,23 @@ class TokenLocation:
 
     source: TokenSource
     dropHeaders: frozenset[bytes]
+    _header: bytes | None = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        header = self.source.header.encode("ascii") if self.source.header is not None else None
+        object.__setattr__(self, "_header", header)
 
     def find(self, request: IRequest) -> str | None:
         """
         The token the request carries, or L{None}.
         """
         source = self.source
-        if source.header is not None:
-            value = request.getHeader(source.header)
-            if value is not None:
+        if self._header is not None:
+            raw = request.requestHeaders.getRawHeaders(self._header)
+            if raw:
+                # Latin-1 never fails: a token with other bytes is then
+                # refused as malformed by the verifier, not a 500 here.
+                value = raw[-1].decode("latin-1")
                 prefix = source.prefix
                 if not prefix:
                     return value.strip()

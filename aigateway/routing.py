@@ -41,8 +41,11 @@ log = Logger()
 def _accepts(match: Match, request: IRequest) -> bool:
     if match.methods is not None and request.method.decode("latin-1") not in match.methods:
         return False
+    headers = request.requestHeaders
     for name, value in match.headers:
-        if request.getHeader(name) != value:
+        # Compared as bytes: a header that is not UTF-8 simply does not match.
+        raw = headers.getRawHeaders(name.encode("ascii"))
+        if not raw or raw[-1] != value.encode("utf-8"):
             return False
     return True
 

@@ -122,6 +122,14 @@ class GuardTests(SynchronousTestCase):
         self.assertEqual(response.code, 401)
         self.assertIn("no bearer token found", body["error"]["message"])
 
+    def test_nonAsciiToken(self) -> None:
+        """
+        Bytes no token has (here 0xff) are a malformed token, not a 500.
+        """
+        response, body = self.post("/strict", headers={"authorization": b"Bearer \xff\xfe"})
+        self.assertEqual(response.code, 401)
+        self.assertEqual(body["error"]["message"], "authentication failure: malformed token")
+
     def test_routeOff(self) -> None:
         """
         C{jwt: off} on a route.

@@ -103,6 +103,14 @@ class MatchTests(SynchronousTestCase):
             self.routeFor("POST", "/team/x", headers={"X-Team": "ops"}), (200, "root")
         )
 
+    def test_headerNotUtf8(self) -> None:
+        """
+        A header value that is not UTF-8 does not match, and is no error.
+        """
+        self.assertEqual(
+            self.routeFor("POST", "/team/x", headers={"X-Team": b"d\xffv"}), (200, "root")
+        )
+
     def test_noRoute(self) -> None:
         """
         Without a matching route the answer is a 404 in the OpenAI envelope.
