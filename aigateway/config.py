@@ -373,6 +373,13 @@ def parseDuration(value: object, path: str = "") -> float:
     )
 
 
+def _positiveDuration(value: object, path: str) -> float:
+    seconds = parseDuration(value, path)
+    if seconds <= 0:
+        raise ConfigError(path, "must be longer than zero")
+    return seconds
+
+
 _SIZE = re.compile(r"(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?")
 _SIZE_UNITS = {
     None: 1,
@@ -640,7 +647,7 @@ def _route(
         name=name,
         match=match,
         backend=backends[backendName],
-        timeout=fields.take("timeout", parseDuration),
+        timeout=fields.take("timeout", _positiveDuration),
         maxRequestBody=fields.take("maxRequestBody", parseSize, maxRequestBody)
         or maxRequestBody,
         jwt=fields.take("jwt", _routeJwt(gatewayPolicy), gatewayPolicy),
@@ -698,7 +705,7 @@ def _jwks(value: object, path: str) -> JWKSSource:
         def remote(v: object, p: str) -> JWKSSource:
             inner = _Fields(v, p)
             url = inner.take("url", _url, required=True)
-            cacheDuration = inner.take("cacheDuration", parseDuration, 300.0)
+            cacheDuration = inner.take("cacheDuration", _positiveDuration, 300.0)
             inner.done()
             return JWKSSource("remote", url=url, cacheDuration=cacheDuration or 300.0)
 
@@ -866,7 +873,7 @@ def parseConfig(document: object) -> Config:
         jwt=gatewayPolicy,
         authorization=gatewayAuthorization,
         tracing=fields.take("tracing", _tracing, TracingConfig()) or TracingConfig(),
-        shutdownTimeout=fields.take("shutdownTimeout", parseDuration, 30.0),  # type: ignore[arg-type]
+        shutdownTimeout=fields.take("shutdownTimeout", _positiveDuration, 30.0),  # type: ignore[arg-type]
     )
     fields.done()
     return config

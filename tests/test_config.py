@@ -152,6 +152,12 @@ class ErrorTests(SynchronousTestCase):
             "routes[0].timeout: must be a duration like '250ms', '30s', '5m' or '1h', not 120",
         )
 
+    def test_zeroTimeout(self) -> None:
+        """
+        A zero timeout would refuse every request: it is an error.
+        """
+        self.assertProblem(LAB.replace("timeout: 120s", "timeout: 0s"), "routes[0].timeout: must be longer than zero")
+
     def test_duplicateRoute(self) -> None:
         """
         Two routes with one name.
