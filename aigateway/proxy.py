@@ -16,7 +16,6 @@ with a clean end that would look like success.
 
 from __future__ import annotations
 
-import json
 from typing import Callable, Optional
 
 from twisted.internet.defer import CancelledError, Deferred, succeed

@@ -307,8 +307,7 @@ def main() -> None:
     finally:
         collector.terminate()
         fakellm.stop()
-    width = max(len(r[1]) for r in rows)
-    lines = [f"| gateway | scenario | result |", "| --- | --- | --- |"]
+    lines = ["| gateway | scenario | result |", "| --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     table = "\n".join(lines)
     print(table)

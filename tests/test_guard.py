@@ -15,6 +15,7 @@ from aigateway.config import ConfigError, loadConfig
 from aigateway.fakellm import FakeLLM
 from aigateway.service import buildGateway
 from tests.lab import ALICE_TOKEN, LAB_PEM, LAB_POLICY
+from tests.memory import MemoryGateway
 
 PEM_JSON = json.dumps(LAB_PEM)
 CONFIG = f"""
@@ -56,23 +57,14 @@ class GuardTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        clock = Clock()
-        self.fakellm = FakeLLM(clock, key="sk-backend")
-        self.upstream = RequestTraversalAgent(self.fakellm)
-        config = loadConfig(CONFIG)
-        self.client = StubTreq(buildGateway(config, self.upstream, clock, {}).root)
+        self.gateway = MemoryGateway(CONFIG, key="sk-backend")
+        self.fakellm = self.gateway.fakellm
 
     def post(self, url: str, token: str | None = None, headers: dict | None = None):
-        allHeaders = {"content-type": "application/json"}
-        if token is not None:
-            allHeaders["authorization"] = f"Bearer {token}"
+        allHeaders = {"authorization": f"Bearer {token}"} if token is not None else {}
         allHeaders.update(headers or {})
-        d = self.client.post("http://gw" + url, json.dumps(CHAT).encode(), headers=allHeaders)
-        for _ in range(3):
-            self.upstream.flush()
-            self.client.flush()
-        response = self.successResultOf(d)
-        return response, self.successResultOf(response.json())
+        response, body = self.gateway.post(self, url, CHAT, allHeaders)
+        return response, json.loads(body)
 
     def test_labToken(self) -> None:
         """

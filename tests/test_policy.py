@@ -8,18 +8,13 @@ from __future__ import annotations
 import json
 
 from prometheus_client import generate_latest
-from treq import collect
-from treq.testing import RequestTraversalAgent, StubTreq
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from aigateway.config import ConfigError, loadConfig
-from aigateway.fakellm import FakeLLM
 from aigateway.policy import Bucket, MemoryBuckets, Variables, compileExpression
-from aigateway.service import buildGateway
-from aigateway.telemetry import Metrics, Telemetry
 from aigateway.token import sign
 from tests.lab import ALICE_TOKEN, LAB_POLICY, indented
+from tests.memory import MemoryGateway
 from tests.test_jwt import RSA_KEY, _pem
 
 USERS_POLICY = (
@@ -32,36 +27,17 @@ def _token(sub: str) -> str:
     return sign({"iss": "users.example", "sub": sub, "team": "dev"}, RSA_KEY)
 
 
-class _Gateway:
+class _Gateway(MemoryGateway):
     def __init__(self, routes: str, policy: str = LAB_POLICY) -> None:
-        self.clock = Clock()
-        self.fakellm = FakeLLM(self.clock)
-        self.upstream = RequestTraversalAgent(self.fakellm)
-        config = loadConfig(
+        super().__init__(
             "backends: {local: {provider: openai, url: 'http://127.0.0.1:9000'}}\nroutes:\n"
             + routes + policy
         )
-        self.metrics = Metrics()
-        telemetry = Telemetry(config.tracing, self.metrics, self.clock)
-        self.client = StubTreq(buildGateway(config, self.upstream, self.clock, {}, telemetry=telemetry).root)
 
-    def post(self, case: SynchronousTestCase, token: str, model: str = "gpt-3.5-turbo",
-             stream: bool = False, headers: dict | None = None):
+    def ask(self, case: SynchronousTestCase, token: str, model: str = "gpt-3.5-turbo",
+            stream: bool = False):
         body = {"model": model, "stream": stream, "messages": [{"role": "user", "content": "one two three four"}]}
-        d = self.client.post("http://gw/r", json.dumps(body).encode(), unbuffered=True,
-                             headers=dict({"authorization": f"Bearer {token}",
-                                           "content-type": "application/json"}, **(headers or {})))
-        for _ in range(3):
-            self.upstream.flush()
-            self.client.flush()
-        response = case.successResultOf(d)
-        chunks: list[bytes] = []
-        done = collect(response, chunks.append)
-        for _ in range(3):
-            self.upstream.flush()
-            self.client.flush()
-        case.successResultOf(done)
-        return response, b"".join(chunks)
+        return self.post(case, "/r", body, {"authorization": f"Bearer {token}"})
 
 
 ROUTE = "  - {{name: r, match: {{pathPrefix: /r}}, backend: local{extra}}}\n"
@@ -81,7 +57,7 @@ class LabRuleTests(SynchronousTestCase):
         """
         Alice may use gpt-3.5-turbo.
         """
-        response, _ = self.gateway.post(self, ALICE_TOKEN, "gpt-3.5-turbo")
+        response, _ = self.gateway.ask(self, ALICE_TOKEN, "gpt-3.5-turbo")
         self.assertEqual(response.code, 200)
 
     def test_otherModel(self) -> None:
@@ -89,7 +65,7 @@ class LabRuleTests(SynchronousTestCase):
         Alice may not use gpt-4o-mini: 403, authorization failed, and the
         provider never hears of it.
         """
-        response, body = self.gateway.post(self, ALICE_TOKEN, "gpt-4o-mini")
+        response, body = self.gateway.ask(self, ALICE_TOKEN, "gpt-4o-mini")
         self.assertEqual(response.code, 403)
         error = json.loads(body)["error"]
         self.assertEqual(error["message"], "authorization failed: rules[0] (require) does not hold")
@@ -196,8 +172,8 @@ class RequestLimitTests(SynchronousTestCase):
         """
         gateway = _Gateway(LIMITED, USERS_POLICY)
         alice = _token("alice")
-        self.assertEqual([gateway.post(self, alice)[0].code for _ in range(2)], [200, 200])
-        response, body = gateway.post(self, alice)
+        self.assertEqual([gateway.ask(self, alice)[0].code for _ in range(2)], [200, 200])
+        response, body = gateway.ask(self, alice)
         self.assertEqual(response.code, 429)
         headers = {name: response.headers.getRawHeaders(name)[0]
                    for name in ("retry-after", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")}
@@ -205,9 +181,9 @@ class RequestLimitTests(SynchronousTestCase):
                                    "x-ratelimit-remaining": "0", "x-ratelimit-reset": "60"})
         self.assertEqual(json.loads(body)["error"]["type"], "rate_limit_error")
         gateway.clock.advance(29)
-        self.assertEqual(gateway.post(self, alice)[0].code, 429)
+        self.assertEqual(gateway.ask(self, alice)[0].code, 429)
         gateway.clock.advance(1)
-        self.assertEqual(gateway.post(self, alice)[0].code, 200)
+        self.assertEqual(gateway.ask(self, alice)[0].code, 200)
         text = generate_latest(gateway.metrics.registry).decode()
         self.assertIn('aigateway_requests_total{route="r",status="429"} 2.0', text)
 
@@ -217,16 +193,16 @@ class RequestLimitTests(SynchronousTestCase):
         """
         gateway = _Gateway(LIMITED, USERS_POLICY)
         alice, bob = _token("alice"), _token("bob")
-        codes = [gateway.post(self, alice)[0].code for _ in range(5)]
+        codes = [gateway.ask(self, alice)[0].code for _ in range(5)]
         self.assertEqual(codes, [200, 200, 429, 429, 429])
-        self.assertEqual([gateway.post(self, bob)[0].code for _ in range(2)], [200, 200])
+        self.assertEqual([gateway.ask(self, bob)[0].code for _ in range(2)], [200, 200])
 
     def test_sharedBucketWithoutKey(self) -> None:
         """
         Requests without the key's value share one bucket.
         """
         gateway = _Gateway(ROUTE.format(extra=", jwt: off, rateLimits: [{key: jwt.sub, requests: {limit: 1, per: 1m}}]"))
-        self.assertEqual([gateway.post(self, "none")[0].code for _ in range(2)], [200, 429])
+        self.assertEqual([gateway.ask(self, "none")[0].code for _ in range(2)], [200, 429])
 
 
 class TokenLimitTests(SynchronousTestCase):
@@ -241,15 +217,15 @@ class TokenLimitTests(SynchronousTestCase):
         """
         gateway = _Gateway(TOKENS, USERS_POLICY)
         alice = _token("alice")
-        response, body = gateway.post(self, alice, stream=True)
+        response, body = gateway.ask(self, alice, stream=True)
         self.assertEqual(response.code, 200)
         self.assertIn(b'"usage"', body)
-        self.assertEqual(gateway.post(self, alice, stream=True)[0].code, 200)
-        response, _ = gateway.post(self, alice, stream=True)
+        self.assertEqual(gateway.ask(self, alice, stream=True)[0].code, 200)
+        response, _ = gateway.ask(self, alice, stream=True)
         self.assertEqual(response.code, 429)
         self.assertEqual(response.headers.getRawHeaders("retry-after"), ["15"])
         gateway.clock.advance(15)
-        self.assertEqual(gateway.post(self, alice)[0].code, 200)
+        self.assertEqual(gateway.ask(self, alice)[0].code, 200)
 
 
 class BucketTests(SynchronousTestCase):

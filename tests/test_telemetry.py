@@ -12,7 +12,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from prometheus_client import generate_latest
-from treq import collect
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
@@ -22,6 +21,7 @@ from aigateway.config import loadConfig
 from aigateway.fakellm import FakeLLM
 from aigateway.service import buildGateway
 from aigateway.telemetry import Metrics, Telemetry
+from tests.memory import MemoryGateway
 
 CONFIG = """
 backends:
@@ -42,23 +42,17 @@ CHAT = {
 }
 
 
-class _Traced:
+class _Traced(MemoryGateway):
     """
     The gateway in memory, its spans kept in memory and its access log
     events collected.
     """
 
     def __init__(self, capture: bool = False) -> None:
-        self.clock = Clock()
         self.spans = InMemorySpanExporter()
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(self.spans))
-        config = loadConfig(CONFIG % {"capture": "true" if capture else "false"})
-        self.metrics = Metrics()
-        telemetry = Telemetry(config.tracing, self.metrics, self.clock, provider)
-        self.fakellm = FakeLLM(self.clock)
-        self.upstream = RequestTraversalAgent(self.fakellm)
-        self.client = StubTreq(buildGateway(config, self.upstream, self.clock, {}, telemetry=telemetry).root)
+        super().__init__(CONFIG % {"capture": "true" if capture else "false"}, tracerProvider=provider)
         self.events: list[dict] = []
 
     def observe(self, case: SynchronousTestCase) -> None:
@@ -69,23 +63,8 @@ class _Traced:
         globalLogPublisher.addObserver(observer)
         case.addCleanup(globalLogPublisher.removeObserver, observer)
 
-    def post(self, case: SynchronousTestCase, path: str, body: dict, headers: dict | None = None) -> bytes:
-        d = self.client.post(
-            "http://gw" + path, json.dumps(body).encode(),
-            headers=dict({"content-type": "application/json"}, **(headers or {})),
-            unbuffered=True,
-        )
-        for _ in range(5):
-            self.upstream.flush()
-            self.client.flush()
-        response = case.successResultOf(d)
-        chunks: list[bytes] = []
-        done = collect(response, chunks.append)
-        for _ in range(5):
-            self.upstream.flush()
-            self.client.flush()
-        case.successResultOf(done)
-        return b"".join(chunks)
+    def send(self, case: SynchronousTestCase, path: str, body: dict, headers: dict | None = None) -> bytes:
+        return self.post(case, path, body, headers)[1]
 
     def byKind(self) -> dict:
         return {span.kind: span for span in self.spans.get_finished_spans()}
@@ -103,7 +82,7 @@ class SpanTests(SynchronousTestCase):
         legacy names.
         """
         traced = _Traced()
-        traced.post(self, "/local", CHAT, {"user-agent": "lab/1"})
+        traced.send(self, "/local", CHAT, {"user-agent": "lab/1"})
         spans = traced.byKind()
         server, client = spans[SpanKind.SERVER], spans[SpanKind.CLIENT]
         self.assertEqual(server.name, "POST local")
@@ -136,7 +115,7 @@ class SpanTests(SynchronousTestCase):
         gateway asked for it; with content capture, the assembled text.
         """
         traced = _Traced(capture=True)
-        text = traced.post(self, "/local", dict(CHAT, stream=True), {"x-fakellm-chunks": "5"})
+        text = traced.send(self, "/local", dict(CHAT, stream=True), {"x-fakellm-chunks": "5"})
         self.assertIn(b"[DONE]", text)
         sent = json.loads(traced.fakellm.requests[-1].body)
         self.assertEqual(sent["stream_options"], {"include_usage": True})
@@ -155,7 +134,7 @@ class SpanTests(SynchronousTestCase):
         """
         traced = _Traced()
         traceId = "4bf92f3577b34da6a3ce929d0e0e4736"
-        traced.post(self, "/local", CHAT, {"traceparent": f"00-{traceId}-00f067aa0ba902b7-01"})
+        traced.send(self, "/local", CHAT, {"traceparent": f"00-{traceId}-00f067aa0ba902b7-01"})
         server = traced.byKind()[SpanKind.SERVER]
         client = traced.byKind()[SpanKind.CLIENT]
         self.assertEqual(format(server.context.trace_id, "032x"), traceId)
@@ -168,7 +147,7 @@ class SpanTests(SynchronousTestCase):
         reason in C{error}, and no CLIENT span.
         """
         traced = _Traced()
-        traced.post(self, "/keyless", CHAT)
+        traced.send(self, "/keyless", CHAT)
         spans = traced.spans.get_finished_spans()
         self.assertEqual([s.kind for s in spans], [SpanKind.SERVER])
         a = spans[0].attributes
@@ -181,7 +160,7 @@ class SpanTests(SynchronousTestCase):
         A 404 is a span named by its method only.
         """
         traced = _Traced()
-        traced.post(self, "/nowhere", CHAT)
+        traced.send(self, "/nowhere", CHAT)
         span = traced.spans.get_finished_spans()[0]
         self.assertEqual((span.name, span.attributes["error.type"]), ("POST", "route_not_found"))
 
@@ -222,9 +201,9 @@ class MetricsTests(SynchronousTestCase):
         Token usage, durations, requests by status, and a bounded model label.
         """
         traced = _Traced()
-        traced.post(self, "/local", CHAT)
-        traced.post(self, "/local", dict(CHAT, stream=True))
-        traced.post(self, "/keyless", CHAT)
+        traced.send(self, "/local", CHAT)
+        traced.send(self, "/local", dict(CHAT, stream=True))
+        traced.send(self, "/keyless", CHAT)
         text = generate_latest(traced.metrics.registry).decode()
         self.assertIn(
             'gen_ai_client_token_usage_count{gen_ai_provider_name="openai",'
@@ -257,7 +236,7 @@ class AccessLogTests(SynchronousTestCase):
         """
         traced = _Traced()
         traced.observe(self)
-        traced.post(self, "/local", CHAT, {"authorization": "Bearer sk-caller-secret"})
+        traced.send(self, "/local", CHAT, {"authorization": "Bearer sk-caller-secret"})
         [event] = traced.events
         self.assertEqual(
             (event["route"], event["method"], event["path"], event["status"], event["upstreamStatus"]),
