@@ -123,6 +123,7 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.maxModels = maxModels
         self._models: set[str] = set()
+        self._children: dict[tuple, Any] = {}
         r = self.registry
         genai = ["gen_ai_provider_name", "gen_ai_request_model", "gen_ai_response_model", "route"]
         self.tokens = Histogram(
@@ -154,6 +155,17 @@ class Metrics:
         self.reloads = Counter(
             "aigateway_config_reloads", "Configuration reloads by result.", ["result"], registry=r
         )
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """
+        The child of C{metric} for these label values, looked up once:
+        prometheus-client's own C{labels()} costs several microseconds.
+        """
+        key = (id(metric),) + labels
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def model(self, name: str | None) -> str:
         """
@@ -347,24 +359,28 @@ class Telemetry:
             errorType = exchange.upstreamError or "client_disconnected"
         route = exchange.route or ""
         metrics = self.metrics
-        metrics.requests.labels(route, str(status)).inc()
+        metrics.child(metrics.requests, route, str(status)).inc()
         if exchange.authFailure is not None:
-            metrics.authFailures.labels(route, exchange.authFailure).inc()
+            metrics.child(metrics.authFailures, route, exchange.authFailure).inc()
         if exchange.upstreamError is not None:
-            metrics.upstreamErrors.labels(route, exchange.upstreamError).inc()
+            metrics.child(metrics.upstreamErrors, route, exchange.upstreamError).inc()
         responseModel = answer.responseModel if answer is not None else None
         inputTokens = answer.inputTokens if answer is not None else None
         outputTokens = answer.outputTokens if answer is not None else None
         if exchange.upstreamStarted is not None:
             labels = (exchange.provider or "", metrics.model(exchange.requestModel),
                       metrics.model(responseModel), route)
-            metrics.duration.labels(*labels, errorType or "").observe(now - exchange.upstreamStarted)
+            metrics.child(metrics.duration, *labels, errorType or "").observe(
+                now - exchange.upstreamStarted
+            )
             if exchange.firstChunk is not None:
-                metrics.firstChunk.labels(*labels).observe(exchange.firstChunk - exchange.upstreamStarted)
+                metrics.child(metrics.firstChunk, *labels).observe(
+                    exchange.firstChunk - exchange.upstreamStarted
+                )
             if inputTokens is not None:
-                metrics.tokens.labels("input", *labels).observe(inputTokens)
+                metrics.child(metrics.tokens, "input", *labels).observe(inputTokens)
             if outputTokens is not None:
-                metrics.tokens.labels("output", *labels).observe(outputTokens)
+                metrics.child(metrics.tokens, "output", *labels).observe(outputTokens)
         traceId = None
         if exchange.serverSpan is not None:
             traceId = self._endSpans(exchange, status, errorType, answer)
