@@ -71,6 +71,9 @@ _REPLACED_UPSTREAM = frozenset(
 )
 
 
+_DROP_UPSTREAM = HOP_BY_HOP | _REPLACED_UPSTREAM
+
+
 def _named(headers: Headers) -> frozenset[bytes]:
     """
     The fields that C{Connection} names: hop-by-hop for this message only.
@@ -103,7 +106,7 @@ def upstreamHeaders(
     @param withheld: more request fields the provider must not see (where
         the caller's token was, and the fields claims are written to).
     """
-    drop = HOP_BY_HOP | _REPLACED_UPSTREAM | _named(incoming) | withheld
+    drop = _DROP_UPSTREAM | _named(incoming) | withheld
     out = Headers()
     for name, values in incoming.getAllRawHeaders():
         lower = name.lower()
