@@ -13,8 +13,9 @@ import shutil
 import subprocess
 import sys
 import time
+from typing import Any
 
-__all__ = ["REPO", "Twistd", "twistdCommand"]
+__all__ = ["REPO", "Twistd", "startFakeLLM", "startGateway", "twistdCommand", "writeFile"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,3 +95,38 @@ class Twistd:
         if self.process.stdout is not None and not self.process.stdout.closed:
             self.read()
             self.process.stdout.close()
+
+
+def startFakeLLM(case: Any, key: str | None = None) -> Twistd:
+    """
+    A fake LLM on a free loopback port, stopped when C{case} ends.
+    """
+    args = ["fakellm", "--listen", "tcp:0:interface=127.0.0.1"]
+    if key is not None:
+        args += ["--key", key]
+    process = Twistd(args)
+    case.addCleanup(process.stop)
+    return process
+
+
+def startGateway(case: Any, configPath: str) -> Twistd:
+    """
+    The gateway on C{configPath}, which must listen on one port and one
+    admin port; stopped when C{case} ends.
+    """
+    process = Twistd(["aigateway", "-c", configPath], listeners=2)
+    case.addCleanup(process.stop)
+    return process
+
+
+def writeFile(case: Any, text: str, name: str = "gateway.yaml") -> str:
+    """
+    Write C{text} to C{name} in a directory of the test's own, and return
+    the file's absolute path.
+    """
+    directory = os.path.abspath(case.mktemp())
+    os.makedirs(directory)
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path

@@ -8,7 +8,6 @@ leave, received by an OTLP/HTTP collector of the test's own.
 from __future__ import annotations
 
 import json
-import os
 import time
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -25,7 +24,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from tests.lab import ALICE_TOKEN, CHAT, LAB_PEM, LAB_POLICY
-from tests.processes import Twistd
+from tests.processes import startFakeLLM, startGateway, writeFile
 
 CONFIG = """
 listen: tcp:0:interface=127.0.0.1
@@ -90,15 +89,9 @@ class LabTests(TestCase):
         self.collector = _Collector()
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(self.collector))
         self.addCleanup(port.stopListening)
-        fakellm = Twistd(["fakellm", "--listen", "tcp:0:interface=127.0.0.1", "--key", "sk-lab"])
-        self.addCleanup(fakellm.stop)
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        path = os.path.join(directory, "gateway.yaml")
-        with open(path, "w") as f:
-            f.write(CONFIG.format(fakellm=fakellm.ports[0], collector=port.getHost().port, policy=LAB_POLICY))
-        self.gateway = Twistd(["aigateway", "-c", path], listeners=2)
-        self.addCleanup(self.gateway.stop)
+        fakellm = startFakeLLM(self, "sk-lab")
+        config = CONFIG.format(fakellm=fakellm.ports[0], collector=port.getHost().port, policy=LAB_POLICY)
+        self.gateway = startGateway(self, writeFile(self, config))
         self.url = f"http://127.0.0.1:{self.gateway.ports[0]}/openai"
         pool = HTTPConnectionPool(reactor, persistent=False)
         self.treq = HTTPClient(Agent(reactor, pool=pool))
@@ -198,21 +191,16 @@ class RemoteKeySetTests(TestCase):
         keys = _KeySetServer()
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(keys))
         self.addCleanup(port.stopListening)
-        fakellm = Twistd(["fakellm", "--listen", "tcp:0:interface=127.0.0.1"])
-        self.addCleanup(fakellm.stop)
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        path = os.path.join(directory, "gateway.yaml")
-        with open(path, "w") as f:
-            f.write(
-                "listen: tcp:0:interface=127.0.0.1\nadmin: {listen: tcp:0:interface=127.0.0.1}\n"
-                f"backends: {{local: {{provider: openai, url: 'http://127.0.0.1:{fakellm.ports[0]}'}}}}\n"
-                "routes: [{name: local, match: {pathPrefix: /local}, backend: local}]\n"
-                "jwt: {providers: {idp: {issuer: solo.io, jwks: {remote: "
-                f"{{url: 'http://127.0.0.1:{port.getHost().port}/jwks.json', cacheDuration: 1s}}}}}}}}}}\n"
-            )
-        gateway = Twistd(["aigateway", "-c", path], listeners=2)
-        self.addCleanup(gateway.stop)
+        fakellm = startFakeLLM(self)
+        path = writeFile(
+            self,
+            "listen: tcp:0:interface=127.0.0.1\nadmin: {listen: tcp:0:interface=127.0.0.1}\n"
+            f"backends: {{local: {{provider: openai, url: 'http://127.0.0.1:{fakellm.ports[0]}'}}}}\n"
+            "routes: [{name: local, match: {pathPrefix: /local}, backend: local}]\n"
+            "jwt: {providers: {idp: {issuer: solo.io, jwks: {remote: "
+            f"{{url: 'http://127.0.0.1:{port.getHost().port}/jwks.json', cacheDuration: 1s}}}}}}}}}}\n",
+        )
+        gateway = startGateway(self, path)
         client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
         ready = f"http://127.0.0.1:{gateway.ports[1]}/readyz"
         url = f"http://127.0.0.1:{gateway.ports[0]}/local"

@@ -21,7 +21,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.lab import CHAT
-from tests.processes import REPO, Twistd, twistdCommand
+from tests.processes import REPO, Twistd, twistdCommand, writeFile
 
 KEY = "sk-test-upstream"
 
@@ -115,14 +115,13 @@ class PluginTests(SynchronousTestCase):
         A config naming a missing backend stops twistd with status 1 and one
         line naming the field.
         """
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        path = os.path.join(directory, "broken.yaml")
-        with open(path, "w") as f:
-            f.write(
-                "backends:\n  openai-all-models: {provider: openai}\n"
-                "routes:\n  - {name: openai, match: {pathPrefix: /openai}, backend: openai-all-model}\n"
-            )
+        path = writeFile(
+            self,
+            "backends:\n  openai-all-models: {provider: openai}\n"
+            "routes:\n  - {name: openai, match: {pathPrefix: /openai}, backend: openai-all-model}\n",
+            "broken.yaml",
+        )
+        directory = os.path.dirname(path)
         env = dict(os.environ, PYTHONPATH=REPO)
         result = subprocess.run(
             twistdCommand() + ["--pidfile=", "-n", "aigateway", "-c", path],

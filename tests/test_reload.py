@@ -22,7 +22,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from aigateway.admin import redacted
 from tests.lab import CHAT
-from tests.processes import REPO, Twistd
+from tests.processes import REPO, startFakeLLM, startGateway, writeFile
 
 ROUTE = "  - {{name: {name}, match: {{pathPrefix: /{name}}}, backend: local}}\n"
 
@@ -49,12 +49,9 @@ class ReloadTests(TestCase):
     """
 
     def setUp(self) -> None:
-        self.fakellm = Twistd(["fakellm", "--listen", "tcp:0:interface=127.0.0.1", "--key", "sk-fake"])
-        self.addCleanup(self.fakellm.stop)
-        self.directory = os.path.abspath(self.mktemp())
-        os.makedirs(self.directory)
-        self.path = os.path.join(self.directory, "gateway.yaml")
-        self.write(self.path, self.config(["a"]))
+        self.fakellm = startFakeLLM(self, "sk-fake")
+        self.path = writeFile(self, self.config(["a"]))
+        self.directory = os.path.dirname(self.path)
         self.client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
 
     def config(self, routes: list[str], **kwargs) -> str:
@@ -65,8 +62,7 @@ class ReloadTests(TestCase):
             f.write(text)
 
     def start(self, configPath: str | None = None) -> None:
-        self.gateway = Twistd(["aigateway", "-c", configPath or self.path], listeners=2)
-        self.addCleanup(self.gateway.stop)
+        self.gateway = startGateway(self, configPath or self.path)
         self.url = f"http://127.0.0.1:{self.gateway.ports[0]}"
         self.admin = f"http://127.0.0.1:{self.gateway.ports[1]}"
 
@@ -252,15 +248,8 @@ class DrainTests(TestCase):
         A stream in flight when SIGTERM arrives completes; the process then
         exits cleanly and new connections are refused.
         """
-        fakellm = Twistd(["fakellm", "--listen", "tcp:0:interface=127.0.0.1", "--key", "sk-fake"])
-        self.addCleanup(fakellm.stop)
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        path = os.path.join(directory, "gateway.yaml")
-        with open(path, "w") as f:
-            f.write(_config(fakellm.ports[0], ["a"]))
-        gateway = Twistd(["aigateway", "-c", path], listeners=2)
-        self.addCleanup(gateway.stop)
+        fakellm = startFakeLLM(self, "sk-fake")
+        gateway = startGateway(self, writeFile(self, _config(fakellm.ports[0], ["a"])))
         client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
         url = f"http://127.0.0.1:{gateway.ports[0]}/a"
         response = await client.post(url, json=dict(CHAT, stream=True), unbuffered=True,
@@ -285,9 +274,7 @@ class CheckTests(SynchronousTestCase):
     """
 
     def check(self, text: str) -> subprocess.CompletedProcess:
-        path = os.path.join(os.path.abspath(self.mktemp()))
-        with open(path, "w") as f:
-            f.write(text)
+        path = writeFile(self, text)
         return subprocess.run([sys.executable, "-m", "aigateway", "check", "-c", path],
                               capture_output=True, cwd=REPO, timeout=60)
 
