@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 from typing import Iterable
 
-from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-__all__ = ["ErrorResource", "errorBody", "writeError"]
+__all__ = ["errorBody", "writeError"]
 
 # The envelope's "type" for each status the gateway itself answers with.
 _TYPES = {
@@ -62,27 +61,3 @@ def writeError(
     for name, value in headers:
         request.responseHeaders.setRawHeaders(name, [value])
     return body
-
-
-class ErrorResource(Resource):
-    """
-    A leaf resource that answers every request with one error.
-    """
-
-    isLeaf = True
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        code: str | None = None,
-        headers: Iterable[tuple[bytes, bytes]] = (),
-    ) -> None:
-        super().__init__()
-        self.status = status
-        self.message = message
-        self.code = code
-        self.headers = tuple(headers)
-
-    def render(self, request: Request) -> bytes:
-        return writeError(request, self.status, self.message, self.code, self.headers)

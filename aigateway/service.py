@@ -43,7 +43,7 @@ from aigateway.credentials import resolveCredential
 from aigateway.errors import errorBody
 from aigateway.guard import JWTGuard
 from aigateway.jwt import JWTProvider, Verifier
-from aigateway.keys import KeyLoadError, RemoteJWKS, keysFromText, treqFetch
+from aigateway.keys import KeyLoadError, RemoteJWKS, StaticKeys, keysFromText, treqFetch
 from aigateway.providers.openai import OpenAIProvider
 from aigateway.proxy import ProxyResource
 from aigateway.routing import RouteTable
@@ -115,8 +115,7 @@ class _Builder:
     def keySource(self, provider: JWTProviderConfig, path: str) -> tuple[Callable[[], tuple], Callable[[], None] | None]:
         jwks = provider.jwks
         if jwks.kind == "local":
-            keys = jwks.keys
-            return (lambda: keys), None
+            return StaticKeys(tuple(jwks.keys)), None
         if jwks.kind == "file":
             assert jwks.path is not None
             try:
@@ -126,7 +125,7 @@ class _Builder:
                 raise ConfigError(f"{path}.jwks.file", f"cannot read {jwks.path}: {e.strerror or e}") from None
             except (UnicodeDecodeError, KeyLoadError) as e:
                 raise ConfigError(f"{path}.jwks.file", f"{jwks.path}: {e}") from None
-            return (lambda: keys), None
+            return StaticKeys(keys), None
         assert jwks.url is not None
         if self.fetch is None:
             raise ConfigError(f"{path}.jwks.remote", "remote key sets need an HTTP client")
