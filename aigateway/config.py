@@ -283,6 +283,16 @@ class _Fields:
     def has(self, key: str) -> bool:
         return key in self._values
 
+    def oneOf(self, *keys: str) -> str:
+        """
+        The one of C{keys} this mapping has; having none or several is an
+        error.
+        """
+        given = [key for key in keys if key in self._values]
+        if len(given) != 1:
+            raise ConfigError(self.path, f"must have exactly one of {', '.join(keys)}")
+        return given[0]
+
     def take(
         self,
         key: str,
@@ -434,12 +444,7 @@ def _endpoints(value: object, path: str) -> tuple[str, ...]:
 
 def _secret(value: object, path: str) -> SecretRef:
     fields = _Fields(value, path)
-    given = [k for k in ("env", "file", "value", "passthrough") if fields.has(k)]
-    if len(given) != 1:
-        raise ConfigError(
-            path, "must have exactly one of env, file, value, passthrough"
-        )
-    kind = given[0]
+    kind = fields.oneOf("env", "file", "value", "passthrough")
     if kind == "passthrough":
         if not fields.take(kind, _boolean):
             raise ConfigError(fields.at(kind), "can only be true (omit authToken instead)")
@@ -525,17 +530,22 @@ def _match(value: object, path: str) -> Match:
     return match
 
 
-def _routeJwt(gatewayPolicy: JWTPolicy | None) -> Callable[[object, str], JWTPolicy | None]:
-    def parse(value: object, path: str) -> JWTPolicy | None:
+def _override(gatewayValue: T | None, parse: Callable[[object, str], T], section: str) -> Callable[[object, str], T | None]:
+    """
+    A route's own setting for a gateway-wide section: C{off}, C{on} (the
+    gateway-wide one), or a block of its own.
+    """
+
+    def parseOverride(value: object, path: str) -> T | None:
         if value is False or value == "off":
             return None
         if value is True or value == "on":
-            if gatewayPolicy is None:
-                raise ConfigError(path, "there is no gateway-wide jwt policy to turn on")
-            return gatewayPolicy
-        return _jwtPolicy(value, path)
+            if gatewayValue is None:
+                raise ConfigError(path, f"there is no gateway-wide {section} to turn on")
+            return gatewayValue
+        return parse(value, path)
 
-    return parse
+    return parseOverride
 
 
 def _expression(value: object, path: str) -> Any:
@@ -562,26 +572,15 @@ def _authorization(value: object, path: str) -> AuthorizationPolicy:
         for i, item in enumerate(v):
             where = f"{p}[{i}]"
             inner = _Fields(item, where)
-            kinds = [k for k in RULE_KINDS if inner.has(k)]
-            if len(kinds) != 1:
-                raise ConfigError(where, "must have exactly one of allow, deny, require")
-            expression = inner.take(kinds[0], _expression)
+            kind = inner.oneOf(*RULE_KINDS)
+            expression = inner.take(kind, _expression)
             inner.done()
-            parsed.append(Rule(kinds[0], expression, f"rules[{i}]"))
+            parsed.append(Rule(kind, expression, f"rules[{i}]"))
         return tuple(parsed)
 
     policy = AuthorizationPolicy(rules=fields.take("rules", rules, required=True) or ())
     fields.done()
     return policy
-
-
-def _routeAuthorization(gatewayPolicy: AuthorizationPolicy | None) -> Callable[[object, str], AuthorizationPolicy | None]:
-    def parse(value: object, path: str) -> AuthorizationPolicy | None:
-        if value is False or value == "off":
-            return None
-        return _authorization(value, path)
-
-    return parse
 
 
 def _bucket(value: object, path: str) -> Any:
@@ -650,9 +649,11 @@ def _route(
         timeout=fields.take("timeout", _positiveDuration),
         maxRequestBody=fields.take("maxRequestBody", parseSize, maxRequestBody)
         or maxRequestBody,
-        jwt=fields.take("jwt", _routeJwt(gatewayPolicy), gatewayPolicy),
+        jwt=fields.take("jwt", _override(gatewayPolicy, _jwtPolicy, "jwt policy"), gatewayPolicy),
         authorization=fields.take(
-            "authorization", _routeAuthorization(gatewayAuthorization), gatewayAuthorization
+            "authorization",
+            _override(gatewayAuthorization, _authorization, "authorization"),
+            gatewayAuthorization,
         ),
         rateLimits=fields.take("rateLimits", _rateLimits, ()) or (),
     )
@@ -682,10 +683,7 @@ def _jwks(value: object, path: str) -> JWKSSource:
     from aigateway.keys import KeyLoadError, keysFromText
 
     fields = _Fields(value, path)
-    given = [k for k in ("local", "file", "remote") if fields.has(k)]
-    if len(given) != 1:
-        raise ConfigError(path, "must have exactly one of local, file, remote")
-    kind = given[0]
+    kind = fields.oneOf("local", "file", "remote")
     if kind == "local":
 
         def local(v: object, p: str) -> tuple:
