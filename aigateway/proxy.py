@@ -490,7 +490,6 @@ class ProxyResource(Resource):
         relay.start(provider.origin + call.path, call, headers)
         return NOT_DONE_YET
 
-
     def _admit(
         self, request: Request, identity: Identity | None, call: UpstreamCall
     ) -> tuple[Refusal | None, Callable[[int, float], None] | None]:
