@@ -259,6 +259,7 @@ class Config:
     authorization: AuthorizationPolicy | None = None
     tracing: TracingConfig = TracingConfig()
     shutdownTimeout: float = 30.0
+    accessLog: bool = True
 
 
 class _Fields:
@@ -872,6 +873,7 @@ def parseConfig(document: object) -> Config:
         authorization=gatewayAuthorization,
         tracing=fields.take("tracing", _tracing, TracingConfig()) or TracingConfig(),
         shutdownTimeout=fields.take("shutdownTimeout", _positiveDuration, 30.0),  # type: ignore[arg-type]
+        accessLog=fields.take("accessLog", _boolean, True),  # type: ignore[arg-type]
     )
     fields.done()
     return config

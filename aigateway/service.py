@@ -214,7 +214,7 @@ def buildGateway(
     @raise ConfigError: when a file the configuration names is unusable.
     """
     if telemetry is None:
-        telemetry = Telemetry(config.tracing, Metrics(), clock)
+        telemetry = Telemetry(config.tracing, Metrics(), clock, accessLog=config.accessLog)
     if buckets is None:
         buckets = MemoryBuckets()
     return _Builder(config, agent, clock, environ, readFile, fetch, telemetry, buckets).build()
@@ -444,7 +444,8 @@ class GatewayService(Service):
         return config, text
 
     def _build(self, config: Config) -> Gateway:
-        telemetry = Telemetry(config.tracing, self.metrics, self.reactor, self.tracerProvider, self.inFlight)
+        telemetry = Telemetry(config.tracing, self.metrics, self.reactor, self.tracerProvider, self.inFlight,
+                              accessLog=config.accessLog)
         return buildGateway(
             config, self.agent, self.reactor, self.environ, self.readFile,
             treqFetch(self.agent, self.reactor), telemetry, self.buckets,

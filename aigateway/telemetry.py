@@ -260,8 +260,10 @@ class Telemetry:
         clock: IReactorTime,
         tracerProvider: Any = None,
         inFlight: InFlight | None = None,
+        accessLog: bool = True,
     ) -> None:
         self.config = config
+        self.accessLog = accessLog
         self.metrics = metrics
         self.clock = clock
         self.inFlight = inFlight if inFlight is not None else InFlight(metrics)
@@ -384,15 +386,26 @@ class Telemetry:
         traceId = None
         if exchange.serverSpan is not None:
             traceId = self._endSpans(exchange, status, errorType, answer)
+        if self.accessLog:
+            self._logAccess(exchange, status, now, responseModel, inputTokens, outputTokens, traceId)
+
+    def _logAccess(self, exchange: Exchange, status: int, now: float, responseModel: str | None,
+                   inputTokens: int | None, outputTokens: int | None, traceId: str | None) -> None:
+        """
+        One access log event, its text made here: an f-string costs a
+        fraction of what the log system's own formatting of ten fields does.
+        """
+        durationMs = (now - exchange.started) * 1000.0
         accessLog.info(
-            "{method} {path} {route} -> {status} in {durationMs:.1f} ms"
-            " model={requestModel} tokens={inputTokens}/{outputTokens} sub={sub}",
+            "{line}",
+            line=f"{exchange.method} {exchange.path} {exchange.route} -> {status} in {durationMs:.1f} ms"
+            f" model={exchange.requestModel} tokens={inputTokens}/{outputTokens} sub={exchange.subject}",
             time=exchange.started,
             route=exchange.route,
             method=exchange.method,
             path=exchange.path,
             status=status,
-            durationMs=(now - exchange.started) * 1000.0,
+            durationMs=durationMs,
             ttfbMs=(exchange.firstChunk - exchange.started) * 1000.0
             if exchange.firstChunk is not None else None,
             upstreamStatus=exchange.upstreamStatus,

@@ -112,7 +112,7 @@ def gatewayConfig(fakellm: int, port: int, admin: int, full: bool, routes: int, 
         f"  - {{name: t{i}, match: {{pathPrefix: /tenant{i}/llm}}, backend: local}}\n" for i in range(routes)
     )
     if not full:
-        return head + extra + "  - {name: bench, match: {pathPrefix: /bench}, backend: local}\n"
+        return "accessLog: false\n" + head + extra + "  - {name: bench, match: {pathPrefix: /bench}, backend: local}\n"
     route = (
         "  - name: bench\n    match: {pathPrefix: /bench}\n    backend: local\n    timeout: 120s\n"
         "    rateLimits:\n"

@@ -34,7 +34,8 @@ class MemoryGateway:
         self.upstream = RequestTraversalAgent(self.fakellm)
         config = loadConfig(configText)
         self.metrics = Metrics()
-        telemetry = Telemetry(config.tracing, self.metrics, self.clock, tracerProvider)
+        telemetry = Telemetry(config.tracing, self.metrics, self.clock, tracerProvider,
+                              accessLog=config.accessLog)
         extra = {"readFile": readFile} if readFile is not None else {}
         root = buildGateway(config, self.upstream, self.clock, {}, telemetry=telemetry, **extra).root
         self.client = StubTreq(root)

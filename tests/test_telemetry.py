@@ -14,7 +14,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import generate_latest
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from aigateway.config import loadConfig
@@ -48,11 +48,11 @@ class _Traced(MemoryGateway):
     events collected.
     """
 
-    def __init__(self, capture: bool = False) -> None:
+    def __init__(self, capture: bool = False, more: str = "") -> None:
         self.spans = InMemorySpanExporter()
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(self.spans))
-        super().__init__(CONFIG % {"capture": "true" if capture else "false"}, tracerProvider=provider)
+        super().__init__(CONFIG % {"capture": "true" if capture else "false"} + more, tracerProvider=provider)
         self.events: list[dict] = []
 
     def observe(self, case: SynchronousTestCase) -> None:
@@ -249,3 +249,28 @@ class AccessLogTests(SynchronousTestCase):
         flattened = json.dumps(event, default=str)
         self.assertNotIn("sk-caller-secret", flattened)
         self.assertNotIn("favorite poem", flattened)
+
+    def test_text(self) -> None:
+        """
+        The event's text, as the log file shows it, says what the request
+        was and how it ended.
+        """
+        traced = _Traced()
+        traced.observe(self)
+        traced.send(self, "/local/v1/chat/completions", CHAT)
+        [event] = traced.events
+        self.assertRegex(
+            formatEvent(event),
+            r"^POST /local/v1/chat/completions local -> 200 in \d+\.\d ms model=gpt-4o-mini tokens=4/8 sub=None$",
+        )
+
+    def test_off(self) -> None:
+        """
+        C{accessLog: false} turns the events off; the request is served and
+        still counted.
+        """
+        traced = _Traced(more="accessLog: false\n")
+        traced.observe(self)
+        self.assertIn(b"chat.completion", traced.send(self, "/local", CHAT))
+        self.assertEqual(traced.events, [])
+        self.assertIn(b'route="local",status="200"', generate_latest(traced.metrics.registry))
