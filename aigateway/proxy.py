@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import (
     ConnectError,
     ConnectionLost,
@@ -26,17 +26,16 @@ from twisted.internet.error import (
     DNSLookupError,
     TimeoutError as ConnectTimeoutError,
 )
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
-from zope.interface import implementer
 
 from aigateway.config import Route
 from aigateway.credentials import Credential
@@ -45,6 +44,7 @@ from aigateway.guard import Identity
 from aigateway.policy import Refusal, RoutePolicy
 from aigateway.providers.openai import OpenAIProvider, ProviderError, UpstreamCall
 from aigateway.telemetry import Exchange, Telemetry
+from aigateway.upstream import BytesBody
 from aigateway.usage import AnswerObserver
 
 __all__ = ["ProxyResource", "downstreamHeaders", "upstreamHeaders"]
@@ -143,30 +143,6 @@ def downstreamHeaders(upstream: Headers) -> list[tuple[bytes, list[bytes]]]:
     ]
 
 
-@implementer(IBodyProducer)
-class _BytesBody:
-    """
-    A request body already in memory, written in one go.
-    """
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self._body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
 def _streamError(message: str) -> bytes:
     return b"event: error\ndata: " + errorBody(502, message, "upstream_stream_error") + b"\n\n"
 
@@ -222,7 +198,7 @@ class _Relay:
 
     def start(self, url: bytes, call: UpstreamCall, headers: Headers) -> None:
         self.request.notifyFinish().addBoth(self._clientDone)
-        body = _BytesBody(call.body) if call.body or call.method in (b"POST", b"PUT", b"PATCH") else None
+        body = BytesBody(call.body) if call.body or call.method in (b"POST", b"PUT", b"PATCH") else None
         if self.timeout is not None:
             self._deadline = self.clock.callLater(self.timeout, self._timedOut)
         self._pending = pending = self.agent.request(call.method, url, headers, body)

@@ -21,19 +21,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.web.client import (
-    URI,
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    _HTTP11ClientFactory,
-)
-from twisted.web.error import SchemeNotSupported
-
-from zope.interface import implementer
 from twisted.web.http import HTTPChannel
-from twisted.web.iweb import IAgent, IAgentEndpointFactory
+from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -50,6 +39,7 @@ from aigateway.routing import RouteTable
 from aigateway.policy import BucketStore, MemoryBuckets, RoutePolicy
 from aigateway.reload import ConfigWatcher
 from aigateway.telemetry import InFlight, Metrics, Telemetry, buildTracerProvider
+from aigateway.upstream import UpstreamAgent
 
 __all__ = [
     "Gateway",
@@ -303,53 +293,12 @@ class GatewaySite(Site):
         return d
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """
-    The pool's connection factory, without a log line per connection.
-    """
-
-    noisy = False
-
-
-@implementer(IAgentEndpointFactory)
-class _Endpoints:
-    """
-    One client endpoint per upstream origin, made once: building a
-    C{HostnameEndpoint} runs IDNA on the host name, which cost more CPU per
-    request than the rest of the upstream call.  HTTPS endpoints verify the
-    server's certificate as browsers do.
-    """
-
-    def __init__(self, reactor, connectTimeout: float) -> None:
-        self.reactor = reactor
-        self.connectTimeout = connectTimeout
-        self.policy = BrowserLikePolicyForHTTPS()
-        self._endpoints: dict[tuple[bytes, bytes, int], object] = {}
-
-    def endpointForURI(self, uri: URI) -> object:
-        key = (uri.scheme, uri.host, uri.port)
-        endpoint = self._endpoints.get(key)
-        if endpoint is None:
-            host = uri.host.decode("ascii")
-            endpoint = HostnameEndpoint(self.reactor, host, uri.port, timeout=self.connectTimeout)
-            if uri.scheme == b"https":
-                endpoint = wrapClientTLS(self.policy.creatorForNetloc(uri.host, uri.port), endpoint)
-            elif uri.scheme != b"http":
-                raise SchemeNotSupported(f"unsupported scheme {uri.scheme!r}")
-            self._endpoints[key] = endpoint
-        return endpoint
-
-
 def buildAgent(reactor) -> IAgent:
     """
-    The agent every upstream call goes through: one connection pool, kept
-    warm, with enough connections per host for a busy gateway.
+    The agent every upstream call goes through: one pool of kept-alive
+    connections per origin, enough for a busy gateway.
     """
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool._factory = _QuietClientFactory
-    pool.maxPersistentPerHost = 256
-    pool.cachedConnectionTimeout = 120
-    return Agent.usingEndpointFactory(reactor, _Endpoints(reactor, 10), pool=pool)
+    return UpstreamAgent(reactor, connectTimeout=10, maxIdle=256, idleTimeout=120)
 
 
 class _Listeners:

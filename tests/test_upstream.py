@@ -1,0 +1,655 @@
+"""
+Tests for L{aigateway.upstream}: the request as written, the response as
+parsed (every framing, split anywhere), the pool, and the failures; then
+the agent against the fake LLM over real sockets.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import FileBodyProducer, ResponseDone, ResponseFailed, readBody
+from twisted.web.error import SchemeNotSupported
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
+from twisted.web.server import Site
+
+from aigateway.fakellm import FakeLLM
+from aigateway.upstream import BytesBody, UpstreamAgent
+
+
+def _selfSigned(name: str) -> bytes:
+    """
+    A key and a self-signed certificate for C{name}, in PEM.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()) + certificate.public_bytes(serialization.Encoding.PEM)
+
+
+class _Endpoints:
+    """
+    Connections made on demand, each to a L{StringTransport}.
+    """
+
+    def __init__(self) -> None:
+        self.connections: list[tuple[StringTransport, Protocol]] = []
+        self.failure: Failure | None = None
+        self.uris: list[bytes] = []
+
+    def endpointForURI(self, uri):
+        self.uris.append(uri.toBytes())
+        return self
+
+    def connect(self, factory):
+        if self.failure is not None:
+            return fail(self.failure)
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.connections.append((transport, protocol))
+        return succeed(protocol)
+
+
+class _Reader(Protocol):
+    """
+    Collects a body and how it ended.
+    """
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.reason: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.reason = reason
+
+
+class _Harness:
+    def __init__(self, **options) -> None:
+        self.clock = Clock()
+        self.endpoints = _Endpoints()
+        self.agent = UpstreamAgent(self.clock, endpointFactory=self.endpoints, **options)
+
+    def request(self, method=b"POST", uri=b"http://up.example:8000/v1/chat?x=1", headers=None,
+                body: bytes | None = b'{"a":1}'):
+        return self.agent.request(method, uri, headers, BytesBody(body) if body is not None else None)
+
+    def transport(self, index: int = -1) -> StringTransport:
+        return self.endpoints.connections[index][0]
+
+    def protocol(self, index: int = -1) -> Protocol:
+        return self.endpoints.connections[index][1]
+
+    def answer(self, data: bytes, index: int = -1, split: int = 0) -> None:
+        protocol = self.protocol(index)
+        if split:
+            for i in range(0, len(data), split):
+                protocol.dataReceived(data[i:i + split])
+        else:
+            protocol.dataReceived(data)
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\nhello world"
+CHUNKED = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"6;ext=1\r\ndata: \r\n"
+    b"a\r\n0123456789\r\n"
+    b"0\r\nX-Trailer: yes\r\n\r\n"
+)
+
+
+class RequestTests(SynchronousTestCase):
+    """
+    What goes on the wire.
+    """
+
+    def test_head_and_body(self) -> None:
+        """
+        The request line, Host (without a default port, with any other),
+        the caller's fields, Content-Length and the body are written in one
+        piece.
+        """
+        h = _Harness()
+        h.request(headers=Headers({b"Authorization": [b"Bearer sk"], b"X-Many": [b"a", b"b"]}))
+        self.assertEqual(
+            h.transport().value(),
+            b"POST /v1/chat?x=1 HTTP/1.1\r\nHost: up.example:8000\r\nAuthorization: Bearer sk\r\n"
+            b"X-Many: a\r\nX-Many: b\r\nContent-Length: 7\r\n\r\n{\"a\":1}",
+        )
+        h.agent.request(b"GET", b"https://api.example/models", None, None)
+        self.assertEqual(h.transport().value(), b"GET /models HTTP/1.1\r\nHost: api.example\r\n\r\n")
+        self.assertEqual(h.endpoints.uris, [b"http://up.example:8000/", b"https://api.example/"])
+
+    def test_callerHost(self) -> None:
+        """
+        A C{Host} the caller sets is kept; its framing fields are not.
+        """
+        h = _Harness()
+        h.request(headers=Headers({b"Host": [b"virtual"], b"Content-Length": [b"99"],
+                                   b"Transfer-Encoding": [b"chunked"]}), body=b"")
+        self.assertEqual(h.transport().value(),
+                         b"POST /v1/chat?x=1 HTTP/1.1\r\nHost: virtual\r\nContent-Length: 0\r\n\r\n")
+
+    def test_targets(self) -> None:
+        """
+        An origin without a path asks for C{/}; a fragment is not sent.
+        """
+        h = _Harness()
+        h.agent.request(b"GET", b"http://up.example?q=1#frag")
+        self.assertTrue(h.transport().value().startswith(b"GET /?q=1 HTTP/1.1\r\n"))
+
+    def test_refused(self) -> None:
+        """
+        A bad method, a target with spaces, a relative URL or another scheme
+        fail at once, before any connection.
+        """
+        h = _Harness()
+        for method, uri, error in [
+            (b"PO ST", b"http://up.example/", ValueError),
+            (b"GET", b"http://up.example/a b", ValueError),
+            (b"GET", b"http://up.example/a\r\nX: y", ValueError),
+            (b"GET", b"/relative", ValueError),
+            (b"GET", b"ftp://up.example/", SchemeNotSupported),
+        ]:
+            self.failureResultOf(h.agent.request(method, uri), error)
+        self.assertEqual(h.endpoints.connections, [])
+
+    def test_unknownLength(self) -> None:
+        """
+        A body producer of unknown length is sent chunked.
+        """
+        h = _Harness()
+        producer = FileBodyProducer(__import__("io").BytesIO(b"abc"), cooperator=_Immediate())
+        producer.length = UNKNOWN_LENGTH
+        h.agent.request(b"POST", b"http://up.example/", None, producer)
+        self.assertEqual(
+            h.transport().value(),
+            b"POST / HTTP/1.1\r\nHost: up.example\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        )
+
+
+class _Immediate:
+    """
+    A cooperator that runs a task to its end at once.
+    """
+
+    def cooperate(self, iterator):
+        for _ in iterator:
+            pass
+        return _Done()
+
+
+class _Done:
+    def whenDone(self):
+        return succeed(None)
+
+    def stop(self):
+        pass
+
+    def pause(self):
+        pass
+
+    def resume(self):
+        pass
+
+
+class ResponseTests(SynchronousTestCase):
+    """
+    What is read back, however the bytes are split.
+    """
+
+    def test_contentLength(self) -> None:
+        """
+        Status, phrase, fields (without the framing ones) and length come
+        with the response; the body follows and ends with L{ResponseDone}.
+        """
+        for split in (0, 1, 7):
+            h = _Harness()
+            d = h.request()
+            h.answer(OK, split=split)
+            response = self.successResultOf(d)
+            self.assertEqual((response.code, response.phrase, response.length), (200, b"OK", 11))
+            self.assertEqual(list(response.headers.getAllRawHeaders()),
+                             [(b"Content-Type", [b"application/json"])])
+            self.assertEqual(self.successResultOf(readBody(response)), b"hello world")
+
+    def test_chunked(self) -> None:
+        """
+        Chunked framing (with extensions and trailers) is undone, split
+        anywhere, and the connection can carry the next request.
+        """
+        for split in (0, 1, 2, 5):
+            h = _Harness()
+            d = h.request()
+            h.answer(CHUNKED, split=split)
+            response = self.successResultOf(d)
+            self.assertIs(response.length, UNKNOWN_LENGTH)
+            self.assertEqual(self.successResultOf(readBody(response)), b"data: 0123456789")
+            self.assertIsNone(response.headers.getRawHeaders(b"transfer-encoding"))
+            h.request()
+            self.assertEqual(len(h.endpoints.connections), 1)
+
+    def test_bodyAsItArrives(self) -> None:
+        """
+        Each read's worth of body is handed on as it comes, not held back
+        until the end.
+        """
+        h = _Harness()
+        d = h.request()
+        h.answer(CHUNKED[:CHUNKED.index(b"a\r\n")])
+        reader = _Reader()
+        self.successResultOf(d).deliverBody(reader)
+        self.assertEqual(reader.chunks, [b"data: "])
+        h.answer(b"a\r\n01234")
+        self.assertEqual(reader.chunks, [b"data: ", b"01234"])
+        self.assertIsNone(reader.reason)
+
+    def test_untilClose(self) -> None:
+        """
+        Without a length or chunking the body runs to the close, which ends
+        it with L{PotentialDataLoss}; the connection is not kept.
+        """
+        h = _Harness()
+        d = h.request()
+        h.answer(b"HTTP/1.1 200 OK\r\n\r\nsome")
+        reader = _Reader()
+        self.successResultOf(d).deliverBody(reader)
+        h.answer(b" more")
+        h.protocol().connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(b"".join(reader.chunks), b"some more")
+        reader.reason.trap(PotentialDataLoss)
+
+    def test_noBody(self) -> None:
+        """
+        A HEAD answer, a 204 and a 304 have no body (a HEAD answer keeps
+        its Content-Length); the connection is reused.
+        """
+        for method, status in [(b"HEAD", b"200 OK"), (b"GET", b"204 No Content"), (b"GET", b"304 Not Modified")]:
+            h = _Harness()
+            d = h.agent.request(method, b"http://up.example/")
+            h.answer(b"HTTP/1.1 " + status + b"\r\nContent-Length: 42\r\n\r\n")
+            response = self.successResultOf(d)
+            self.assertEqual(self.successResultOf(readBody(response)), b"")
+            if method == b"HEAD":
+                self.assertEqual(response.headers.getRawHeaders(b"content-length"), [b"42"])
+            h.agent.request(b"GET", b"http://up.example/")
+            self.assertEqual(len(h.endpoints.connections), 1)
+
+    def test_emptyBody(self) -> None:
+        """
+        C{Content-Length: 0} ends the response with its head.
+        """
+        h = _Harness()
+        d = h.request()
+        h.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(self.successResultOf(readBody(self.successResultOf(d))), b"")
+
+    def test_interim(self) -> None:
+        """
+        A 100 Continue before the answer is passed over.
+        """
+        h = _Harness()
+        d = h.request()
+        h.answer(b"HTTP/1.1 100 Continue\r\n\r\n" + OK, split=3)
+        self.assertEqual(self.successResultOf(d).code, 200)
+
+    def test_malformed(self) -> None:
+        """
+        A broken status line, field, length or chunk fails the request (or
+        the body, once the response started) and drops the connection.
+        """
+        heads = [
+            b"HTTP/2 200 OK\r\n\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"ICY 200 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nNo colon here\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n folded: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        ]
+        for head in heads:
+            h = _Harness()
+            d = h.request()
+            h.answer(head)
+            self.failureResultOf(d, ResponseFailed)
+            self.assertTrue(h.transport().disconnecting, head)
+        for chunks in [b"0x10\r\n", b"-1\r\n", b"zz\r\n", b"3\r\nabcX\r\n"]:
+            h = _Harness()
+            d = h.request()
+            h.answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            reader = _Reader()
+            self.successResultOf(d).deliverBody(reader)
+            h.answer(chunks)
+            reader.reason.trap(ResponseFailed)
+            self.assertTrue(h.transport().disconnecting, chunks)
+
+    def test_headTooLong(self) -> None:
+        """
+        A response head that never ends is cut off.
+        """
+        h = _Harness()
+        d = h.request()
+        h.answer(b"HTTP/1.1 200 OK\r\n" + b"X-Long: " + b"a" * 70000)
+        self.failureResultOf(d, ResponseFailed)
+
+    def test_lostMidBody(self) -> None:
+        """
+        A connection lost before the body is whole ends it with
+        L{ResponseFailed}, never L{ResponseDone}.
+        """
+        for answer in (OK[:-3], CHUNKED[:-10]):
+            h = _Harness()
+            d = h.request()
+            h.answer(answer)
+            reader = _Reader()
+            self.successResultOf(d).deliverBody(reader)
+            h.protocol().connectionLost(Failure(ConnectionLost()))
+            reader.reason.trap(ResponseFailed)
+
+    def test_lostBeforeAnswer(self) -> None:
+        """
+        A connection lost before the answer fails the request.
+        """
+        h = _Harness()
+        d = h.request()
+        h.protocol().connectionLost(Failure(ConnectionLost()))
+        self.failureResultOf(d, ResponseFailed)
+
+    def test_connectFailed(self) -> None:
+        """
+        A failed connection attempt fails the request with its reason.
+        """
+        h = _Harness()
+        h.endpoints.failure = Failure(ConnectionRefusedError())
+        self.failureResultOf(h.request(), ConnectionRefusedError)
+
+    def test_extraBytes(self) -> None:
+        """
+        Bytes after the end of the answer mean the connection can't be
+        trusted: it is closed, not pooled.
+        """
+        h = _Harness()
+        d = h.request()
+        h.answer(OK + b"HTTP/1.1 200 OK\r\n")
+        self.assertEqual(self.successResultOf(readBody(self.successResultOf(d))), b"hello world")
+        self.assertTrue(h.transport().disconnecting)
+        h.request()
+        self.assertEqual(len(h.endpoints.connections), 2)
+
+
+class ControlTests(SynchronousTestCase):
+    """
+    Backpressure, cancellation and giving up.
+    """
+
+    def test_pause(self) -> None:
+        """
+        The body's reader pauses and resumes the upstream socket; a
+        connection handed back to the pool is never left paused.
+        """
+        h = _Harness()
+        d = h.request()
+        h.answer(OK[:-5])
+        reader = _Reader()
+        self.successResultOf(d).deliverBody(reader)
+        reader.transport.pauseProducing()
+        self.assertEqual(h.transport().producerState, "paused")
+        reader.transport.resumeProducing()
+        self.assertEqual(h.transport().producerState, "producing")
+        reader.transport.pauseProducing()
+        h.answer(b"world")
+        self.assertEqual(h.transport().producerState, "producing")
+        reader.reason.trap(ResponseDone)
+
+    def test_stop(self) -> None:
+        """
+        Stopping the body drops the connection.
+        """
+        h = _Harness()
+        d = h.request()
+        h.answer(OK[:-5])
+        reader = _Reader()
+        self.successResultOf(d).deliverBody(reader)
+        reader.transport.stopProducing()
+        self.assertTrue(h.transport().disconnected)
+
+    def test_cancel(self) -> None:
+        """
+        Cancelling before the answer drops the connection and fails with
+        L{CancelledError}.
+        """
+        h = _Harness()
+        d = h.request()
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertTrue(h.transport().disconnected)
+        h.protocol().connectionLost(Failure(ConnectionLost()))
+
+    def test_cancelWhileConnecting(self) -> None:
+        """
+        Cancelling while connecting cancels the attempt.
+        """
+        h = _Harness()
+        cancelled = []
+        h.endpoints.connect = lambda factory: Deferred(cancelled.append)
+        d = h.request()
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(len(cancelled), 1)
+
+
+class PoolTests(SynchronousTestCase):
+    """
+    Kept-alive connections, per origin.
+    """
+
+    def test_reuse(self) -> None:
+        """
+        A connection whose answer is over carries the next request to the
+        same origin; another origin gets its own.
+        """
+        h = _Harness()
+        d = h.request()
+        h.answer(OK)
+        self.successResultOf(readBody(self.successResultOf(d)))
+        h.request()
+        self.assertEqual(len(h.endpoints.connections), 1)
+        self.assertEqual(h.transport().value().count(b"POST /v1/chat"), 2)
+        h.request(uri=b"http://other.example/")
+        self.assertEqual(len(h.endpoints.connections), 2)
+
+    def test_busy(self) -> None:
+        """
+        A connection still carrying an answer is not shared.
+        """
+        h = _Harness()
+        h.request()
+        h.request()
+        self.assertEqual(len(h.endpoints.connections), 2)
+
+    def test_notKept(self) -> None:
+        """
+        C{Connection: close} and HTTP/1.0 answers close the connection.
+        """
+        for answer in (OK.replace(b"OK\r\n", b"OK\r\nConnection: keep-alive, Close\r\n", 1),
+                       OK.replace(b"HTTP/1.1", b"HTTP/1.0")):
+            h = _Harness()
+            d = h.request()
+            h.answer(answer)
+            self.successResultOf(readBody(self.successResultOf(d)))
+            self.assertTrue(h.transport().disconnecting)
+            h.request()
+            self.assertEqual(len(h.endpoints.connections), 2)
+
+    def test_idleTimeout(self) -> None:
+        """
+        A connection idle for longer than C{idleTimeout} is closed rather
+        than reused.
+        """
+        h = _Harness(idleTimeout=30)
+        d = h.request()
+        h.answer(OK)
+        self.successResultOf(readBody(self.successResultOf(d)))
+        h.clock.advance(31)
+        h.request()
+        self.assertTrue(h.transport(0).disconnecting)
+        self.assertEqual(len(h.endpoints.connections), 2)
+
+    def test_maxIdle(self) -> None:
+        """
+        Beyond C{maxIdle} idle connections per origin, a finished one is
+        closed.
+        """
+        h = _Harness(maxIdle=1)
+        first, second = h.request(), h.request()
+        h.answer(OK, index=0)
+        h.answer(OK, index=1)
+        for d in (first, second):
+            self.successResultOf(readBody(self.successResultOf(d)))
+        self.assertEqual([t.disconnecting for t, _ in h.endpoints.connections], [False, True])
+
+    def test_closedWhileIdle(self) -> None:
+        """
+        An idle connection the upstream closes leaves the pool.
+        """
+        h = _Harness()
+        d = h.request()
+        h.answer(OK)
+        self.successResultOf(readBody(self.successResultOf(d)))
+        h.protocol().connectionLost(Failure(ConnectionDone()))
+        h.request()
+        self.assertEqual(len(h.endpoints.connections), 2)
+
+    def test_retry(self) -> None:
+        """
+        A GET on a kept-alive connection that turns out closed before a
+        byte of the answer is sent again on a new one; a POST is not (it
+        may have been acted on).
+        """
+        h = _Harness()
+        d = h.agent.request(b"GET", b"http://up.example/models")
+        h.answer(OK)
+        self.successResultOf(readBody(self.successResultOf(d)))
+        d = h.agent.request(b"GET", b"http://up.example/models")
+        h.protocol(0).connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(h.endpoints.connections), 2)
+        self.assertEqual(h.transport(1).value(), b"GET /models HTTP/1.1\r\nHost: up.example\r\n\r\n")
+        h.answer(OK)
+        self.assertEqual(self.successResultOf(d).code, 200)
+
+        d = h.request(uri=b"http://up.example/models")
+        h.protocol(1).connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(d, ResponseFailed)
+
+
+class RealSocketTests(TestCase):
+    """
+    The agent against the fake LLM, over loopback.
+    """
+
+    def setUp(self) -> None:
+        self.port = reactor.listenTCP(0, Site(FakeLLM(reactor)), interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.agent = UpstreamAgent(reactor)
+        self.addCleanup(self.agent.closeCachedConnections)
+        self.url = b"http://127.0.0.1:%d/v1/chat/completions" % self.port.getHost().port
+
+    async def test_chatKeptAlive(self) -> None:
+        """
+        Two completions in a row: both whole, over one connection.
+        """
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+        peers = []
+        for _ in range(2):
+            response = await self.agent.request(b"POST", self.url, Headers({b"content-type": [b"application/json"]}),
+                                                BytesBody(body))
+            self.assertEqual(response.code, 200)
+            answer = json.loads(await readBody(response))
+            self.assertEqual(answer["object"], "chat.completion")
+            origin = next(iter(self.agent._origins.values()))
+            peers.append(origin.idle[-1][0].transport.getHost().port)
+        self.assertEqual(peers[0], peers[1])
+
+    async def test_streamArrivesInPieces(self) -> None:
+        """
+        A stream's events reach the reader as the upstream sends them.
+        """
+        body = json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+        response = await self.agent.request(
+            b"POST", self.url, Headers({b"x-fakellm-chunks": [b"3"], b"x-fakellm-gap": [b"30"]}), BytesBody(body)
+        )
+        done: Deferred = Deferred()
+
+        class Reader(_Reader):
+            def dataReceived(self, data: bytes) -> None:
+                self.chunks.append((reactor.seconds(), data))
+
+            def connectionLost(self, reason: Failure) -> None:
+                self.reason = reason
+                done.callback(None)
+
+        reader = Reader()
+        response.deliverBody(reader)
+        await done
+        reader.reason.trap(ResponseDone)
+        text = b"".join(data for _, data in reader.chunks)
+        self.assertIn(b"data: [DONE]", text)
+        self.assertGreaterEqual(len(reader.chunks), 3)
+        self.assertGreater(reader.chunks[-1][0] - reader.chunks[0][0], 0.05)
+
+    async def test_tls(self) -> None:
+        """
+        An https origin: the certificate is checked against the trust root
+        and the answer read through TLS, kept alive as over TCP.
+        """
+        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+        from twisted.internet.ssl import PrivateCertificate, optionsForClientTLS
+
+        certificate = PrivateCertificate.loadPEM(_selfSigned("localhost"))
+        port = reactor.listenSSL(0, Site(FakeLLM(reactor)), certificate.options(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+
+        class Endpoints:
+            def endpointForURI(self, uri):
+                return wrapClientTLS(optionsForClientTLS("localhost", trustRoot=certificate),
+                                     HostnameEndpoint(reactor, "127.0.0.1", uri.port))
+
+        agent = UpstreamAgent(reactor, endpointFactory=Endpoints())
+        self.addCleanup(agent.closeCachedConnections)
+        url = b"https://localhost:%d/v1/models" % port.getHost().port
+        for _ in range(2):
+            response = await agent.request(b"GET", url)
+            self.assertEqual(response.code, 200)
+            self.assertEqual(json.loads(await readBody(response))["object"], "list")
+        self.assertEqual(len(next(iter(agent._origins.values())).idle), 1)
