@@ -226,11 +226,12 @@ def buildTracerProvider(config: TracingConfig, environ: Mapping[str, str] = os.e
         endpoint = environ["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + "/v1/traces"
     if endpoint is None:
         return None
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    from aigateway.otlp import SpanExporter
 
     provider = TracerProvider(
         resource=Resource.create({"service.name": config.serviceName}),
@@ -239,7 +240,7 @@ def buildTracerProvider(config: TracingConfig, environ: Mapping[str, str] = os.e
     provider.add_span_processor(
         BatchSpanProcessor(
             # Without configured headers the exporter reads OTEL_EXPORTER_OTLP_HEADERS.
-            OTLPSpanExporter(endpoint=endpoint, headers=dict(config.otlpHeaders) or None),
+            SpanExporter(endpoint=endpoint, headers=dict(config.otlpHeaders) or None),
             schedule_delay_millis=1000,
         )
     )
