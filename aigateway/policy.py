@@ -258,6 +258,9 @@ class RoutePolicy:
         self.store = store
         expressions = [r.expression for r in self.rules] + [l.key for l in self.limits if l.key]
         self.needed = frozenset().union(*(e.variables for e in expressions if e.path is None))
+        # Reading every header into the request variable is the dearest part
+        # of it; only an expression that mentions headers gets them.
+        self.readsHeaders = any("headers" in e.source for e in expressions)
 
     def variables(
         self, claims: Mapping[str, Any] | None, method: str, path: str,
@@ -269,7 +272,7 @@ class RoutePolicy:
         """
         return Variables({
             "jwt": lambda: claims or {},
-            "request": lambda: {"method": method, "path": path, "headers": headers()},
+            "request": lambda: {"method": method, "path": path, "headers": headers() if self.readsHeaders else {}},
             "llm": lambda: {"requestModel": requestModel or "", "stream": stream, "provider": provider},
             "route": lambda: {"name": self.routeName},
         }, self.needed)

@@ -124,6 +124,29 @@ class RuleTests(SynchronousTestCase):
         self.assertEqual(self.verdict(rules, {"team": "dev"}), "pass")
         self.assertEqual(self.verdict(rules, {"team": "qa"}), "authorization failed: no allow rule matched")
 
+    def test_headersReadOnlyWhenNamed(self) -> None:
+        """
+        The request's headers are read for a policy whose expressions name
+        them, and only then.
+        """
+        reads = []
+
+        def headers() -> dict:
+            reads.append(1)
+            return {"x-team": "ops"}
+
+        def verdict(rules: str) -> str:
+            policy = self.policy(rules)
+            variables = policy.variables({"team": "qa"}, "POST", "/r", headers, "gpt-4o", False, "openai")
+            refusal = policy.authorize(variables)
+            return "pass" if refusal is None else refusal.message
+
+        self.assertEqual(verdict("{allow: 'jwt.team == \"dev\"'}, {allow: 'request.headers[\"x-team\"] == \"ops\"'}"),
+                         "pass")
+        self.assertEqual(len(reads), 1)
+        self.assertEqual(verdict("{allow: 'jwt.team == \"qa\"'}, {require: 'request.method == \"POST\"'}"), "pass")
+        self.assertEqual(len(reads), 1)
+
     def test_missingClaim(self) -> None:
         """
         A missing claim makes a rule false: a require refuses, a deny does
