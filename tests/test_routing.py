@@ -3,7 +3,7 @@ Tests for L{aigateway.routing}: which route takes a request.
 """
 
 from treq.testing import StubTreq
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 
 from twisted.internet.task import Clock
@@ -178,3 +178,44 @@ class DotSegmentTests(SynchronousTestCase):
         """
         for path in (b"/v1/models/gpt-4.1", b"/a/..b/c", b"/a/b.", b"/%41"):
             self.assertFalse(hasDotSegment(path), path)
+
+
+class SendNowTests(TestCase):
+    """
+    The answer leaves for the client before the request is reported.
+    """
+
+    async def test_answerBeforeReport(self) -> None:
+        """
+        When the report of a request starts, the client can already read
+        the whole answer from its socket.
+        """
+        import socket
+
+        from twisted.internet import reactor
+        from twisted.internet.defer import Deferred
+
+        from aigateway.service import GatewaySite
+
+        seen: Deferred = Deferred()
+
+        class Recording(Telemetry):
+            def finish(self, exchange, status, completed):
+                try:
+                    seen.callback(client.recv(65536))
+                except BlockingIOError:
+                    seen.callback(b"")
+                super().finish(exchange, status, completed)
+
+        telemetry = Recording(TracingConfig(), Metrics(), reactor, accessLog=False)
+        site = GatewaySite(RouteTable([], telemetry), reactor)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.addCleanup(site.closeChannels)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(client.close)
+        client.sendall(b"GET /nowhere HTTP/1.1\r\nHost: gw\r\n\r\n")
+        client.setblocking(False)
+        answer = await seen
+        self.assertTrue(answer.startswith(b"HTTP/1.1 404 "), answer)
+        self.assertTrue(answer.endswith(b"}}"), answer)
