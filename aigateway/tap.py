@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from aigateway.config import ConfigError, parseEndpoint
@@ -70,6 +70,7 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
+    from aigateway.heap import HeapSettler
     from aigateway.service import GatewayService
 
     path = options["config"]
@@ -83,4 +84,7 @@ def makeService(options: Options) -> IService:
     signal.signal(
         signal.SIGHUP, lambda *args: reactor.callFromThread(service.reload, "SIGHUP")
     )
-    return service
+    top = MultiService()
+    service.setServiceParent(top)
+    HeapSettler().setServiceParent(top)
+    return top
