@@ -1,15 +1,14 @@
 """
-OTLP/HTTP span export, with the protobuf encoding written out directly.
+OTLP/HTTP span export from the reactor, with the protobuf encoding
+written out directly.
 
 The OpenTelemetry exporter builds one protobuf object per span, attribute
-and value before serializing them: for the gateway's two spans per request
-that took more CPU than making the spans.  L{encodeSpans} writes the same
-message (C{ExportTraceServiceRequest}, opentelemetry-proto's trace v1)
-straight to bytes.  L{SpanExporter} is the OpenTelemetry exporter with that
-encoding; its endpoint, headers, TLS, compression, timeouts and retries are
-the exporter's own.  It relies on the exporter sending serialized bytes
-through its C{_client}; where that is gone (a newer exporter), it falls
-back to the exporter's own encoding, and the tests say so.
+and value before serializing them (for the gateway's two spans per request
+that took more CPU than making the spans), and it sends from a thread of
+its own, whose bursts of Python work every second held the reactor's
+requests back for milliseconds.  Here each span is encoded to its
+C{Span} message bytes as it ends (L{encodeSpan}), and L{SpanSender} posts
+the batches through the gateway's own HTTP agent: no thread, no burst.
 """
 
 from __future__ import annotations
@@ -18,11 +17,15 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace import SpanProcessor
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
+from twisted.web.client import readBody
+from twisted.web.http_headers import Headers
 
-__all__ = ["SpanExporter", "encodeSpans"]
+from aigateway.upstream import BytesBody
+
+__all__ = ["SpanSender", "encodeSpan", "encodeSpans"]
 
 log = Logger()
 
@@ -176,23 +179,13 @@ def _scope(scope: Any) -> bytes:
     return body + _attributes(b"\x1a", scope.attributes)
 
 
-def encodeSpans(spans: Sequence[Any]) -> bytes:
+def _envelope(groups: Mapping[int, tuple[Any, Mapping[Any, list[bytes]]]]) -> bytes:
     """
-    The serialized C{ExportTraceServiceRequest} for C{spans}: grouped by
-    resource, then by instrumentation scope, in the order first seen.
+    The C{ExportTraceServiceRequest} holding encoded spans grouped by
+    resource, then by instrumentation scope.
     """
-    # By identity: a resource's hash is a JSON dump of its attributes, and
-    # every span of a provider shares the same resource object.
-    grouped: dict[int, tuple[Any, dict[Any, list[bytes]]]] = {}
-    for span in spans:
-        resource = span.resource
-        scopes = grouped.get(id(resource))
-        if scopes is None:
-            scopes = grouped[id(resource)] = (resource, {})
-        scope = span.instrumentation_scope or None
-        scopes[1].setdefault(scope, []).append(_field(b"\x12", _span(span)))
     out = []
-    for resource, scopes in grouped.values():
+    for resource, scopes in groups.values():
         body = _field(b"\x0a", _attributes(b"\x0a", resource.attributes))
         for scope, encoded in scopes.items():
             scopeBody = _field(b"\x0a", _scope(scope)) + b"".join(encoded)
@@ -205,26 +198,153 @@ def encodeSpans(spans: Sequence[Any]) -> bytes:
     return b"".join(out)
 
 
-class SpanExporter(OTLPSpanExporter):
+class _Batch:
     """
-    The OTLP/HTTP exporter, encoding with L{encodeSpans}.
-
-    @ivar direct: whether the exporter's client takes serialized bytes, so
-        the encoding here is used.
+    Encoded spans waiting to be sent, grouped by resource (by identity: a
+    resource's hash is a JSON dump of its attributes, and every span of a
+    provider shares one resource object) and scope, in the order first seen.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        client = getattr(self, "_client", None)
-        self.direct = callable(getattr(client, "export", None)) and hasattr(self, "_shutdown")
+    def __init__(self) -> None:
+        self.groups: dict[int, tuple[Any, dict[Any, list[bytes]]]] = {}
+        self.count = 0
 
-    def export(self, spans: Sequence[Any]) -> SpanExportResult:
-        if not self.direct or self._shutdown:
-            return super().export(spans)
+    def add(self, span: Any) -> None:
+        resource = span.resource
+        group = self.groups.get(id(resource))
+        if group is None:
+            group = self.groups[id(resource)] = (resource, {})
+        group[1].setdefault(span.instrumentation_scope or None, []).append(encodeSpan(span))
+        self.count += 1
+
+    def body(self) -> bytes:
+        return _envelope(self.groups)
+
+
+def encodeSpan(span: Any) -> bytes:
+    """
+    A finished span as the C{spans} field of a C{ScopeSpans} message.
+    """
+    return _field(b"\x12", _span(span))
+
+
+def encodeSpans(spans: Sequence[Any]) -> bytes:
+    """
+    The serialized C{ExportTraceServiceRequest} for C{spans}.
+    """
+    batch = _Batch()
+    for span in spans:
+        batch.add(span)
+    return batch.body()
+
+
+class SpanSender(SpanProcessor):
+    """
+    A span processor that encodes each sampled span as it ends and posts
+    them to an OTLP/HTTP endpoint (C{application/x-protobuf}) in batches:
+    every C{interval} seconds, or at once when C{batchSize} are waiting.
+
+    Spans must end on the reactor's thread, as the gateway's do.  A batch
+    the collector refuses or does not take within C{timeout} is dropped
+    (and logged, at most once a minute); while C{maxPending} spans wait
+    behind a slow collector, newer ones are dropped and counted in
+    C{dropped}.
+    """
+
+    def __init__(self, reactor: Any, agent: Any, endpoint: str, headers: Mapping[str, str] | None = None,
+                 interval: float = 1.0, batchSize: int = 512, maxPending: int = 8192,
+                 timeout: float = 10.0) -> None:
+        self.reactor = reactor
+        self.agent = agent
+        self.url = endpoint.encode("utf-8")
+        self.headers = Headers({b"content-type": [b"application/x-protobuf"]})
+        for name, value in (headers or {}).items():
+            self.headers.setRawHeaders(name.encode("latin-1"), [value.encode("latin-1")])
+        self.interval = interval
+        self.batchSize = batchSize
+        self.maxPending = maxPending
+        self.timeout = timeout
+        self.dropped = 0
+        self.sent = 0
+        self._batch = _Batch()
+        self._pending = 0
+        self._timer: Any = None
+        self._sending: set[Deferred[None]] = set()
+        self._lastComplaint = float("-inf")
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        pass
+
+    def on_end(self, span: Any) -> None:
+        if not span.context.trace_flags.sampled:
+            return
+        if self._pending >= self.maxPending:
+            self.dropped += 1
+            return
+        self._batch.add(span)
+        self._pending += 1
+        if self._batch.count >= self.batchSize:
+            self.send()
+        elif self._timer is None:
+            self._timer = self.reactor.callLater(self.interval, self.send)
+
+    def send(self) -> Deferred[None]:
+        """
+        Post the spans waiting now; fires when the collector has answered
+        (or the post failed).
+        """
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        batch, self._batch = self._batch, _Batch()
+        if not batch.count:
+            return succeed(None)
+        d = Deferred.fromCoroutine(self._post(batch))
+        self._sending.add(d)
+        d.addBoth(lambda _: self._sending.discard(d))
+        return d
+
+    async def _post(self, batch: _Batch) -> None:
+        attempt = self.agent.request(b"POST", self.url, self.headers, BytesBody(batch.body()))
+        timer = self.reactor.callLater(self.timeout, attempt.cancel)
         try:
-            data = encodeSpans(spans)
-        except Exception:
-            log.failure("encoding {count} spans for export", count=len(spans))
-            return SpanExportResult.FAILURE
-        result = self._client.export(data)
-        return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
+            response = await attempt
+            await readBody(response)
+        except Exception as e:
+            self._complain(f"the trace collector at {self.url.decode()} could not be reached: "
+                           f"{e.__class__.__name__}", batch.count)
+        else:
+            if 200 <= response.code < 300:
+                self.sent += batch.count
+            else:
+                self._complain(f"the trace collector at {self.url.decode()} answered {response.code}",
+                               batch.count)
+        finally:
+            if timer.active():
+                timer.cancel()
+            self._pending -= batch.count
+
+    def _complain(self, problem: str, count: int) -> None:
+        self.dropped += count
+        now = self.reactor.seconds()
+        if now - self._lastComplaint >= 60:
+            self._lastComplaint = now
+            log.warn("{problem}; {count} spans dropped ({dropped} so far)",
+                     problem=problem, count=count, dropped=self.dropped)
+
+    def flush(self) -> Deferred[None]:
+        """
+        Send what waits and wait for every post in flight.
+        """
+        self.send()
+        return DeferredList(list(self._sending)).addCallback(lambda _: None)
+
+    def shutdown(self) -> None:
+        """
+        Spans are sent from the reactor: see L{flush}.
+        """
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        self.send()
+        return True

@@ -16,7 +16,6 @@ import attrs
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
-from twisted.internet.threads import deferToThread
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -369,7 +368,7 @@ class GatewayService(Service):
         self.buckets = MemoryBuckets()
         self.lastError: str | None = None
         config, text = self._load()
-        self.tracerProvider = buildTracerProvider(config.tracing, environ)
+        self.tracerProvider = buildTracerProvider(config.tracing, reactor, self.agent, environ)
         self._serve(config, text, self._build(config))
         self.site = GatewaySite(self.gateway.root, reactor)
         self.listeners = _Listeners(reactor, self.site)
@@ -491,7 +490,7 @@ class GatewayService(Service):
         for keySet in self.gateway.keySets:
             keySet.stop()
         if self.tracerProvider is not None:
-            await deferToThread(self.tracerProvider.shutdown)
+            await self._within(self.tracerProvider.sender.flush(), deadline + 5)
 
     async def _within(self, d: Deferred[None], deadline: float) -> bool:
         timer = self.reactor.callLater(max(0.0, deadline - self.reactor.seconds()), d.cancel)

@@ -215,11 +215,15 @@ class InFlight:
         return d
 
 
-def buildTracerProvider(config: TracingConfig, environ: Mapping[str, str] = os.environ) -> Any:
+def buildTracerProvider(config: TracingConfig, reactor: Any, agent: Any,
+                        environ: Mapping[str, str] = os.environ) -> Any:
     """
-    An OpenTelemetry tracer provider that exports over OTLP/HTTP in batches
-    (on the SDK's own thread, off the reactor), or L{None} when no endpoint
-    is configured, in which case no span is ever made.
+    An OpenTelemetry tracer provider whose spans are posted over OTLP/HTTP
+    in batches through C{agent}, from the reactor (L{SpanSender}), or
+    L{None} when no endpoint is configured, in which case no span is ever
+    made.  Without headers in the configuration, those of
+    C{OTEL_EXPORTER_OTLP_TRACES_HEADERS} or C{OTEL_EXPORTER_OTLP_HEADERS}
+    are sent.
     """
     endpoint = config.otlpEndpoint or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     if endpoint is None and environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
@@ -228,22 +232,22 @@ def buildTracerProvider(config: TracingConfig, environ: Mapping[str, str] = os.e
         return None
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    from opentelemetry.util.re import parse_env_headers
 
-    from aigateway.otlp import SpanExporter
+    from aigateway.otlp import SpanSender
 
+    headers = dict(config.otlpHeaders) or parse_env_headers(
+        environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or environ.get("OTEL_EXPORTER_OTLP_HEADERS", ""),
+        liberal=True,
+    )
     provider = TracerProvider(
         resource=Resource.create({"service.name": config.serviceName}),
         sampler=ParentBased(TraceIdRatioBased(config.sampleRatio)),
+        shutdown_on_exit=False,
     )
-    provider.add_span_processor(
-        BatchSpanProcessor(
-            # Without configured headers the exporter reads OTEL_EXPORTER_OTLP_HEADERS.
-            SpanExporter(endpoint=endpoint, headers=dict(config.otlpHeaders) or None),
-            schedule_delay_millis=1000,
-        )
-    )
+    provider.sender = SpanSender(reactor, agent, endpoint, headers)
+    provider.add_span_processor(provider.sender)
     return provider
 
 

@@ -9,14 +9,18 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
 from opentelemetry.trace import set_span_in_context
 from opentelemetry.trace.status import Status, StatusCode
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
 
-from aigateway.otlp import SpanExporter, encodeSpans
+from aigateway.otlp import SpanSender, encodeSpans
 
 ATTRIBUTES = {
     "text": "héllo \u2603",
@@ -89,22 +93,138 @@ class EncodingTests(SynchronousTestCase):
         self.assertEqual(encode_spans([]).SerializeToString(), b"")
 
 
-class ExporterTests(SynchronousTestCase):
-    def test_direct(self) -> None:
-        """
-        The exporter's client takes serialized bytes, so this encoding is
-        the one used; if a new exporter changes that, this fails.
-        """
-        sent = []
-        exporter = SpanExporter(endpoint="http://127.0.0.1:1/v1/traces")
-        self.assertTrue(exporter.direct)
+class _Agent:
+    """
+    Records posts; each is answered by the test.
+    """
 
-        class Client:
-            def export(self, data):
-                sent.append(data)
-                return type("Result", (), {"success": True})()
+    def __init__(self) -> None:
+        self.posts: list[tuple[bytes, Headers, bytes, Deferred]] = []
+        self.cancelled = 0
 
-        exporter._client = Client()
-        spans = _spans()
-        self.assertEqual(exporter.export(spans), SpanExportResult.SUCCESS)
-        self.assertEqual(ExportTraceServiceRequest.FromString(sent[0]), encode_spans(spans))
+    def request(self, method, uri, headers=None, bodyProducer=None):
+        d: Deferred = Deferred(lambda d: setattr(self, "cancelled", self.cancelled + 1))
+        self.posts.append((uri, headers, bodyProducer.body, d))
+        return d
+
+    def answer(self, index: int, code: int) -> None:
+        response = _Response(code)
+        self.posts[index][3].callback(response)
+
+
+class _Response:
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.phrase = b"whatever"
+        self.length = 0
+        self.headers = Headers()
+
+    def deliverBody(self, protocol) -> None:
+        from twisted.web.client import ResponseDone
+
+        protocol.makeConnection(None)
+        protocol.connectionLost(Failure(ResponseDone()))
+
+
+def _provider(sender: SpanSender, sample: bool = True) -> TracerProvider:
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
+
+    provider = TracerProvider(resource=Resource.create({"service.name": "aigateway"}),
+                              sampler=ALWAYS_ON if sample else ALWAYS_OFF, shutdown_on_exit=False)
+    provider.add_span_processor(sender)
+    return provider
+
+
+class SenderTests(SynchronousTestCase):
+    """
+    Spans posted in batches from the reactor.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.agent = _Agent()
+        self.sender = SpanSender(self.clock, self.agent, "http://collector:4318/v1/traces",
+                                 {"x-api-key": "k"}, interval=1.0, batchSize=3, maxPending=5)
+        self.tracer = _provider(self.sender).get_tracer("aigateway")
+
+    def spans(self, count: int) -> None:
+        for i in range(count):
+            self.tracer.start_span(f"s{i}").end()
+
+    def sentNames(self, index: int) -> list[str]:
+        message = ExportTraceServiceRequest.FromString(self.agent.posts[index][2])
+        return [span.name for span in message.resource_spans[0].scope_spans[0].spans]
+
+    def test_interval(self) -> None:
+        """
+        Spans wait for the interval, then go in one protobuf post with the
+        configured headers.
+        """
+        self.spans(2)
+        self.assertEqual(self.agent.posts, [])
+        self.clock.advance(1.0)
+        [(uri, headers, _, _)] = self.agent.posts
+        self.assertEqual(uri, b"http://collector:4318/v1/traces")
+        self.assertEqual(headers.getRawHeaders(b"content-type"), [b"application/x-protobuf"])
+        self.assertEqual(headers.getRawHeaders(b"x-api-key"), [b"k"])
+        self.assertEqual(self.sentNames(0), ["s0", "s1"])
+        self.agent.answer(0, 200)
+        self.assertEqual((self.sender.sent, self.sender.dropped), (2, 0))
+        self.clock.advance(10)
+        self.assertEqual(len(self.agent.posts), 1)
+
+    def test_fullBatch(self) -> None:
+        """
+        A full batch goes at once.
+        """
+        self.spans(4)
+        self.assertEqual(self.sentNames(0), ["s0", "s1", "s2"])
+        self.clock.advance(1.0)
+        self.assertEqual(self.sentNames(1), ["s3"])
+
+    def test_unsampled(self) -> None:
+        """
+        Spans the sampler drops are never sent.
+        """
+        sender = SpanSender(self.clock, self.agent, "http://collector/v1/traces", interval=1.0)
+        tracer = _provider(sender, sample=False).get_tracer("aigateway")
+        tracer.start_span("no").end()
+        self.clock.advance(5)
+        self.assertEqual(self.agent.posts, [])
+
+    def test_refusedAndSlow(self) -> None:
+        """
+        A refused batch is dropped, counted and logged once a minute; while
+        a collector is slow, spans beyond C{maxPending} are dropped; one
+        that does not answer in time is given up on.
+        """
+        from twisted.logger import globalLogPublisher
+
+        events: list = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.spans(3)
+        self.agent.answer(0, 503)
+        self.assertEqual(self.sender.dropped, 3)
+        warnings = [e for e in events if e.get("problem")]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("answered 503", warnings[0]["problem"])
+        self.spans(3)
+        self.spans(3)
+        self.assertEqual(len(self.agent.posts), 2)
+        self.assertEqual(self.sender.dropped, 3 + 1)
+        self.clock.advance(10)
+        self.assertEqual(self.agent.cancelled, 1)
+        self.assertEqual(self.sender.dropped, 3 + 1 + 3)
+        self.assertEqual(len([e for e in events if e.get("problem")]), 1)
+
+    def test_flush(self) -> None:
+        """
+        A flush sends what waits and fires once the collector answered.
+        """
+        self.spans(1)
+        d = self.sender.flush()
+        self.assertNoResult(d)
+        self.agent.answer(0, 200)
+        self.successResultOf(d)
+        self.assertEqual(self.sender.sent, 1)
