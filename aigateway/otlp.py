@@ -87,9 +87,12 @@ def _anyValue(value: Any) -> bytes:
     raise TypeError(f"cannot export an attribute of type {type(value).__name__}")
 
 
-# Attribute names, encoded as a KeyValue's key field: the same few dozen
-# names come with every span.
+# Encoded attributes: names, and whole name-value pairs for short strings,
+# integers and booleans (methods, routes, models, status codes), which
+# repeat from span to span.
 _names: dict[str, bytes] = {}
+_pairs: dict[tuple[str, type, object], bytes] = {}
+_CACHED = 8192
 
 
 def _attributes(key: bytes, attributes: Mapping[str, Any] | None) -> bytes:
@@ -99,14 +102,24 @@ def _attributes(key: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     if not attributes:
         return b""
     out = []
-    names = _names
     for name, value in attributes.items():
-        encoded = names.get(name)
-        if encoded is None:
-            encoded = _field(b"\x0a", _text(str(name)))
-            if len(names) < 4096:
-                names[name] = encoded
-        out.append(_field(key, encoded + _field(b"\x12", _anyValue(value))))
+        kind = value.__class__
+        cacheable = kind is int or kind is bool or kind is str and len(value) <= 64
+        if cacheable:
+            encoded = _pairs.get((name, kind, value))
+            if encoded is not None:
+                out.append(key + encoded)
+                continue
+        prefix = _names.get(name)
+        if prefix is None:
+            prefix = _field(b"\x0a", _text(str(name)))
+            if len(_names) < _CACHED:
+                _names[name] = prefix
+        pair = prefix + _field(b"\x12", _anyValue(value))
+        encoded = _SMALL[len(pair)] + pair if len(pair) < 0x80 else _varint(len(pair)) + pair
+        if cacheable and len(_pairs) < _CACHED:
+            _pairs[(name, kind, value)] = encoded
+        out.append(key + encoded)
     return b"".join(out)
 
 
