@@ -51,6 +51,9 @@ __all__ = [
 
 log = Logger()
 
+# Requests are reported this long after they end (see Telemetry).
+REPORT_DELAY = 0.001
+
 
 def _readFile(path: str) -> bytes:
     with open(path, "rb") as f:
@@ -393,7 +396,7 @@ class GatewayService(Service):
 
     def _build(self, config: Config) -> Gateway:
         telemetry = Telemetry(config.tracing, self.metrics, self.reactor, self.tracerProvider, self.inFlight,
-                              accessLog=config.accessLog)
+                              accessLog=config.accessLog, reportDelay=REPORT_DELAY)
         return buildGateway(
             config, self.agent, self.reactor, self.environ, self.readFile,
             treqFetch(self.agent, self.reactor), telemetry, self.buckets,
@@ -489,6 +492,7 @@ class GatewayService(Service):
             self.watcher.stopService()
         for keySet in self.gateway.keySets:
             keySet.stop()
+        self.gateway.root.telemetry.flushReports()
         if self.tracerProvider is not None:
             await self._within(self.tracerProvider.sender.flush(), deadline + 5)
 

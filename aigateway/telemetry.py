@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, Iterable, Mapping
 
 import attrs
@@ -85,6 +86,9 @@ class Exchange:
     bytesOut: int = 0
     serverSpan: Any = None
     clientSpan: Any = None
+    ended: float = 0.0
+    endedNs: int | None = None
+    completed: bool = True
 
     @classmethod
     def standalone(cls, request: IRequest) -> "Exchange":
@@ -256,6 +260,11 @@ class Telemetry:
     Opens an L{Exchange} for each request and reports it when it is over.
 
     @ivar tracer: the OpenTelemetry tracer, or L{None} when tracing is off.
+    @ivar reportDelay: when set, requests are reported this many seconds
+        after they end, all those due at once, rather than as each ends:
+        by then the gateway is usually waiting on the network, so the
+        report does not delay the next request on the connection.  The
+        times reported are those of the end, not of the report.
     """
 
     def __init__(
@@ -266,9 +275,13 @@ class Telemetry:
         tracerProvider: Any = None,
         inFlight: InFlight | None = None,
         accessLog: bool = True,
+        reportDelay: float | None = None,
     ) -> None:
         self.config = config
         self.accessLog = accessLog
+        self.reportDelay = reportDelay
+        self._reports: list[Exchange] = []
+        self._reportTimer: Any = None
         self.metrics = metrics
         self.clock = clock
         self.inFlight = inFlight if inFlight is not None else InFlight(metrics)
@@ -352,14 +365,43 @@ class Telemetry:
 
     def finish(self, exchange: Exchange, status: int, completed: bool) -> None:
         """
-        Report a request that is over.
+        Note that a request is over, and report it (now, or after
+        C{reportDelay}).
 
         @param status: the status the client was sent.
         @param completed: whether the response was delivered whole.
         """
         self.inFlight.finished()
-        now = self.clock.seconds()
         exchange.status = status
+        exchange.completed = completed
+        exchange.ended = self.clock.seconds()
+        if self.tracer is not None:
+            exchange.endedNs = time.time_ns()
+        if self.reportDelay is None:
+            self._report(exchange)
+            return
+        self._reports.append(exchange)
+        if self._reportTimer is None:
+            self._reportTimer = self.clock.callLater(self.reportDelay, self.flushReports)
+
+    def flushReports(self) -> None:
+        """
+        Report every request that is over and not reported yet.
+        """
+        if self._reportTimer is not None and self._reportTimer.active():
+            self._reportTimer.cancel()
+        self._reportTimer = None
+        reports, self._reports = self._reports, []
+        for exchange in reports:
+            try:
+                self._report(exchange)
+            except Exception:
+                log.failure("reporting {path}", path=exchange.path)
+
+    def _report(self, exchange: Exchange) -> None:
+        now = exchange.ended
+        status = exchange.status
+        completed = exchange.completed
         answer = exchange.answer
         errorType = exchange.errorCode or _ERROR_TYPES.get(status) if status >= 400 else None
         if not completed and errorType is None:
@@ -469,7 +511,7 @@ class Telemetry:
                 kind = exchange.upstreamError or str(exchange.upstreamStatus)
                 client.set_attribute("error.type", kind)
                 client.set_status(Status(StatusCode.ERROR))
-            client.end()
+            client.end(exchange.endedNs)
         server = exchange.serverSpan
         server.update_name(f"{exchange.method} {exchange.route}" if exchange.route else exchange.method)
         attributes = {"http.response.status_code": status}
@@ -484,5 +526,5 @@ class Telemetry:
         server.set_attributes(attributes)
         if status >= 500 or errorType is not None and status >= 400:
             server.set_status(Status(StatusCode.ERROR, exchange.reason))
-        server.end()
+        server.end(exchange.endedNs)
         return format(server.get_span_context().trace_id, "032x")

@@ -28,15 +28,16 @@ class MemoryGateway:
     """
 
     def __init__(self, configText: str, key: str | None = None, tracerProvider: Any = None,
-                 readFile: Any = None) -> None:
+                 readFile: Any = None, reportDelay: float | None = None) -> None:
         self.clock = Clock()
         self.fakellm = FakeLLM(self.clock, key=key)
         self.upstream = RequestTraversalAgent(self.fakellm)
         config = loadConfig(configText)
         self.metrics = Metrics()
         telemetry = Telemetry(config.tracing, self.metrics, self.clock, tracerProvider,
-                              accessLog=config.accessLog)
+                              accessLog=config.accessLog, reportDelay=reportDelay)
         extra = {"readFile": readFile} if readFile is not None else {}
+        self.telemetry = telemetry
         root = buildGateway(config, self.upstream, self.clock, {}, telemetry=telemetry, **extra).root
         self.client = StubTreq(root)
 

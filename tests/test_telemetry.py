@@ -48,11 +48,12 @@ class _Traced(MemoryGateway):
     events collected.
     """
 
-    def __init__(self, capture: bool = False, more: str = "") -> None:
+    def __init__(self, capture: bool = False, more: str = "", reportDelay: float | None = None) -> None:
         self.spans = InMemorySpanExporter()
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(self.spans))
-        super().__init__(CONFIG % {"capture": "true" if capture else "false"} + more, tracerProvider=provider)
+        super().__init__(CONFIG % {"capture": "true" if capture else "false"} + more, tracerProvider=provider,
+                         reportDelay=reportDelay)
         self.events: list[dict] = []
 
     def observe(self, case: SynchronousTestCase) -> None:
@@ -274,3 +275,42 @@ class AccessLogTests(SynchronousTestCase):
         self.assertIn(b"chat.completion", traced.send(self, "/local", CHAT))
         self.assertEqual(traced.events, [])
         self.assertIn(b'route="local",status="200"', generate_latest(traced.metrics.registry))
+
+
+class ReportDelayTests(SynchronousTestCase):
+    """
+    Reports that wait until the gateway has a moment.
+    """
+
+    def test_afterDelay(self) -> None:
+        """
+        Requests that end are reported together once the delay has passed,
+        with the times of their end, not of the report.
+        """
+        traced = _Traced(reportDelay=5.0)
+        traced.observe(self)
+        traced.send(self, "/local", CHAT)
+        traced.send(self, "/local", CHAT)
+        self.assertEqual(traced.events, [])
+        self.assertEqual(traced.spans.get_finished_spans(), ())
+        self.assertEqual(len(traced.clock.getDelayedCalls()), 1)
+        traced.clock.advance(5.0)
+        self.assertEqual([e["status"] for e in traced.events], [200, 200])
+        self.assertEqual([e["durationMs"] for e in traced.events], [0.0, 0.0])
+        self.assertEqual(len(traced.spans.get_finished_spans()), 4)
+        server = traced.byKind()[SpanKind.SERVER]
+        self.assertLess(server.end_time - server.start_time, 1_000_000_000)
+        text = generate_latest(traced.metrics.registry).decode()
+        self.assertIn('aigateway_requests_total{route="local",status="200"} 2.0', text)
+
+    def test_flush(self) -> None:
+        """
+        A flush reports what waits at once.
+        """
+        traced = _Traced(reportDelay=5.0)
+        traced.observe(self)
+        traced.send(self, "/local", CHAT)
+        traced.clock.advance(1.0)
+        traced.telemetry.flushReports()
+        self.assertEqual([e["durationMs"] for e in traced.events], [0.0])
+        self.assertEqual(traced.clock.getDelayedCalls(), [])
