@@ -147,6 +147,28 @@ class RuleTests(SynchronousTestCase):
         self.assertEqual(verdict("{allow: 'jwt.team == \"qa\"'}, {require: 'request.method == \"POST\"'}"), "pass")
         self.assertEqual(len(reads), 1)
 
+    def test_sameTokenManyRequests(self) -> None:
+        """
+        Requests with the same token's claims, one after another, are each
+        judged on their own model and method.
+        """
+        policy = self.policy("{require: 'llm.requestModel in jwt.llms.openai'}, {deny: 'request.method == \"GET\"'}")
+        claims = {"llms": {"openai": ["gpt-4o"]}}
+        other = {"llms": {"openai": ["o1"]}}
+
+        def verdict(claims: dict, model: str, method: str = "POST") -> str:
+            variables = policy.variables(claims, method, "/r", dict, model, False, "openai")
+            refusal = policy.authorize(variables)
+            return "pass" if refusal is None else refusal.message
+
+        self.assertEqual(
+            [verdict(claims, "gpt-4o"), verdict(claims, "o1"), verdict(other, "o1"), verdict(claims, "gpt-4o"),
+             verdict(claims, "gpt-4o", "GET"), verdict(other, "gpt-4o")],
+            ["pass", "authorization failed: rules[0] (require) does not hold", "pass", "pass",
+             "authorization failed: rules[1] (deny) matched",
+             "authorization failed: rules[0] (require) does not hold"],
+        )
+
     def test_missingClaim(self) -> None:
         """
         A missing claim makes a rule false: a require refuses, a deny does
