@@ -464,6 +464,9 @@ class ProxyResource(Resource):
             headers.setRawHeaders(name, [value])
         relay = _Relay(request, exchange, self.agent, self.clock, self.route.timeout, observer, charge)
         relay.start(provider.origin + call.path, call, headers)
+        # The request is on its way upstream; while the gateway waits for
+        # the answer, the requests that ended are reported.
+        self.telemetry.flushReports()
         return NOT_DONE_YET
 
     def _admit(

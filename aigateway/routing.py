@@ -19,6 +19,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
 from aigateway.config import Match, Route
+from aigateway.flush import sendNow
 from aigateway.telemetry import Exchange, Telemetry
 
 __all__ = ["Handler", "RouteTable", "hasDotSegment"]
@@ -135,19 +136,7 @@ class RouteTable(Resource):
         return handler.handle(request, exchange)
 
     def _finished(self, result: object, request: IRequest, exchange: Exchange) -> None:
-        _sendNow(request)
+        # The answer leaves now, not after the report.
+        sendNow(getattr(request, "transport", None))
         self.telemetry.finish(exchange, request.code, not isinstance(result, Failure))
 
-
-def _sendNow(request: IRequest) -> None:
-    """
-    Hand what was written for C{request} to the socket now.  A transport's
-    C{write} only buffers until the reactor's next turn, so without this the
-    report that follows each response (spans, metrics, the access log)
-    would hold the answer's last bytes back from the client for as long as
-    it takes.
-    """
-    transport = getattr(request, "transport", None)
-    doWrite = getattr(transport, "doWrite", None)
-    if doWrite is not None and getattr(transport, "connected", False) and not transport.disconnecting:
-        doWrite()

@@ -34,6 +34,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IBod
 from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
 from zope.interface import implementer
 
+from aigateway.flush import sendNow
+
 __all__ = ["BytesBody", "UpstreamAgent", "UpstreamResponse"]
 
 # The longest response head (status line and fields) taken.
@@ -204,6 +206,7 @@ class _Exchange:
         self.reused = reused
         connection.exchange = self
         connection.transport.write(self.head)
+        sendNow(connection.transport)
         producer = self.producer
         if not self.produced and producer is not None:
             consumer: IConsumer = connection.transport
