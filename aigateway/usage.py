@@ -10,6 +10,7 @@ It never changes or delays what the client gets.
 from __future__ import annotations
 
 import json
+import re
 
 from aigateway.sse import SSEParser
 
@@ -17,6 +18,9 @@ __all__ = ["AnswerObserver", "MAX_OBSERVED_BODY"]
 
 # A plain (non-stream) answer larger than this is relayed but not read.
 MAX_OBSERVED_BODY = 4 * 1024 * 1024
+
+# A usage or finish reason with a value other than null.
+_MEANINGFUL = re.compile(r'"(?:usage|finish_reason)"\s*:\s*[^n\s]')
 
 
 def _int(value: object) -> int | None:
@@ -51,8 +55,7 @@ class AnswerObserver:
         """
         if self._parser is not None:
             for event in self._parser.feed(chunk):
-                if event.data != "[DONE]":
-                    self._document(event.data)
+                self._event(event.data)
         elif self._body is not None:
             self._size += len(chunk)
             if self._size > MAX_OBSERVED_BODY:
@@ -66,11 +69,22 @@ class AnswerObserver:
         """
         if self._parser is not None:
             for event in self._parser.end():
-                if event.data != "[DONE]":
-                    self._document(event.data)
+                self._event(event.data)
         elif self._body:
             self._document(b"".join(self._body))
             self._body = None
+
+    def _event(self, data: str) -> None:
+        """
+        One event of a stream.  Most chunks of a chat stream only carry a
+        piece of text, with C{"usage": null} and C{"finish_reason": null}:
+        unless the text is captured, only the first event (id and model)
+        and those where usage or a finish reason has a value are decoded.
+        """
+        if data == "[DONE]":
+            return
+        if self.capture or self.responseModel is None or _MEANINGFUL.search(data):
+            self._document(data)
 
     def _document(self, text: str | bytes) -> None:
         try:
