@@ -17,7 +17,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.web.client import readBody
@@ -25,7 +25,7 @@ from twisted.web.http_headers import Headers
 
 from aigateway.upstream import BytesBody
 
-__all__ = ["SpanSender", "encodeSpan", "encodeSpans"]
+__all__ = ["SendingTracerProvider", "SpanSender", "encodeSpan", "encodeSpans"]
 
 log = Logger()
 
@@ -361,3 +361,21 @@ class SpanSender(SpanProcessor):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         self.send()
         return True
+
+
+class SendingTracerProvider(TracerProvider):
+    """
+    A tracer provider whose spans leave through a L{SpanSender}, flushed
+    from the reactor rather than at interpreter exit.
+    """
+
+    def __init__(self, sender: SpanSender, **kwargs: Any) -> None:
+        super().__init__(shutdown_on_exit=False, **kwargs)
+        self.sender = sender
+        self.add_span_processor(sender)
+
+    def flush(self) -> Deferred[None]:
+        """
+        Send every span that waits; fires when the collector has answered.
+        """
+        return self.sender.flush()

@@ -494,7 +494,7 @@ class GatewayService(Service):
             keySet.stop()
         self.gateway.root.telemetry.flushReports()
         if self.tracerProvider is not None:
-            await self._within(self.tracerProvider.sender.flush(), deadline + 5)
+            await self._within(self.tracerProvider.flush(), deadline + 5)
 
     async def _within(self, d: Deferred[None], deadline: float) -> bool:
         timer = self.reactor.callLater(max(0.0, deadline - self.reactor.seconds()), d.cancel)

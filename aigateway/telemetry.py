@@ -235,24 +235,20 @@ def buildTracerProvider(config: TracingConfig, reactor: Any, agent: Any,
     if endpoint is None:
         return None
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
     from opentelemetry.util.re import parse_env_headers
 
-    from aigateway.otlp import SpanSender
+    from aigateway.otlp import SendingTracerProvider, SpanSender
 
     headers = dict(config.otlpHeaders) or parse_env_headers(
         environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or environ.get("OTEL_EXPORTER_OTLP_HEADERS", ""),
         liberal=True,
     )
-    provider = TracerProvider(
+    return SendingTracerProvider(
+        SpanSender(reactor, agent, endpoint, headers),
         resource=Resource.create({"service.name": config.serviceName}),
         sampler=ParentBased(TraceIdRatioBased(config.sampleRatio)),
-        shutdown_on_exit=False,
     )
-    provider.sender = SpanSender(reactor, agent, endpoint, headers)
-    provider.add_span_processor(provider.sender)
-    return provider
 
 
 class Telemetry:
@@ -261,10 +257,11 @@ class Telemetry:
 
     @ivar tracer: the OpenTelemetry tracer, or L{None} when tracing is off.
     @ivar reportDelay: when set, requests are reported this many seconds
-        after they end, all those due at once, rather than as each ends:
-        by then the gateway is usually waiting on the network, so the
-        report does not delay the next request on the connection.  The
-        times reported are those of the end, not of the report.
+        after they end, or at the next L{flushReports} (which the proxy
+        calls once a request has gone upstream), all those due at once,
+        rather than as each ends: the report then runs while the gateway
+        waits on the network instead of delaying the next request on the
+        connection.  The times reported are those of the end.
     """
 
     def __init__(

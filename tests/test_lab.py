@@ -155,6 +155,39 @@ class LabTests(TestCase):
         self.assertIn('gen_ai_token_type="output"', text)
 
 
+class SpansAtStopTests(TestCase):
+    """
+    The spans of the last requests reach the collector when the gateway is
+    stopped.
+    """
+
+    async def test_sentOnStop(self) -> None:
+        """
+        SIGTERM right after an answer: the gateway sends its two spans
+        before it exits, rather than dropping them with the process.
+        """
+        collector = _Collector()
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(collector))
+        self.addCleanup(port.stopListening)
+        fakellm = startFakeLLM(self, "sk-lab")
+        config = CONFIG.format(fakellm=fakellm.ports[0], collector=port.getHost().port, policy=LAB_POLICY)
+        gateway = startGateway(self, writeFile(self, config))
+        client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        response = await client.post(f"http://127.0.0.1:{gateway.ports[0]}/openai", json=CHAT,
+                                     headers={"authorization": f"Bearer {ALICE_TOKEN}"})
+        self.assertEqual(response.code, 200)
+        await response.content()
+        self.assertEqual(collector.spans, [])
+        gateway.process.terminate()
+        deadline = time.monotonic() + 20
+        while gateway.process.poll() is None and time.monotonic() < deadline:
+            await deferLater(reactor, 0.05, lambda: None)
+        from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+        self.assertEqual(sorted(span.kind for span in collector.spans),
+                         [Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT])
+
+
 class _KeySetServer(Resource):
     """
     An issuer's JWKS URL that is down until the test says otherwise.
