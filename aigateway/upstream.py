@@ -280,8 +280,8 @@ class _Exchange:
         self.buffer = b""
         lines = buffer[:end].split(b"\r\n")
         rest = buffer[end + 4:]
-        version, _, status = lines[0].partition(b" ")
-        code, _, phrase = status.partition(b" ")
+        version, _, statusText = lines[0].partition(b" ")
+        code, _, phrase = statusText.partition(b" ")
         if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
             raise ProtocolError(f"the upstream sent a bad status line: {lines[0][:80]!r}")
         status = int(code)
