@@ -88,6 +88,7 @@ class Exchange:
     clientSpan: Any = None
     ended: float = 0.0
     endedNs: int | None = None
+    serverAttributes: dict[str, Any] | None = None
     completed: bool = True
 
     @classmethod
@@ -319,9 +320,9 @@ class Telemetry:
             agent = request.getHeader(b"user-agent")
             if agent is not None:
                 attributes["user_agent.original"] = agent.decode("latin-1")
-            exchange.serverSpan = self.tracer.start_span(
-                exchange.method, context=parent, kind=self._kinds.SERVER, attributes=attributes
-            )
+            # Attributes are set in the report, off the request's path.
+            exchange.serverAttributes = attributes
+            exchange.serverSpan = self.tracer.start_span(exchange.method, context=parent, kind=self._kinds.SERVER)
         return exchange
 
     def upstreamHeaders(self, exchange: Exchange) -> list[tuple[bytes, bytes]]:
@@ -333,6 +334,20 @@ class Telemetry:
         if self.tracer is None or exchange.serverSpan is None:
             return []
         name = f"{exchange.operation} {exchange.requestModel}" if exchange.operation else exchange.method
+        exchange.clientSpan = span = self.tracer.start_span(
+            name, context=self._inContext(exchange.serverSpan), kind=self._kinds.CLIENT
+        )
+        context = span.get_span_context()
+        headers = [(b"traceparent", b"00-%032x-%016x-%02x" % (context.trace_id, context.span_id, context.trace_flags))]
+        if context.trace_state:
+            headers.append((b"tracestate", context.trace_state.to_header().encode("latin-1")))
+        return headers
+
+    def _clientAttributes(self, exchange: Exchange, answer: Any) -> dict[str, Any]:
+        """
+        The CLIENT span's attributes: the call, then what the answer said.
+        """
+        legacy = self.config.legacyAttributes
         attributes: dict[str, Any] = {
             "gen_ai.provider.name": exchange.provider or "",
             "server.address": exchange.serverAddress or "",
@@ -343,22 +358,45 @@ class Telemetry:
             attributes["gen_ai.operation.name"] = exchange.operation
         if exchange.requestModel:
             attributes["gen_ai.request.model"] = exchange.requestModel
-            if self.config.legacyAttributes:
+            if legacy:
                 attributes["llm.request.model"] = exchange.requestModel
-        for key, value in exchange.parameters.items():
-            attributes[key] = value
+        attributes.update(exchange.parameters)
         if self.config.captureContent and exchange.inputMessages is not None:
             messages = json.dumps(exchange.inputMessages, separators=(",", ":"))
             attributes["gen_ai.input.messages"] = messages
-            if self.config.legacyAttributes:
+            if legacy:
                 attributes["gen_ai.prompt"] = messages
-        context = self._inContext(exchange.serverSpan)
-        exchange.clientSpan = self.tracer.start_span(
-            name, context=context, kind=self._kinds.CLIENT, attributes=attributes
-        )
-        carrier: dict[str, str] = {}
-        self._propagator.inject(carrier, context=self._inContext(exchange.clientSpan))
-        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in carrier.items()]
+        if answer is not None:
+            if answer.responseModel:
+                attributes["gen_ai.response.model"] = answer.responseModel
+                if legacy:
+                    attributes["llm.response.model"] = answer.responseModel
+            if answer.responseId:
+                attributes["gen_ai.response.id"] = answer.responseId
+            if answer.finishReasons:
+                attributes["gen_ai.response.finish_reasons"] = answer.finishReasons
+            if answer.inputTokens is not None:
+                attributes["gen_ai.usage.input_tokens"] = answer.inputTokens
+                if legacy:
+                    attributes["llm.request.tokens"] = answer.inputTokens
+            if answer.outputTokens is not None:
+                attributes["gen_ai.usage.output_tokens"] = answer.outputTokens
+                if legacy:
+                    attributes["llm.response.tokens"] = answer.outputTokens
+            if self.config.captureContent and answer.text:
+                text = "".join(answer.text)
+                attributes["gen_ai.output.messages"] = json.dumps(
+                    [{"role": "assistant", "parts": [{"type": "text", "content": text}]}], separators=(",", ":")
+                )
+                if legacy:
+                    attributes["gen_ai.completion"] = text
+        if exchange.firstChunk is not None and exchange.upstreamStarted is not None:
+            attributes["gen_ai.response.time_to_first_chunk"] = exchange.firstChunk - exchange.upstreamStarted
+        if exchange.upstreamStatus is not None:
+            attributes["http.response.status_code"] = exchange.upstreamStatus
+        if exchange.upstreamError is not None or (exchange.upstreamStatus or 0) >= 400:
+            attributes["error.type"] = exchange.upstreamError or str(exchange.upstreamStatus)
+        return attributes
 
     def finish(self, exchange: Exchange, status: int, completed: bool) -> None:
         """
@@ -467,51 +505,16 @@ class Telemetry:
     def _endSpans(self, exchange: Exchange, status: int, errorType: str | None, answer: Any) -> str:
         from opentelemetry.trace import Status, StatusCode
 
-        legacy = self.config.legacyAttributes
         client = exchange.clientSpan
         if client is not None:
-            if answer is not None:
-                attributes: dict[str, Any] = {}
-                if answer.responseModel:
-                    attributes["gen_ai.response.model"] = answer.responseModel
-                    if legacy:
-                        attributes["llm.response.model"] = answer.responseModel
-                if answer.responseId:
-                    attributes["gen_ai.response.id"] = answer.responseId
-                if answer.finishReasons:
-                    attributes["gen_ai.response.finish_reasons"] = answer.finishReasons
-                if answer.inputTokens is not None:
-                    attributes["gen_ai.usage.input_tokens"] = answer.inputTokens
-                    if legacy:
-                        attributes["llm.request.tokens"] = answer.inputTokens
-                if answer.outputTokens is not None:
-                    attributes["gen_ai.usage.output_tokens"] = answer.outputTokens
-                    if legacy:
-                        attributes["llm.response.tokens"] = answer.outputTokens
-                if self.config.captureContent and answer.text:
-                    output = json.dumps(
-                        [{"role": "assistant", "parts": [{"type": "text", "content": "".join(answer.text)}]}],
-                        separators=(",", ":"),
-                    )
-                    attributes["gen_ai.output.messages"] = output
-                    if legacy:
-                        attributes["gen_ai.completion"] = "".join(answer.text)
-                client.set_attributes(attributes)
-            if exchange.firstChunk is not None and exchange.upstreamStarted is not None:
-                client.set_attribute(
-                    "gen_ai.response.time_to_first_chunk",
-                    exchange.firstChunk - exchange.upstreamStarted,
-                )
-            if exchange.upstreamStatus is not None:
-                client.set_attribute("http.response.status_code", exchange.upstreamStatus)
+            client.set_attributes(self._clientAttributes(exchange, answer))
             if exchange.upstreamError is not None or (exchange.upstreamStatus or 0) >= 400:
-                kind = exchange.upstreamError or str(exchange.upstreamStatus)
-                client.set_attribute("error.type", kind)
                 client.set_status(Status(StatusCode.ERROR))
             client.end(exchange.endedNs)
         server = exchange.serverSpan
         server.update_name(f"{exchange.method} {exchange.route}" if exchange.route else exchange.method)
-        attributes = {"http.response.status_code": status}
+        attributes = exchange.serverAttributes or {}
+        attributes["http.response.status_code"] = status
         if exchange.route:
             attributes["http.route"] = exchange.route
         if exchange.subject:

@@ -141,6 +141,19 @@ class SpanTests(SynchronousTestCase):
         self.assertEqual(format(server.context.trace_id, "032x"), traceId)
         upstream = traced.fakellm.requests[-1].headers["traceparent"]
         self.assertEqual(upstream, f"00-{traceId}-{client.context.span_id:016x}-01")
+        self.assertNotIn("tracestate", traced.fakellm.requests[-1].headers)
+
+    def test_tracestateCarried(self) -> None:
+        """
+        The caller's C{tracestate} travels on with the trace.
+        """
+        traced = _Traced()
+        traceId = "4bf92f3577b34da6a3ce929d0e0e4736"
+        traced.send(self, "/local", CHAT, {"traceparent": f"00-{traceId}-00f067aa0ba902b7-01",
+                                           "tracestate": "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"})
+        headers = traced.fakellm.requests[-1].headers
+        self.assertEqual(headers["tracestate"], "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
+        self.assertTrue(headers["traceparent"].startswith(f"00-{traceId}-"))
 
     def test_refusal(self) -> None:
         """
