@@ -14,8 +14,8 @@ with the fake LLM alone as the baseline:
      (S1's and S3's direct baselines are measured again just before each
      gateway run, as the machine's speed drifts)
   S2 plain chat, 64 connections: req/s, p99, gateway CPU per request
-     (three runs; the one with the least CPU per request is shown: what
-     else the machine runs only ever adds to it)
+     (six short runs; the one with the least CPU per request is shown:
+     what else the machine runs only ever adds to it)
   S3 50 concurrent streams, 20 chunks 20 ms apart, started 8 ms apart:
      added time to first chunk p50 / p99, and the gap between chunks the
      client sees; "S3 burst" starts all 50 in the same instant
@@ -259,12 +259,15 @@ def calibrate() -> float:
     return best * 1000
 
 
-def loaded(gateway: Process, url: str, token: str | None, seconds: int, runs: int = 3) -> dict:
+def loaded(gateway: Process, url: str, token: str | None, seconds: int, runs: int = 6) -> dict:
     """
-    S2: wrk on 64 connections, C{runs} times; the run with the least
-    gateway CPU per request (noise from the rest of a shared machine only
-    ever adds CPU time), with that figure as C{cpu}.
+    S2: wrk on 64 connections, C{runs} short runs that together last about
+    twice C{seconds}; the run with the least gateway CPU per request, with
+    that figure as C{cpu}.  The speed of a shared machine changes from one
+    second to the next, and that only ever adds CPU time: the least of
+    several short runs is the steadiest estimate of what the gateway costs.
     """
+    seconds = max(2, seconds // 3)
     best = None
     speed = calibrate()
     for _ in range(runs):
