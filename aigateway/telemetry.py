@@ -474,20 +474,18 @@ class Telemetry:
     def _logAccess(self, exchange: Exchange, status: int, now: float, responseModel: str | None,
                    inputTokens: int | None, outputTokens: int | None, traceId: str | None) -> None:
         """
-        One access log event, its text made here: an f-string costs a
-        fraction of what the log system's own formatting of ten fields does.
+        One access log event: the text for a log file, every field for a
+        JSON one.
         """
-        durationMs = (now - exchange.started) * 1000.0
         accessLog.info(
-            "{line}",
-            line=f"{exchange.method} {exchange.path} {exchange.route} -> {status} in {durationMs:.1f} ms"
-            f" model={exchange.requestModel} tokens={inputTokens}/{outputTokens} sub={exchange.subject}",
+            "{method} {path} {route} -> {status} in {durationMs:.1f} ms"
+            " model={requestModel} tokens={inputTokens}/{outputTokens} sub={sub}",
             time=exchange.started,
             route=exchange.route,
             method=exchange.method,
             path=exchange.path,
             status=status,
-            durationMs=durationMs,
+            durationMs=(now - exchange.started) * 1000.0,
             ttfbMs=(exchange.firstChunk - exchange.started) * 1000.0
             if exchange.firstChunk is not None else None,
             upstreamStatus=exchange.upstreamStatus,
