@@ -40,6 +40,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from aigateway.config import Route
 from aigateway.credentials import Credential
 from aigateway.errors import errorBody
+from aigateway.flush import sendNow
 from aigateway.guard import Identity
 from aigateway.policy import Refusal, RoutePolicy
 from aigateway.providers.openai import OpenAIProvider, ProviderError, UpstreamCall
@@ -308,6 +309,10 @@ class _Relay:
             exchange.firstChunk = self.clock.seconds()
         exchange.bytesOut += len(data)
         self.request.write(data)
+        if self.stream:
+            # An event goes to the client now, not after whatever else
+            # this turn of the reactor has to do.
+            sendNow(self.request.transport)
         if self.observer is not None:
             self.observer.data(data)
 
