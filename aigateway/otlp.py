@@ -32,8 +32,12 @@ log = Logger()
 _double = struct.Struct("<d").pack
 _fixed64 = struct.Struct("<Q").pack
 _fixed32 = struct.Struct("<I").pack
-_traceId = struct.Struct(">QQ").pack
+_halves = struct.Struct(">QQ").pack
 _spanId = struct.Struct(">Q").pack
+
+
+def _traceId(traceId: int) -> bytes:
+    return _halves(traceId >> 64, traceId & 0xFFFFFFFFFFFFFFFF)
 
 
 _SMALL = [bytes((i,)) for i in range(128)]
@@ -54,8 +58,7 @@ def _field(key: bytes, payload: bytes) -> bytes:
     """
     A length-delimited field: C{key} is the field's tag byte.
     """
-    size = len(payload)
-    return key + (_SMALL[size] if size < 0x80 else _varint(size)) + payload
+    return key + _varint(len(payload)) + payload
 
 
 def _text(value: str) -> bytes:
@@ -115,8 +118,9 @@ def _attributes(key: bytes, attributes: Mapping[str, Any] | None) -> bytes:
             prefix = _field(b"\x0a", _text(str(name)))
             if len(_names) < _CACHED:
                 _names[name] = prefix
-        pair = prefix + _field(b"\x12", _anyValue(value))
-        encoded = _SMALL[len(pair)] + pair if len(pair) < 0x80 else _varint(len(pair)) + pair
+        # The KeyValue message, its length before it; the field's tag is
+        # C{key}, added below.
+        encoded = _field(b"", prefix + _field(b"\x12", _anyValue(value)))
         if cacheable and len(_pairs) < _CACHED:
             _pairs[(name, kind, value)] = encoded
         out.append(key + encoded)
@@ -131,7 +135,7 @@ def _flags(parent: Any) -> bytes:
 def _span(span: Any) -> bytes:
     context = span.get_span_context()
     out = [
-        _field(b"\x0a", _traceId(context.trace_id >> 64, context.trace_id & 0xFFFFFFFFFFFFFFFF)),
+        _field(b"\x0a", _traceId(context.trace_id)),
         _field(b"\x12", _spanId(context.span_id)),
     ]
     state = context.trace_state
@@ -164,7 +168,7 @@ def _span(span: Any) -> bytes:
     for link in span.links:
         linked = link.context
         body = (
-            _field(b"\x0a", _traceId(linked.trace_id >> 64, linked.trace_id & 0xFFFFFFFFFFFFFFFF))
+            _field(b"\x0a", _traceId(linked.trace_id))
             + _field(b"\x12", _spanId(linked.span_id))
             + _attributes(b"\x22", link.attributes)
         )
@@ -192,25 +196,6 @@ def _scope(scope: Any) -> bytes:
     return body + _attributes(b"\x1a", scope.attributes)
 
 
-def _envelope(groups: Mapping[int, tuple[Any, Mapping[Any, list[bytes]]]]) -> bytes:
-    """
-    The C{ExportTraceServiceRequest} holding encoded spans grouped by
-    resource, then by instrumentation scope.
-    """
-    out = []
-    for resource, scopes in groups.values():
-        body = _field(b"\x0a", _attributes(b"\x0a", resource.attributes))
-        for scope, encoded in scopes.items():
-            scopeBody = _field(b"\x0a", _scope(scope)) + b"".join(encoded)
-            if scope is not None and scope.schema_url:
-                scopeBody += _field(b"\x1a", _text(scope.schema_url))
-            body += _field(b"\x12", scopeBody)
-        if resource.schema_url:
-            body += _field(b"\x1a", _text(resource.schema_url))
-        out.append(_field(b"\x0a", body))
-    return b"".join(out)
-
-
 class _Batch:
     """
     Encoded spans waiting to be sent, grouped by resource (by identity: a
@@ -231,7 +216,21 @@ class _Batch:
         self.count += 1
 
     def body(self) -> bytes:
-        return _envelope(self.groups)
+        """
+        The C{ExportTraceServiceRequest} holding the spans.
+        """
+        out = []
+        for resource, scopes in self.groups.values():
+            body = _field(b"\x0a", _attributes(b"\x0a", resource.attributes))
+            for scope, encoded in scopes.items():
+                scopeBody = _field(b"\x0a", _scope(scope)) + b"".join(encoded)
+                if scope is not None and scope.schema_url:
+                    scopeBody += _field(b"\x1a", _text(scope.schema_url))
+                body += _field(b"\x12", scopeBody)
+            if resource.schema_url:
+                body += _field(b"\x1a", _text(resource.schema_url))
+            out.append(_field(b"\x0a", body))
+        return b"".join(out)
 
 
 def encodeSpan(span: Any) -> bytes:

@@ -139,4 +139,3 @@ class RouteTable(Resource):
         # The answer leaves now, not after the report.
         sendNow(getattr(request, "transport", None))
         self.telemetry.finish(exchange, request.code, not isinstance(result, Failure))
-

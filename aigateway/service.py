@@ -44,7 +44,6 @@ __all__ = [
     "Gateway",
     "GatewayRequest",
     "GatewaySite",
-    "buildAgent",
     "GatewayService",
     "buildGateway",
 ]
@@ -295,14 +294,6 @@ class GatewaySite(Site):
         return d
 
 
-def buildAgent(reactor) -> IAgent:
-    """
-    The agent every upstream call goes through: one pool of kept-alive
-    connections per origin, enough for a busy gateway.
-    """
-    return UpstreamAgent(reactor, connectTimeout=10, maxIdle=256, idleTimeout=120)
-
-
 class _Listeners:
     """
     The listening ports for one site, opened and closed as the set of
@@ -362,7 +353,7 @@ class GatewayService(Service):
     ) -> None:
         self.reactor = reactor
         self.configPath = configPath
-        self.agent = agent if agent is not None else buildAgent(reactor)
+        self.agent = agent if agent is not None else UpstreamAgent(reactor)
         self.environ = environ
         self.readFile = readFile
         self.listenOverride = listen

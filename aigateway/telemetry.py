@@ -505,8 +505,9 @@ class Telemetry:
 
         client = exchange.clientSpan
         if client is not None:
-            client.set_attributes(self._clientAttributes(exchange, answer))
-            if exchange.upstreamError is not None or (exchange.upstreamStatus or 0) >= 400:
+            attributes = self._clientAttributes(exchange, answer)
+            client.set_attributes(attributes)
+            if "error.type" in attributes:
                 client.set_status(Status(StatusCode.ERROR))
             client.end(exchange.endedNs)
         server = exchange.serverSpan

@@ -23,7 +23,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import URI, BrowserLikePolicyForHTTPS, ResponseDone
@@ -181,17 +181,20 @@ class _Exchange:
     # Sending.
 
     def start(self) -> None:
-        connection = self.origin.idleConnection(self.agent.clock.seconds())
+        connection = self.origin.idleConnection(self.agent.reactor.seconds())
         if connection is not None:
             self.send(connection, reused=True)
-            return
+        else:
+            self._connect()
+
+    def _connect(self) -> None:
         self.connecting = self.origin.endpoint.connect(self.origin.factory)
         self.connecting.addCallbacks(self._connected, self._connectFailed)
 
     def _connected(self, connection: "_Connection") -> None:
         self.connecting = None
         if self.deferred is None:
-            self.origin.release(connection, self.agent.clock.seconds())
+            self.origin.release(connection, self.agent.reactor.seconds())
             return
         self.send(connection, reused=False)
 
@@ -403,7 +406,7 @@ class _Exchange:
             if self.paused:
                 connection.transport.resumeProducing()
             if self.keepAlive and self.produced and not extra:
-                self.origin.release(connection, self.agent.clock.seconds())
+                self.origin.release(connection, self.agent.reactor.seconds())
             else:
                 connection.transport.loseConnection()
         self.response._end(Failure(ResponseDone()))  # type: ignore[union-attr]
@@ -428,8 +431,7 @@ class _Exchange:
         ):
             # A kept-alive connection the upstream had closed: once more on
             # a new one.
-            self.connecting = self.origin.endpoint.connect(self.origin.factory)
-            self.connecting.addCallbacks(self._connected, self._connectFailed)
+            self._connect()
             return
         self._fail(reason)
 
@@ -576,7 +578,6 @@ class UpstreamAgent:
     def __init__(self, reactor: Any, connectTimeout: float = 10.0, maxIdle: int = 256,
                  idleTimeout: float = 120.0, endpointFactory: IAgentEndpointFactory | None = None) -> None:
         self.reactor = reactor
-        self.clock: IReactorTime = reactor
         self.connectTimeout = connectTimeout
         self.maxIdle = maxIdle
         self.idleTimeout = idleTimeout

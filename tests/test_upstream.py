@@ -109,6 +109,17 @@ class _Harness:
     def protocol(self, index: int = -1) -> Protocol:
         return self.endpoints.connections[index][1]
 
+    def reading(self, case: SynchronousTestCase, head: bytes) -> _Reader:
+        """
+        Send a request, answer it with C{head} (and maybe some body), and
+        read the body with a new L{_Reader}.
+        """
+        d = self.request()
+        self.answer(head)
+        reader = _Reader()
+        case.successResultOf(d).deliverBody(reader)
+        return reader
+
     def answer(self, data: bytes, index: int = -1, split: int = 0) -> None:
         protocol = self.protocol(index)
         if split:
@@ -264,10 +275,7 @@ class ResponseTests(SynchronousTestCase):
         until the end.
         """
         h = _Harness()
-        d = h.request()
-        h.answer(CHUNKED[:CHUNKED.index(b"a\r\n")])
-        reader = _Reader()
-        self.successResultOf(d).deliverBody(reader)
+        reader = h.reading(self, CHUNKED[:CHUNKED.index(b"a\r\n")])
         self.assertEqual(reader.chunks, [b"data: "])
         h.answer(b"a\r\n01234")
         self.assertEqual(reader.chunks, [b"data: ", b"01234"])
@@ -279,10 +287,7 @@ class ResponseTests(SynchronousTestCase):
         it with L{PotentialDataLoss}; the connection is not kept.
         """
         h = _Harness()
-        d = h.request()
-        h.answer(b"HTTP/1.1 200 OK\r\n\r\nsome")
-        reader = _Reader()
-        self.successResultOf(d).deliverBody(reader)
+        reader = h.reading(self, b"HTTP/1.1 200 OK\r\n\r\nsome")
         h.answer(b" more")
         h.protocol().connectionLost(Failure(ConnectionDone()))
         self.assertEqual(b"".join(reader.chunks), b"some more")
@@ -346,10 +351,7 @@ class ResponseTests(SynchronousTestCase):
             self.assertTrue(h.transport().disconnecting, head)
         for chunks in [b"0x10\r\n", b"-1\r\n", b"zz\r\n", b"3\r\nabcX\r\n"]:
             h = _Harness()
-            d = h.request()
-            h.answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-            reader = _Reader()
-            self.successResultOf(d).deliverBody(reader)
+            reader = h.reading(self, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
             h.answer(chunks)
             reader.reason.trap(ResponseFailed)
             self.assertTrue(h.transport().disconnecting, chunks)
@@ -370,10 +372,7 @@ class ResponseTests(SynchronousTestCase):
         """
         for answer in (OK[:-3], CHUNKED[:-10]):
             h = _Harness()
-            d = h.request()
-            h.answer(answer)
-            reader = _Reader()
-            self.successResultOf(d).deliverBody(reader)
+            reader = h.reading(self, answer)
             h.protocol().connectionLost(Failure(ConnectionLost()))
             reader.reason.trap(ResponseFailed)
 
@@ -419,10 +418,7 @@ class ControlTests(SynchronousTestCase):
         connection handed back to the pool is never left paused.
         """
         h = _Harness()
-        d = h.request()
-        h.answer(OK[:-5])
-        reader = _Reader()
-        self.successResultOf(d).deliverBody(reader)
+        reader = h.reading(self, OK[:-5])
         reader.transport.pauseProducing()
         self.assertEqual(h.transport().producerState, "paused")
         reader.transport.resumeProducing()
@@ -437,10 +433,7 @@ class ControlTests(SynchronousTestCase):
         Stopping the body drops the connection.
         """
         h = _Harness()
-        d = h.request()
-        h.answer(OK[:-5])
-        reader = _Reader()
-        self.successResultOf(d).deliverBody(reader)
+        reader = h.reading(self, OK[:-5])
         reader.transport.stopProducing()
         self.assertTrue(h.transport().disconnected)
 
