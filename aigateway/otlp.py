@@ -17,7 +17,6 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.web.client import readBody
@@ -25,7 +24,7 @@ from twisted.web.http_headers import Headers
 
 from aigateway.upstream import BytesBody
 
-__all__ = ["SendingTracerProvider", "SpanSender", "encodeSpan", "encodeSpans"]
+__all__ = ["SpanSender", "encodeSpan", "encodeSpans"]
 
 log = Logger()
 
@@ -250,9 +249,9 @@ def encodeSpans(spans: Sequence[Any]) -> bytes:
     return batch.body()
 
 
-class SpanSender(SpanProcessor):
+class SpanSender:
     """
-    A span processor that encodes each sampled span as it ends and posts
+    Encodes each sampled span as it ends (L{on_end}) and posts
     them to an OTLP/HTTP endpoint (C{application/x-protobuf}) in batches:
     every C{interval} seconds, or at once when C{batchSize} are waiting.
 
@@ -283,9 +282,6 @@ class SpanSender(SpanProcessor):
         self._timer: Any = None
         self._sending: set[Deferred[None]] = set()
         self._lastComplaint = float("-inf")
-
-    def on_start(self, span: Any, parent_context: Any = None) -> None:
-        pass
 
     def on_end(self, span: Any) -> None:
         if not span.context.trace_flags.sampled:
@@ -351,30 +347,3 @@ class SpanSender(SpanProcessor):
         """
         self.send()
         return DeferredList(list(self._sending)).addCallback(lambda _: None)
-
-    def shutdown(self) -> None:
-        """
-        Spans are sent from the reactor: see L{flush}.
-        """
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        self.send()
-        return True
-
-
-class SendingTracerProvider(TracerProvider):
-    """
-    A tracer provider whose spans leave through a L{SpanSender}, flushed
-    from the reactor rather than at interpreter exit.
-    """
-
-    def __init__(self, sender: SpanSender, **kwargs: Any) -> None:
-        super().__init__(shutdown_on_exit=False, **kwargs)
-        self.sender = sender
-        self.add_span_processor(sender)
-
-    def flush(self) -> Deferred[None]:
-        """
-        Send every span that waits; fires when the collector has answered.
-        """
-        return self.sender.flush()

@@ -239,7 +239,8 @@ def buildTracerProvider(config: TracingConfig, reactor: Any, agent: Any,
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
     from opentelemetry.util.re import parse_env_headers
 
-    from aigateway.otlp import SendingTracerProvider, SpanSender
+    from aigateway.otlp import SpanSender
+    from aigateway.tracing import SendingTracerProvider
 
     headers = dict(config.otlpHeaders) or parse_env_headers(
         environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or environ.get("OTEL_EXPORTER_OTLP_HEADERS", ""),

@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
 from aigateway.otlp import SpanSender, encodeSpans
+from aigateway.tracing import SendingTracerProvider
 
 ATTRIBUTES = {
     "text": "héllo \u2603",
@@ -126,13 +127,11 @@ class _Response:
         protocol.connectionLost(Failure(ResponseDone()))
 
 
-def _provider(sender: SpanSender, sample: bool = True) -> TracerProvider:
+def _provider(sender: SpanSender, sample: bool = True) -> SendingTracerProvider:
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 
-    provider = TracerProvider(resource=Resource.create({"service.name": "aigateway"}),
-                              sampler=ALWAYS_ON if sample else ALWAYS_OFF, shutdown_on_exit=False)
-    provider.add_span_processor(sender)
-    return provider
+    return SendingTracerProvider(sender, Resource.create({"service.name": "aigateway"}),
+                                 ALWAYS_ON if sample else ALWAYS_OFF)
 
 
 class SenderTests(SynchronousTestCase):
