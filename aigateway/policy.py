@@ -90,14 +90,20 @@ class Variables(dict):
     and converted for CEL once for all the expressions of the request.
 
     @ivar needed: the variables the CEL expressions read.
+    @ivar claims: the token's claims object, if any.
+    @ivar key: with C{claims}, everything the variables are made of, when
+        that is few enough values to remember decisions by; else L{None}.
     """
 
     def __init__(self, builders: Mapping[str, Callable[[], object]],
-                 needed: frozenset[str] = VARIABLES, claimsContext: Callable[[], Any] | None = None) -> None:
+                 needed: frozenset[str] = VARIABLES, claimsContext: Callable[[], Any] | None = None,
+                 claims: Mapping[str, Any] | None = None, key: tuple | None = None) -> None:
         super().__init__()
         self.builders = builders
         self.needed = needed
         self.claimsContext = claimsContext
+        self.claims = claims
+        self.key = key
         self._context: Any = None
 
     def __missing__(self, name: str) -> object:
@@ -250,7 +256,11 @@ def _seconds(value: float) -> bytes:
 class RoutePolicy:
     """
     A route's authorization rules and rate limits, built once per load.
+
+    @cvar decisionsKept: how many authorization decisions are remembered.
     """
+
+    decisionsKept = 4096
 
     def __init__(
         self,
@@ -272,6 +282,9 @@ class RoutePolicy:
         self._claimContexts: collections.OrderedDict[int, tuple[Mapping[str, Any], Any]] = (
             collections.OrderedDict()
         )
+        self._decisions: collections.OrderedDict[tuple, tuple[Mapping[str, Any] | None, Refusal | None]] = (
+            collections.OrderedDict()
+        )
 
     def variables(
         self, claims: Mapping[str, Any] | None, method: str, path: str,
@@ -281,12 +294,15 @@ class RoutePolicy:
         """
         The variables expressions may read, each built only if read.
         """
+        # Headers are too many and too varied to remember decisions by.
+        key = None if self.readsHeaders else (method, path, requestModel, stream, provider)
         return Variables({
             "jwt": lambda: claims or {},
             "request": lambda: {"method": method, "path": path, "headers": headers() if self.readsHeaders else {}},
             "llm": lambda: {"requestModel": requestModel or "", "stream": stream, "provider": provider},
             "route": lambda: {"name": self.routeName},
-        }, self.needed, (lambda: self._claimsContext(claims)) if claims and "jwt" in self.needed else None)
+        }, self.needed, (lambda: self._claimsContext(claims)) if claims and "jwt" in self.needed else None,
+            claims, key)
 
     def _claimsContext(self, claims: Mapping[str, Any]) -> Any:
         """
@@ -311,7 +327,26 @@ class RoutePolicy:
         """
         Apply the rules: any deny that matches, or any require that does
         not hold, refuses; so does having allow rules of which none matches.
+
+        Rules are pure functions of the variables, so the decision for a
+        token's claims object (the verified-token cache hands out the same
+        one for as long as it keeps the token) and the same request values
+        is remembered, for the last C{decisionsKept} such pairs.
         """
+        if variables.key is None or not self.rules:
+            return self._authorize(variables)
+        claims = variables.claims
+        key = (id(claims),) + variables.key
+        found = self._decisions.get(key)
+        if found is not None and found[0] is claims:
+            return found[1]
+        decision = self._authorize(variables)
+        self._decisions[key] = (claims, decision)
+        if len(self._decisions) > self.decisionsKept:
+            self._decisions.popitem(last=False)
+        return decision
+
+    def _authorize(self, variables: Variables) -> Refusal | None:
         for rule in self.rules:
             if rule.kind == "allow":
                 continue

@@ -37,6 +37,7 @@ from aigateway.otlp import SpanSender
 __all__ = ["SendingTracerProvider"]
 
 _SCALARS = (str, bool, int, float)
+_LISTS = (list, tuple)
 _UNSET = Status(StatusCode.UNSET)
 
 
@@ -88,7 +89,12 @@ class _Span(api.Span):
             return
         kept = self.attributes
         for name, value in attributes.items():
-            kept[name] = value if value.__class__ in _SCALARS else _cleaned(name, value)
+            if value.__class__ in _SCALARS:
+                kept[name] = value
+            elif value.__class__ in _LISTS and all(item.__class__ in _SCALARS for item in value):
+                kept[name] = tuple(value)
+            else:
+                kept[name] = _cleaned(name, value)
 
     def set_attribute(self, key: str, value: Any) -> None:
         self.set_attributes({key: value})

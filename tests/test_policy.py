@@ -169,6 +169,43 @@ class RuleTests(SynchronousTestCase):
              "authorization failed: rules[0] (require) does not hold"],
         )
 
+    def test_decisionsRemembered(self) -> None:
+        """
+        The same token's claims with the same request values get the
+        decision made the first time without the rules being run again;
+        other values, other claims objects and rules that read headers are
+        judged afresh, and only the last C{decisionsKept} decisions are kept.
+        """
+        runs = []
+        context = Variables.context
+
+        def counted(variables: Variables):
+            if variables._context is None:
+                runs.append(1)
+            return context(variables)
+
+        self.patch(Variables, "context", counted)
+        policy = self.policy("{require: 'llm.requestModel in jwt.llms.openai'}")
+        policy.decisionsKept = 2
+        claims = {"llms": {"openai": ["gpt-4o"]}}
+
+        def verdict(claims: dict, model: str, policy=policy) -> str:
+            refusal = policy.authorize(policy.variables(claims, "POST", "/r", dict, model, False, "openai"))
+            return "pass" if refusal is None else "refused"
+
+        self.assertEqual([verdict(claims, "gpt-4o"), verdict(claims, "gpt-4o"), verdict(claims, "o1"),
+                          verdict(claims, "o1")], ["pass", "pass", "refused", "refused"])
+        self.assertEqual(len(runs), 2)
+        self.assertEqual(verdict(dict(claims), "gpt-4o"), "pass")
+        self.assertEqual(len(runs), 3)
+        self.assertEqual(verdict(claims, "gpt-4o"), "pass")
+        self.assertEqual(len(runs), 4)
+        headers = self.policy("{require: 'llm.requestModel in jwt.llms.openai'}, "
+                              "{deny: 'request.headers[\"x-team\"] == \"ops\"'}")
+        self.assertEqual([verdict(claims, "gpt-4o", headers), verdict(claims, "gpt-4o", headers)],
+                         ["pass", "pass"])
+        self.assertEqual(len(runs), 6)
+
     def test_missingClaim(self) -> None:
         """
         A missing claim makes a rule false: a require refuses, a deny does
