@@ -66,10 +66,12 @@ def makeService(options: Options) -> IService:
     """
     Load the configuration and build the gateway; a broken configuration is
     reported on one line and the process exits with status 1.  C{SIGHUP}
-    reloads the configuration.
+    reloads the configuration.  Log events' text is formatted by
+    L{aigateway.logformat} from then on.
     """
     from twisted.internet import reactor
 
+    from aigateway import logformat
     from aigateway.heap import HeapSettler
     from aigateway.service import GatewayService
 
@@ -84,6 +86,7 @@ def makeService(options: Options) -> IService:
     signal.signal(
         signal.SIGHUP, lambda *args: reactor.callFromThread(service.reload, "SIGHUP")
     )
+    logformat.install()
     top = MultiService()
     service.setServiceParent(top)
     HeapSettler().setServiceParent(top)
