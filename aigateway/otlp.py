@@ -17,6 +17,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from opentelemetry.trace import SpanKind
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.web.client import readBody
@@ -89,11 +90,11 @@ def _anyValue(value: Any) -> bytes:
     raise TypeError(f"cannot export an attribute of type {type(value).__name__}")
 
 
-# Encoded attributes: names, and whole name-value pairs for short strings,
-# integers and booleans (methods, routes, models, status codes), which
-# repeat from span to span.
+# Encoded attributes: names, and whole fields (tag, length and name-value
+# pair) for short strings, integers and booleans (methods, routes, models,
+# status codes), which repeat from span to span.
 _names: dict[str, bytes] = {}
-_pairs: dict[tuple[str, type, object], bytes] = {}
+_pairs: dict[tuple[bytes, str, type, object], bytes] = {}
 _CACHED = 8192
 
 
@@ -104,26 +105,30 @@ def _attributes(key: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     if not attributes:
         return b""
     out = []
+    pairs = _pairs
     for name, value in attributes.items():
         kind = value.__class__
         cacheable = kind is int or kind is bool or kind is str and len(value) <= 64
         if cacheable:
-            encoded = _pairs.get((name, kind, value))
+            encoded = pairs.get((key, name, kind, value))
             if encoded is not None:
-                out.append(key + encoded)
+                out.append(encoded)
                 continue
         prefix = _names.get(name)
         if prefix is None:
             prefix = _field(b"\x0a", _text(str(name)))
             if len(_names) < _CACHED:
                 _names[name] = prefix
-        # The KeyValue message, its length before it; the field's tag is
-        # C{key}, added below.
-        encoded = _field(b"", prefix + _field(b"\x12", _anyValue(value)))
-        if cacheable and len(_pairs) < _CACHED:
-            _pairs[(name, kind, value)] = encoded
-        out.append(key + encoded)
+        pair = prefix + _field(b"\x12", _anyValue(value))
+        encoded = key + _varint(len(pair)) + pair
+        if cacheable and len(pairs) < _CACHED:
+            pairs[(key, name, kind, value)] = encoded
+        out.append(encoded)
     return b"".join(out)
+
+
+# The protocol's SpanKind counts from UNSPECIFIED = 0.
+_KINDS = {kind: b"\x30" + _varint(kind.value + 1) for kind in SpanKind}
 
 
 def _flags(parent: Any) -> bytes:
@@ -133,20 +138,16 @@ def _flags(parent: Any) -> bytes:
 
 def _span(span: Any) -> bytes:
     context = span.get_span_context()
-    out = [
-        _field(b"\x0a", _traceId(context.trace_id)),
-        _field(b"\x12", _spanId(context.span_id)),
-    ]
+    out = [b"\x0a\x10", _traceId(context.trace_id), b"\x12\x08", _spanId(context.span_id)]
     state = context.trace_state
     if state:
         out.append(_field(b"\x1a", _text(",".join(f"{k}={v}" for k, v in state.items()))))
     parent = span.parent
     if parent is not None:
-        out.append(_field(b"\x22", _spanId(parent.span_id)))
+        out += (b"\x22\x08", _spanId(parent.span_id))
     if span.name:
         out.append(_field(b"\x2a", _text(span.name)))
-    # The protocol's SpanKind counts from UNSPECIFIED = 0.
-    out.append(b"\x30" + _varint(span.kind.value + 1))
+    out.append(_KINDS[span.kind])
     if span.start_time:
         out.append(b"\x39" + _fixed64(span.start_time))
     if span.end_time:
