@@ -189,21 +189,21 @@ class Metrics:
 class InFlight:
     """
     How many requests are being served, across configuration reloads, and
-    a way to wait until none is.
+    a way to wait until none is.  The metrics' in-flight gauge reads the
+    count when it is scraped.
     """
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self.count = 0
         self._waiting: list[Deferred[None]] = []
+        metrics.inFlight.set_function(lambda: self.count)
 
     def started(self) -> None:
         self.count += 1
-        self.metrics.inFlight.inc()
 
     def finished(self) -> None:
         self.count -= 1
-        self.metrics.inFlight.dec()
         if not self.count:
             waiting, self._waiting = self._waiting, []
             for d in waiting:

@@ -229,6 +229,8 @@ class MetricsTests(SynchronousTestCase):
         self.assertIn("gen_ai_client_operation_duration_seconds_bucket", text)
         self.assertIn("gen_ai_client_operation_time_to_first_chunk_seconds_bucket", text)
         self.assertIn("aigateway_requests_in_flight 0.0", text)
+        traced.telemetry.inFlight.started()
+        self.assertIn("aigateway_requests_in_flight 1.0", generate_latest(traced.metrics.registry).decode())
 
     def test_modelLabelsBounded(self) -> None:
         """
