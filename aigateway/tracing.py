@@ -49,6 +49,14 @@ def _cleaned(name: str, value: Any) -> Any:
     return BoundedAttributes(None, {name: value}, immutable=False).get(name)
 
 
+def _linkable(context: api.SpanContext | None, attributes: Mapping[str, Any] | None) -> bool:
+    """
+    Whether the SDK keeps a link: to a valid context, or one that at least
+    carries attributes or trace state.
+    """
+    return bool(context and (context.is_valid or attributes or context.trace_state))
+
+
 class _Span(api.Span):
     """
     A recording span: what L{aigateway.otlp.encodeSpan} reads, and the
@@ -70,7 +78,7 @@ class _Span(api.Span):
         self.instrumentation_scope = tracer.scope
         self._sender = tracer.sender
         self.events: list[Event] = []
-        self.links = list(links)
+        self.links = [link for link in links if link and _linkable(link.context, link.attributes)]
         self.status = _UNSET
         self.start_time = start_time if start_time is not None else time.time_ns()
         self.end_time: int | None = None
@@ -105,7 +113,7 @@ class _Span(api.Span):
             self.events.append(Event(name, attributes, timestamp if timestamp is not None else time.time_ns()))
 
     def add_link(self, context: api.SpanContext, attributes: Mapping[str, Any] | None = None) -> None:
-        if self.end_time is None and context.is_valid:
+        if self.end_time is None and _linkable(context, attributes):
             self.links.append(api.Link(context, attributes))
 
     def update_name(self, name: str) -> None:
@@ -207,7 +215,7 @@ class SendingTracerProvider(api.TracerProvider):
     def get_tracer(self, instrumenting_module_name: str, instrumenting_library_version: str | None = None,
                    schema_url: str | None = None, attributes: Mapping[str, Any] | None = None) -> api.Tracer:
         key = (instrumenting_module_name, instrumenting_library_version, schema_url,
-               tuple(sorted((attributes or {}).items())))
+               repr(sorted((attributes or {}).items())))
         tracer = self._tracers.get(key)
         if tracer is None:
             scope = InstrumentationScope(instrumenting_module_name, instrumenting_library_version,

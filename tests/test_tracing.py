@@ -35,6 +35,7 @@ from tests.test_otlp import ATTRIBUTES, _Agent
 
 REMOTE = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
                      trace_flags=TraceFlags(1), trace_state=TraceState([("vendor", "x1")]))
+INVALID = SpanContext(0, 0, is_remote=False)
 UNSAMPLED = SpanContext(0x1AF7651916CD43DD8448EB211C80319C, 0xC7AD6B7169203331, is_remote=True,
                         trace_flags=TraceFlags(0))
 
@@ -64,8 +65,8 @@ class _Numbers(IdGenerator):
 def _story(provider: Any) -> None:
     """
     What a tracer user does: parents remote, local and none; attributes of
-    every kind, some after the span ended; events, links, statuses, a new
-    name, an exception, a value OTLP cannot carry.
+    every kind, some after the span ended; events, links (some to no valid
+    span), statuses, a new name, an exception, a value OTLP cannot carry.
     """
     tracer = provider.get_tracer("aigateway")
     other = provider.get_tracer("other", "1.2", schema_url="https://scope")
@@ -77,8 +78,12 @@ def _story(provider: Any) -> None:
     server.add_event("said", {"what": "hi", "n": 3}, timestamp=1500)
     server.add_event("bare", timestamp=1600)
     client = tracer.start_span("chat gpt-4o", context=set_span_in_context(server), kind=SpanKind.CLIENT,
-                               links=[Link(REMOTE, {"why": "because"}), Link(REMOTE)], start_time=1100)
+                               links=[Link(REMOTE, {"why": "because"}), Link(REMOTE), Link(INVALID)],
+                               start_time=1100)
     client.set_attribute("gen_ai.usage.input_tokens", 9)
+    client.add_link(REMOTE, {"added": "later"})
+    client.add_link(INVALID)
+    client.add_link(INVALID, {"kept": "for its attributes"})
     client.set_status(Status(StatusCode.ERROR, "upstream broke"))
     try:
         raise ValueError("no good")
@@ -131,6 +136,9 @@ class SameAsSDKTests(SynchronousTestCase):
         self.assertEqual(ours, expected)
         names = [span.name for scope in ours.resource_spans[0].scope_spans for span in scope.spans]
         self.assertEqual(names, ["chat gpt-4o", "POST openai", "inner", "root"])
+        client = ours.resource_spans[0].scope_spans[0].spans[0]
+        self.assertEqual([dict((a.key, a.value.string_value) for a in link.attributes) for link in client.links],
+                         [{"why": "because"}, {}, {"added": "later"}, {"kept": "for its attributes"}])
 
     def test_sampling(self) -> None:
         """
@@ -170,3 +178,6 @@ class SameAsSDKTests(SynchronousTestCase):
         get: Callable[..., Any] = provider.get_tracer
         self.assertIs(get("aigateway"), get("aigateway"))
         self.assertIsNot(get("aigateway"), get("aigateway", "2"))
+        scoped = get("aigateway", attributes={"tags": ["a", "b"]})
+        self.assertIs(scoped, get("aigateway", attributes={"tags": ["a", "b"]}))
+        self.assertEqual(scoped.scope.attributes, {"tags": ("a", "b")})
