@@ -36,8 +36,14 @@ _halves = struct.Struct(">QQ").pack
 _spanId = struct.Struct(">Q").pack
 
 
-def _traceId(traceId: int) -> bytes:
-    return _halves(traceId >> 64, traceId & 0xFFFFFFFFFFFFFFFF)
+def _ids(context: Any) -> bytes:
+    """
+    A span context's IDs as fields 1 (trace ID) and 2 (span ID), as both
+    C{Span} and C{Link} messages number them.
+    """
+    traceId = context.trace_id
+    return (b"\x0a\x10" + _halves(traceId >> 64, traceId & 0xFFFFFFFFFFFFFFFF)
+            + b"\x12\x08" + _spanId(context.span_id))
 
 
 _SMALL = [bytes((i,)) for i in range(128)]
@@ -138,7 +144,7 @@ def _flags(parent: Any) -> bytes:
 
 def _span(span: Any) -> bytes:
     context = span.get_span_context()
-    out = [b"\x0a\x10", _traceId(context.trace_id), b"\x12\x08", _spanId(context.span_id)]
+    out = [_ids(context)]
     state = context.trace_state
     if state:
         out.append(_field(b"\x1a", _text(",".join(f"{k}={v}" for k, v in state.items()))))
@@ -167,11 +173,7 @@ def _span(span: Any) -> bytes:
         out.append(b"\x60" + _varint(span.dropped_events))
     for link in span.links:
         linked = link.context
-        body = (
-            _field(b"\x0a", _traceId(linked.trace_id))
-            + _field(b"\x12", _spanId(linked.span_id))
-            + _attributes(b"\x22", link.attributes)
-        )
+        body = _ids(linked) + _attributes(b"\x22", link.attributes)
         if link.dropped_attributes:
             body += b"\x28" + _varint(link.dropped_attributes)
         out.append(_field(b"\x6a", body + b"\x35" + _flags(linked)))

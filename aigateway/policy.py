@@ -253,6 +253,37 @@ def _seconds(value: float) -> bytes:
     return b"%d" % max(1, math.ceil(value))
 
 
+class _PerClaims:
+    """
+    Values made for a token's claims object (and a key beside it), the
+    most recently used kept: the verified-token cache hands out the same
+    claims object for as long as it keeps the token, and an entry only
+    ever answers for the very object it was made for.
+    """
+
+    def __init__(self) -> None:
+        self._entries: collections.OrderedDict[tuple, tuple[Mapping[str, Any] | None, Any]] = (
+            collections.OrderedDict()
+        )
+
+    def get(self, claims: Mapping[str, Any] | None, key: tuple, make: Callable[[], Any], keep: int) -> Any:
+        """
+        The value for C{claims} and C{key}, made by C{make} the first time;
+        at most C{keep} are kept.
+        """
+        entries = self._entries
+        entryKey = (id(claims),) + key
+        found = entries.get(entryKey)
+        if found is not None and found[0] is claims:
+            entries.move_to_end(entryKey)
+            return found[1]
+        value = make()
+        entries[entryKey] = (claims, value)
+        if len(entries) > keep:
+            entries.popitem(last=False)
+        return value
+
+
 class RoutePolicy:
     """
     A route's authorization rules and rate limits, built once per load.
@@ -279,12 +310,8 @@ class RoutePolicy:
         # Reading every header into the request variable is the dearest part
         # of it; only an expression that mentions headers gets them.
         self.readsHeaders = any("headers" in e.source for e in expressions)
-        self._claimContexts: collections.OrderedDict[int, tuple[Mapping[str, Any], Any]] = (
-            collections.OrderedDict()
-        )
-        self._decisions: collections.OrderedDict[tuple, tuple[Mapping[str, Any] | None, Refusal | None]] = (
-            collections.OrderedDict()
-        )
+        self._claimContexts = _PerClaims()
+        self._decisions = _PerClaims()
 
     def variables(
         self, claims: Mapping[str, Any] | None, method: str, path: str,
@@ -312,16 +339,7 @@ class RoutePolicy:
         of the rules.  Requests are evaluated one at a time on the reactor,
         so each sets its own variables in the shared context before use.
         """
-        contexts = self._claimContexts
-        entry = contexts.get(id(claims))
-        if entry is not None and entry[0] is claims:
-            contexts.move_to_end(id(claims))
-            return entry[1]
-        context = cel.Context({"jwt": claims})
-        contexts[id(claims)] = (claims, context)
-        if len(contexts) > 1024:
-            contexts.popitem(last=False)
-        return context
+        return self._claimContexts.get(claims, (), lambda: cel.Context({"jwt": claims}), 1024)
 
     def authorize(self, variables: Variables) -> Refusal | None:
         """
@@ -331,20 +349,12 @@ class RoutePolicy:
         Rules are pure functions of the variables, so the decision for a
         token's claims object (the verified-token cache hands out the same
         one for as long as it keeps the token) and the same request values
-        is remembered, for the last C{decisionsKept} such pairs.
+        is remembered, for the C{decisionsKept} most recently used.
         """
         if variables.key is None or not self.rules:
             return self._authorize(variables)
-        claims = variables.claims
-        key = (id(claims),) + variables.key
-        found = self._decisions.get(key)
-        if found is not None and found[0] is claims:
-            return found[1]
-        decision = self._authorize(variables)
-        self._decisions[key] = (claims, decision)
-        if len(self._decisions) > self.decisionsKept:
-            self._decisions.popitem(last=False)
-        return decision
+        return self._decisions.get(variables.claims, variables.key, lambda: self._authorize(variables),
+                                   self.decisionsKept)
 
     def _authorize(self, variables: Variables) -> Refusal | None:
         for rule in self.rules:

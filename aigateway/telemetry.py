@@ -287,6 +287,7 @@ class Telemetry:
         self.tracer = tracerProvider.get_tracer("aigateway") if tracerProvider is not None else None
         if self.tracer is not None:
             from opentelemetry.trace import SpanKind, set_span_in_context
+            from opentelemetry.trace.status import Status, StatusCode
             from opentelemetry.trace.propagation.tracecontext import (
                 TraceContextTextMapPropagator,
             )
@@ -294,6 +295,8 @@ class Telemetry:
             self._propagator = TraceContextTextMapPropagator()
             self._kinds = SpanKind
             self._inContext = set_span_in_context
+            self._status = Status
+            self._error = StatusCode.ERROR
 
     def begin(self, request: IRequest) -> Exchange:
         """
@@ -502,14 +505,12 @@ class Telemetry:
         )
 
     def _endSpans(self, exchange: Exchange, status: int, errorType: str | None, answer: Any) -> str:
-        from opentelemetry.trace import Status, StatusCode
-
         client = exchange.clientSpan
         if client is not None:
             attributes = self._clientAttributes(exchange, answer)
             client.set_attributes(attributes)
             if "error.type" in attributes:
-                client.set_status(Status(StatusCode.ERROR))
+                client.set_status(self._status(self._error))
             client.end(exchange.endedNs)
         server = exchange.serverSpan
         server.update_name(f"{exchange.method} {exchange.route}" if exchange.route else exchange.method)
@@ -525,6 +526,6 @@ class Telemetry:
             attributes["error"] = exchange.reason
         server.set_attributes(attributes)
         if status >= 500 or errorType is not None and status >= 400:
-            server.set_status(Status(StatusCode.ERROR, exchange.reason))
+            server.set_status(self._status(self._error, exchange.reason))
         server.end(exchange.endedNs)
         return format(server.get_span_context().trace_id, "032x")
