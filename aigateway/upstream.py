@@ -22,7 +22,9 @@ import re
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import (HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint,
+                                        wrapClientTLS)
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -571,8 +573,9 @@ class UpstreamAgent:
     @param maxIdle: idle connections kept per origin.
     @param idleTimeout: seconds an idle connection is kept.
     @param endpointFactory: makes the endpoint of each origin, once; by
-        default a C{HostnameEndpoint}, wrapped in TLS for C{https} with the
-        server's certificate verified as browsers do.
+        default a TCP endpoint (a C{HostnameEndpoint} for a host name),
+        wrapped in TLS for C{https} with the server's certificate verified
+        as browsers do.
     """
 
     def __init__(self, reactor: Any, connectTimeout: float = 10.0, maxIdle: int = 256,
@@ -644,8 +647,20 @@ class UpstreamAgent:
         return origin, target
 
     def endpointForURI(self, uri: URI) -> Any:
-        endpoint: Any = HostnameEndpoint(self.reactor, uri.host.decode("ascii"), uri.port,
-                                         timeout=self.connectTimeout)
+        """
+        The endpoint of an origin.  A host name is looked up again for every
+        new connection (C{HostnameEndpoint}); an IP address is connected to
+        directly, as there is nothing to look up, and the lookup, done in a
+        thread, would cost more CPU than the connection itself.
+        """
+        host = uri.host.decode("ascii")
+        endpoint: Any
+        if isIPAddress(host):
+            endpoint = TCP4ClientEndpoint(self.reactor, host, uri.port, timeout=self.connectTimeout)
+        elif isIPv6Address(host):
+            endpoint = TCP6ClientEndpoint(self.reactor, host, uri.port, timeout=self.connectTimeout)
+        else:
+            endpoint = HostnameEndpoint(self.reactor, host, uri.port, timeout=self.connectTimeout)
         if uri.scheme == b"https":
             endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
         return endpoint

@@ -10,10 +10,10 @@ import json
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError, DNSLookupError
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import FileBodyProducer, ResponseDone, ResponseFailed, readBody
@@ -564,6 +564,63 @@ class PoolTests(SynchronousTestCase):
         d = h.request(uri=b"http://up.example/models")
         h.protocol(1).connectionLost(Failure(ConnectionDone()))
         self.failureResultOf(d, ResponseFailed)
+
+
+class _Lookups:
+    """
+    A name resolver that records the names it is asked for and finds none.
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None, transportSemantics="TCP"):
+        self.names.append(hostName)
+        receiver.resolutionBegan(None)
+        receiver.resolutionComplete()
+        return receiver
+
+
+class EndpointTests(SynchronousTestCase):
+    """
+    How the agent reaches an origin by default: an IP address directly, a
+    host name through the reactor's resolver, again for every connection.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.lookups = _Lookups()
+        self.reactor.nameResolver = self.lookups
+        self.agent = UpstreamAgent(self.reactor, connectTimeout=7)
+
+    def test_ipv4(self) -> None:
+        """
+        An IPv4 origin is connected to at once, with the agent's connect
+        timeout, and nothing is looked up.
+        """
+        self.agent.request(b"POST", b"http://127.0.0.1:9000/v1/chat/completions", None, BytesBody(b"{}"))
+        self.assertEqual([c[:2] + (c[3],) for c in self.reactor.tcpClients], [("127.0.0.1", 9000, 7)])
+        self.assertEqual(self.lookups.names, [])
+
+    def test_ipv6(self) -> None:
+        """
+        So is an IPv6 origin, written in brackets in the URL.
+        """
+        self.agent.request(b"GET", b"http://[::1]:9000/v1/models")
+        self.assertEqual([c[:2] for c in self.reactor.tcpClients], [("::1", 9000)])
+        self.assertEqual(self.lookups.names, [])
+
+    def test_hostName(self) -> None:
+        """
+        A host name is looked up for each new connection, so a change in
+        DNS is followed; one that resolves to nothing fails the request
+        with L{DNSLookupError}.
+        """
+        for _ in range(2):
+            d = self.agent.request(b"GET", b"http://llm.example:8000/v1/models")
+            self.assertIsInstance(self.failureResultOf(d).value, DNSLookupError)
+        self.assertEqual(self.lookups.names, ["llm.example", "llm.example"])
+        self.assertEqual(self.reactor.tcpClients, [])
 
 
 class RealSocketTests(TestCase):
