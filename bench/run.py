@@ -18,11 +18,14 @@ with the fake LLM alone as the baseline:
      what else the machine runs only ever adds to it)
   S3 50 concurrent streams, 20 chunks 20 ms apart, started 8 ms apart:
      added time to first chunk p50 / p99, and the gap between chunks the
-     client sees, on the second of two rounds (the first refills the
-     upstream pool that the end of S2 emptied, and is shown beside it);
-     "S3 burst" starts all 50 in the same instant
+     client sees: a first round refills the upstream pool that the end
+     of S2 emptied (shown beside), then the medians of three rounds, each
+     just after a direct one; "S3 burst" starts all 50 in the same instant
   S4 1,000 concurrent slow streams: the gateway's peak RSS and errors
   S5 S2 with 1,000 routes and a 100-key JWKS
+
+and, for scale, S2 against twisted.web alone: a Site that answers every
+request with the same small completion from memory.
 
 A fixed pure-Python loop is timed before and after, to tell a slow
 moment of a shared machine from a slow gateway.
@@ -74,18 +77,23 @@ def ensureWrk() -> str:
     return shutil.which("wrk") or "wrk"
 
 
+def twistd(*args: str) -> list[str]:
+    """
+    The command line of a C{twistd} plugin run in the foreground.
+    """
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--pidfile=", "-n", *args]
+
+
 class Process:
     """
-    A twistd process with its output in a file.
+    A server process, with its output in a file.
     """
 
-    def __init__(self, args: list[str], port: int, directory: str, name: str) -> None:
+    def __init__(self, command: list[str], port: int, directory: str, name: str) -> None:
         self.log = open(os.path.join(directory, name + ".log"), "wb")
         env = dict(os.environ, PYTHONPATH=REPO)
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-             "--pidfile=", "-n"] + args,
-            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=directory,
+            command, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=directory,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -155,6 +163,27 @@ class Sink(Resource):
         return b""
 site = Site(Sink()); site.log = lambda request: None
 reactor.listenTCP(int(__import__("sys").argv[1]), site, interface="127.0.0.1")
+reactor.run()
+"""
+
+# What one request costs twisted.web alone: a Site whose one resource answers
+# every POST with the same small chat completion, read from memory.
+FLOOR = """
+import sys
+from twisted.internet import reactor
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+ANSWER = (b'{"id":"chatcmpl-floor","object":"chat.completion","created":0,"model":"gpt-3.5-turbo",'
+          b'"choices":[{"index":0,"message":{"role":"assistant","content":"Roses are red."},'
+          b'"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":4,"total_tokens":9}}')
+class Answer(Resource):
+    isLeaf = True
+    def render_POST(self, request):
+        request.content.read()
+        request.setHeader(b"content-type", b"application/json")
+        return ANSWER
+site = Site(Answer()); site.log = lambda request: None
+reactor.listenTCP(int(sys.argv[1]), site, interface="127.0.0.1")
 reactor.run()
 """
 
@@ -310,7 +339,7 @@ def main() -> None:
         json.dump({"keys": keys}, f)
 
     fakellmPort, collectorPort = freePort(), freePort()
-    fakellm = Process(["fakellm", "--listen", f"tcp:{fakellmPort}:interface=127.0.0.1", "--key", KEY],
+    fakellm = Process(twistd("fakellm", "--listen", f"tcp:{fakellmPort}:interface=127.0.0.1", "--key", KEY),
                       fakellmPort, directory, "fakellm")
     collector = subprocess.Popen([sys.executable, "-c", COLLECTOR, str(collectorPort)])
     rows: list[tuple[str, str, str]] = []
@@ -327,6 +356,15 @@ def main() -> None:
                      f"p99 {baseStreams['ttfc99']:.2f} ms, gap p50 {baseStreams['gap50']:.2f} ms"))
         rows.append(("direct", "S3 burst of 50", f"first chunk p50 {baseBurst['ttfc50']:.2f} ms, "
                      f"p99 {baseBurst['ttfc99']:.2f} ms"))
+        floorPort = freePort()
+        floor = Process([sys.executable, "-c", FLOOR, str(floorPort)], floorPort, directory, "floor")
+        try:
+            f = loaded(floor, f"http://127.0.0.1:{floorPort}/", None, args.seconds)
+            rows.append(("twisted.web alone", "S2 64 connections",
+                         f"{f['rps']:.0f} req/s, p99 {f['p99']:.1f} ms, CPU {f['cpu']:.0f} us/request, "
+                         f"errors {f['errors']} (calibration {f['speed']:.0f} ms)"))
+        finally:
+            floor.stop()
         for full in (True, False):
             label = "everything on" if full else "bare route"
             auth = token if full else KEY
@@ -337,7 +375,7 @@ def main() -> None:
                     f.write(gatewayConfig(fakellmPort, port, admin, full,
                                           1000 if scenario == "S5" else 0,
                                           many if scenario == "S5" else one, collectorPort))
-                gateway = Process(["aigateway", "-c", path], port, directory, f"gateway-{label[:4]}-{scenario}")
+                gateway = Process(twistd("aigateway", "-c", path), port, directory, f"gateway-{label[:4]}-{scenario}")
                 try:
                     url = f"http://127.0.0.1:{port}/bench"
                     wrk(url, 16, 2, token if full else None, KEY)
@@ -359,14 +397,24 @@ def main() -> None:
                     # wrk ends S2 by closing its 64 connections mid-request,
                     # and the gateway closes the upstream connections of the
                     # requests its clients gave up: the first round of
-                    # streams refills the upstream pool, the second runs
-                    # with the pool that steady traffic keeps.
+                    # streams refills the upstream pool.  Then three rounds,
+                    # each just after a direct one, as the machine's speed
+                    # drifts: the medians of the three differences.
                     ds = asyncio.run(streams(fakellmPort, "/v1/chat/completions", KEY, 50, 20, 20, SPACING))
                     refill = asyncio.run(streams(port, "/bench", auth, 50, 20, 20, SPACING))
-                    s = asyncio.run(streams(port, "/bench", auth, 50, 20, 20, SPACING))
-                    rows.append((label, "S3 50 streams", f"first chunk added p50 {s['ttfc50'] - ds['ttfc50']:+.2f} ms, "
-                                 f"p99 {s['ttfc99'] - ds['ttfc99']:+.2f} ms, gap p50 {s['gap50']:.2f} ms "
-                                 f"(direct {ds['gap50']:.2f}), errors {s['errors']}; the round that refilled "
+                    pairs = []
+                    for _ in range(3):
+                        pairs.append((asyncio.run(streams(fakellmPort, "/v1/chat/completions", KEY, 50, 20, 20,
+                                                          SPACING)),
+                                      asyncio.run(streams(port, "/bench", auth, 50, 20, 20, SPACING))))
+                    added50 = [s["ttfc50"] - d["ttfc50"] for d, s in pairs]
+                    added99 = statistics.median(s["ttfc99"] - d["ttfc99"] for d, s in pairs)
+                    rows.append((label, "S3 50 streams",
+                                 f"first chunk added p50 {statistics.median(added50):+.2f} ms "
+                                 f"(rounds {', '.join(f'{a:+.2f}' for a in added50)}), p99 {added99:+.2f} ms, "
+                                 f"gap p50 {statistics.median(s['gap50'] for _, s in pairs):.2f} ms "
+                                 f"(direct {statistics.median(d['gap50'] for d, _ in pairs):.2f}), "
+                                 f"errors {sum(s['errors'] for _, s in pairs)}; the round that refilled "
                                  f"the upstream pool: p50 {refill['ttfc50'] - ds['ttfc50']:+.2f} ms, "
                                  f"errors {refill['errors']}"))
                     db = asyncio.run(streams(fakellmPort, "/v1/chat/completions", KEY, 50, 20, 20))
