@@ -273,6 +273,22 @@ async def streams(port: int, path: str, auth: str, count: int, chunks: int, gap:
     }
 
 
+def loadedText(r: dict) -> str:
+    """
+    An S2 result as the table shows it.
+    """
+    return (f"{r['rps']:.0f} req/s, p99 {r['p99']:.1f} ms, CPU {r['cpu']:.0f} us/request, "
+            f"errors {r['errors']} (calibration {r['speed']:.0f} ms)")
+
+
+def s3Round(port: int, path: str, auth: str, spacing: float = SPACING) -> dict:
+    """
+    One round of S3: 50 streams of 20 chunks 20 ms apart, the i-th started
+    C{i * spacing} seconds in.
+    """
+    return asyncio.run(streams(port, path, auth, 50, 20, 20, spacing))
+
+
 def calibrate() -> float:
     """
     Milliseconds this machine takes, now, for a fixed piece of pure-Python
@@ -348,8 +364,8 @@ def main() -> None:
         direct = f"http://127.0.0.1:{fakellmPort}/v1/chat/completions"
         base1 = wrk(direct, 1, args.seconds, None, KEY)
         base64 = wrk(direct, 64, args.seconds, None, KEY)
-        baseStreams = asyncio.run(streams(fakellmPort, "/v1/chat/completions", KEY, 50, 20, 20, SPACING))
-        baseBurst = asyncio.run(streams(fakellmPort, "/v1/chat/completions", KEY, 50, 20, 20))
+        baseStreams = s3Round(fakellmPort, "/v1/chat/completions", KEY)
+        baseBurst = s3Round(fakellmPort, "/v1/chat/completions", KEY, 0.0)
         rows.append(("direct", "S1 one connection", f"p50 {base1['p50']:.2f} ms, p99 {base1['p99']:.2f} ms"))
         rows.append(("direct", "S2 64 connections", f"{base64['rps']:.0f} req/s, p99 {base64['p99']:.1f} ms"))
         rows.append(("direct", "S3 50 streams", f"first chunk p50 {baseStreams['ttfc50']:.2f} ms, "
@@ -359,10 +375,8 @@ def main() -> None:
         floorPort = freePort()
         floor = Process([sys.executable, "-c", FLOOR, str(floorPort)], floorPort, directory, "floor")
         try:
-            f = loaded(floor, f"http://127.0.0.1:{floorPort}/", None, args.seconds)
             rows.append(("twisted.web alone", "S2 64 connections",
-                         f"{f['rps']:.0f} req/s, p99 {f['p99']:.1f} ms, CPU {f['cpu']:.0f} us/request, "
-                         f"errors {f['errors']} (calibration {f['speed']:.0f} ms)"))
+                         loadedText(loaded(floor, f"http://127.0.0.1:{floorPort}/", None, args.seconds))))
         finally:
             floor.stop()
         for full in (True, False):
@@ -380,10 +394,8 @@ def main() -> None:
                     url = f"http://127.0.0.1:{port}/bench"
                     wrk(url, 16, 2, token if full else None, KEY)
                     if scenario == "S5":
-                        r = loaded(gateway, url, token if full else None, args.seconds)
                         rows.append((label, "S5 S2 with 1,000 routes, 100-key JWKS",
-                                     f"{r['rps']:.0f} req/s, p99 {r['p99']:.1f} ms, CPU {r['cpu']:.0f} us/request, "
-                                     f"errors {r['errors']} (calibration {r['speed']:.0f} ms)"))
+                                     loadedText(loaded(gateway, url, token if full else None, args.seconds))))
                         continue
                     # Each baseline is measured again just before the gateway's
                     # run: the machine's speed drifts from minute to minute.
@@ -391,22 +403,18 @@ def main() -> None:
                     r1 = wrk(url, 1, args.seconds, token if full else None, KEY)
                     rows.append((label, "S1 added latency", f"p50 {r1['p50'] - d1['p50']:+.2f} ms, "
                                  f"p99 {r1['p99'] - d1['p99']:+.2f} ms (direct alongside: p50 {d1['p50']:.2f} ms)"))
-                    r = loaded(gateway, url, token if full else None, args.seconds)
-                    rows.append((label, "S2 64 connections", f"{r['rps']:.0f} req/s, p99 {r['p99']:.1f} ms, "
-                                 f"CPU {r['cpu']:.0f} us/request, errors {r['errors']} (calibration {r['speed']:.0f} ms)"))
+                    rows.append((label, "S2 64 connections",
+                                 loadedText(loaded(gateway, url, token if full else None, args.seconds))))
                     # wrk ends S2 by closing its 64 connections mid-request,
                     # and the gateway closes the upstream connections of the
                     # requests its clients gave up: the first round of
                     # streams refills the upstream pool.  Then three rounds,
                     # each just after a direct one, as the machine's speed
                     # drifts: the medians of the three differences.
-                    ds = asyncio.run(streams(fakellmPort, "/v1/chat/completions", KEY, 50, 20, 20, SPACING))
-                    refill = asyncio.run(streams(port, "/bench", auth, 50, 20, 20, SPACING))
-                    pairs = []
-                    for _ in range(3):
-                        pairs.append((asyncio.run(streams(fakellmPort, "/v1/chat/completions", KEY, 50, 20, 20,
-                                                          SPACING)),
-                                      asyncio.run(streams(port, "/bench", auth, 50, 20, 20, SPACING))))
+                    ds = s3Round(fakellmPort, "/v1/chat/completions", KEY)
+                    refill = s3Round(port, "/bench", auth)
+                    pairs = [(s3Round(fakellmPort, "/v1/chat/completions", KEY), s3Round(port, "/bench", auth))
+                             for _ in range(3)]
                     added50 = [s["ttfc50"] - d["ttfc50"] for d, s in pairs]
                     added99 = statistics.median(s["ttfc99"] - d["ttfc99"] for d, s in pairs)
                     rows.append((label, "S3 50 streams",
@@ -417,8 +425,8 @@ def main() -> None:
                                  f"errors {sum(s['errors'] for _, s in pairs)}; the round that refilled "
                                  f"the upstream pool: p50 {refill['ttfc50'] - ds['ttfc50']:+.2f} ms, "
                                  f"errors {refill['errors']}"))
-                    db = asyncio.run(streams(fakellmPort, "/v1/chat/completions", KEY, 50, 20, 20))
-                    b = asyncio.run(streams(port, "/bench", auth, 50, 20, 20))
+                    db = s3Round(fakellmPort, "/v1/chat/completions", KEY, 0.0)
+                    b = s3Round(port, "/bench", auth, 0.0)
                     rows.append((label, "S3 burst of 50", f"first chunk added p50 {b['ttfc50'] - db['ttfc50']:+.2f} ms, "
                                  f"p99 {b['ttfc99'] - db['ttfc99']:+.2f} ms, errors {b['errors']}"))
                     s4 = asyncio.run(streams(port, "/bench", auth, 1000, 10, 500))
