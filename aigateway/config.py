@@ -44,6 +44,8 @@ PROVIDERS: Mapping[str, str] = {
     "openai": "https://api.openai.com",
 }
 DEFAULT_MAX_REQUEST_BODY = 10 * 1024 * 1024
+DEFAULT_MAX_CONNECTIONS = 10000
+DEFAULT_REQUEST_HEAD_TIMEOUT = 10.0
 HTTP_METHODS = frozenset(
     ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 )
@@ -249,6 +251,11 @@ class TracingConfig:
 class Config:
     """
     A whole, validated gateway configuration.
+
+    @ivar maxRequestBody: the default of every route's C{maxRequestBody}.
+    @ivar maxConnections: the most connections each listener keeps open.
+    @ivar requestHeadTimeout: seconds a request's head may take to arrive,
+        from its first byte.
     """
 
     listen: tuple[str, ...]
@@ -260,6 +267,9 @@ class Config:
     tracing: TracingConfig = TracingConfig()
     shutdownTimeout: float = 30.0
     accessLog: bool = True
+    maxRequestBody: int = DEFAULT_MAX_REQUEST_BODY
+    maxConnections: int = DEFAULT_MAX_CONNECTIONS
+    requestHeadTimeout: float = DEFAULT_REQUEST_HEAD_TIMEOUT
 
 
 class _Fields:
@@ -389,6 +399,12 @@ def _positiveDuration(value: object, path: str) -> float:
     if seconds <= 0:
         raise ConfigError(path, "must be longer than zero")
     return seconds
+
+
+def _positiveInteger(value: object, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(path, f"must be a whole number above zero, not {value!r}")
+    return value
 
 
 _SIZE = re.compile(r"(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?")
@@ -874,6 +890,9 @@ def parseConfig(document: object) -> Config:
         tracing=fields.take("tracing", _tracing, TracingConfig()) or TracingConfig(),
         shutdownTimeout=fields.take("shutdownTimeout", _positiveDuration, 30.0),  # type: ignore[arg-type]
         accessLog=fields.take("accessLog", _boolean, True),  # type: ignore[arg-type]
+        maxRequestBody=maxRequestBody,
+        maxConnections=fields.take("maxConnections", _positiveInteger, DEFAULT_MAX_CONNECTIONS),  # type: ignore[arg-type]
+        requestHeadTimeout=fields.take("requestHeadTimeout", _positiveDuration, DEFAULT_REQUEST_HEAD_TIMEOUT),  # type: ignore[arg-type]
     )
     fields.done()
     return config

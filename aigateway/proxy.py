@@ -44,6 +44,7 @@ from aigateway.flush import sendNow
 from aigateway.guard import Identity
 from aigateway.policy import Refusal, RoutePolicy
 from aigateway.providers.openai import OpenAIProvider, ProviderError, UpstreamCall
+from aigateway.site import BodyTooLarge, requestBody
 from aigateway.telemetry import Exchange, Telemetry
 from aigateway.upstream import BytesBody
 from aigateway.usage import AnswerObserver
@@ -207,7 +208,8 @@ class _Relay:
         pending.addErrback(self._bug)
 
     def _bug(self, failure: Failure) -> None:
-        log.failure("relaying {uri}", failure, uri=self.request.uri)
+        log.error("unexpected {error} on route {route} while relaying the answer",
+                  error=failure.type.__name__, route=self.exchange.route)
         if not self.done:
             self._fail(502, "the gateway failed while relaying the answer", "gateway_error")
 
@@ -244,13 +246,8 @@ class _Relay:
             self._breakStream(message)
 
     def _fail(self, status: int, message: str, code: str) -> None:
-        if self.done:
-            return
-        request = self.request
-        body = self.exchange.refuse(request, status, message, code)
-        request.setHeader(b"content-length", b"%d" % (len(body),))
-        request.write(body)
-        request.finish()
+        if not self.done:
+            _answer(self.request, self.exchange.refuse(self.request, status, message, code))
 
     def _failed(self, failure: Failure) -> None:
         self._pending = None
@@ -263,7 +260,10 @@ class _Relay:
             self.exchange.upstreamError = "reset"
             self._fail(502, "the upstream closed the connection before answering", "upstream_reset")
         else:
-            log.failure("upstream request for {uri}", failure, uri=self.request.uri)
+            # One line, no URI and no traceback: the URI's query can hold a
+            # token, and whatever failed said so in its own words.
+            log.error("the upstream request on route {route} failed: {error}",
+                      route=self.exchange.route, error=failure.type.__name__)
             self.exchange.upstreamError = "failed"
             self._fail(502, "the upstream request failed", "upstream_error")
 
@@ -403,8 +403,7 @@ class ProxyResource(Resource):
         of the caller's token must be kept from the provider and which
         claims go upstream as headers.
         """
-        provider = self.provider
-        exchange.provider = provider.name
+        exchange.provider = self.provider.name
         if self.credential.problem is not None:
             return exchange.refuse(
                 request,
@@ -412,19 +411,36 @@ class ProxyResource(Resource):
                 f"backend '{self.route.backend.name}' has no credential: {self.credential.problem}",
                 "backend_credential_missing",
             )
-        content = request.content
-        content.seek(0, 2)
-        size = exchange.bytesIn = content.tell()
-        if size > self.route.maxRequestBody:
-            return exchange.refuse(
-                request,
-                413,
-                f"the request body is {size} bytes; this route takes at most "
-                f"{self.route.maxRequestBody}",
-                "request_too_large",
-            )
-        content.seek(0)
-        body = content.read()
+        reading = requestBody(request, self.route.maxRequestBody)
+        reading.addCallbacks(self._relay, self._noBody, (request, exchange, identity), None,
+                             (request, exchange))
+        reading.addErrback(self._bug, request, exchange)
+        return NOT_DONE_YET
+
+    def _noBody(self, failure: Failure, request: Request, exchange: Exchange) -> None:
+        """
+        The body is over the route's limit, or the client left while sending
+        it (and so has nobody to answer).
+        """
+        if failure.check(BodyTooLarge) and request.channel is not None:
+            error = failure.value
+            exchange.bytesIn = error.size
+            _answer(request, exchange.refuse(request, 413, error.message, "request_too_large"))
+
+    def _bug(self, failure: Failure, request: Request, exchange: Exchange) -> None:
+        log.error("unexpected {error} on route {route} before relaying",
+                  error=failure.type.__name__, route=self.route.name)
+        if not request.finished and request.channel is not None:
+            _answer(request, exchange.refuse(request, 502, "the gateway failed to relay this request",
+                                             "gateway_error"))
+
+    def _relay(self, body: bytes, request: Request, exchange: Exchange,
+               identity: Identity | None) -> None:
+        """
+        The whole body is in: judge the request and send it upstream.
+        """
+        exchange.bytesIn = len(body)
+        provider = self.provider
         path = request.path
         remainder = path[self._prefixLength:] if self._prefixLength is not None else b""
         query = request.uri.partition(b"?")[2]
@@ -433,15 +449,17 @@ class ProxyResource(Resource):
         try:
             call = provider.prepare(request.method, remainder, query, body)
         except ProviderError as e:
-            return exchange.refuse(request, e.status, e.message, e.code)
+            _answer(request, exchange.refuse(request, e.status, e.message, e.code, e.headers))
+            return
         charge = None
         if self.policy is not None:
             refusal, charge = self._admit(request, identity, call)
             if refusal is not None:
                 if refusal.status == 403:
                     exchange.authFailure = "authorization failed"
-                return exchange.refuse(request, refusal.status, refusal.message, refusal.code,
-                                       refusal.headers)
+                _answer(request, exchange.refuse(request, refusal.status, refusal.message, refusal.code,
+                                                 refusal.headers))
+                return
         headers = upstreamHeaders(
             request.requestHeaders,
             self.credential,
@@ -472,7 +490,6 @@ class ProxyResource(Resource):
         # The request is on its way upstream; while the gateway waits for
         # the answer, the requests that ended are reported.
         self.telemetry.flushReports()
-        return NOT_DONE_YET
 
     def _admit(
         self, request: Request, identity: Identity | None, call: UpstreamCall
@@ -503,6 +520,15 @@ class ProxyResource(Resource):
         if refusal is not None:
             return refusal, None
         return policy.admit(variables, self.clock.seconds())
+
+
+def _answer(request: Request, body: bytes) -> None:
+    """
+    Send a whole answer that was decided after rendering returned.
+    """
+    request.setHeader(b"content-length", b"%d" % (len(body),))
+    request.write(body)
+    request.finish()
 
 
 def _applyIdentity(headers: Headers, identity: Identity) -> None:

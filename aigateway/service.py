@@ -20,15 +20,14 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
-from twisted.web.server import Request, Site
+from twisted.web.server import Site
 
 from aigateway.admin import AdminRoot
+from aigateway.site import GatewaySite, ListenerFactory
 from aigateway.config import Config, ConfigError, JWTPolicy, JWTProviderConfig, Route, loadConfig
 from aigateway.credentials import resolveCredential
-from aigateway.errors import errorBody
 from aigateway.guard import JWTGuard
 from aigateway.jwt import JWTProvider, Verifier
 from aigateway.keys import KeyLoadError, RemoteJWKS, StaticKeys, keysFromText, treqFetch
@@ -42,8 +41,6 @@ from aigateway.upstream import UpstreamAgent
 
 __all__ = [
     "Gateway",
-    "GatewayRequest",
-    "GatewaySite",
     "GatewayService",
     "buildGateway",
 ]
@@ -211,93 +208,11 @@ def buildGateway(
     return _Builder(config, agent, clock, environ, readFile, fetch, telemetry, buckets).build()
 
 
-class GatewayRequest(Request):
-    """
-    A request whose defaults suit a JSON API gateway: no made-up
-    C{text/html} content type, and an unexpected exception becomes a 500 in
-    the OpenAI error envelope, logged, never a traceback page.
-    """
-
-    defaultContentType = None
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        # A proxy relays bodies as they are: no parsing of form posts (which
-        # costs an email.message.EmailMessage per POST in twisted.web).
-        kwargs["parsePOSTFormSubmission"] = False
-        super().__init__(*args, **kwargs)
-
-    def processingFailed(self, reason: Failure) -> None:
-        log.failure("unhandled error for {method} {path}", reason,
-                    method=self.method, path=self.path)
-        body = errorBody(500, "the gateway failed to handle this request", "internal_error")
-        self.setResponseCode(500)
-        self.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
-        self.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
-        self.write(body)
-        self.finish()
-
-
-class _GatewayChannel(HTTPChannel):
-    """
-    A client connection that the site keeps track of, so a drain can close
-    the idle ones cleanly.
-    """
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self.factory.channels.add(self)
-
-    def connectionLost(self, reason: Failure) -> None:
-        super().connectionLost(reason)
-        self.factory.channelClosed(self)
-
-
-class GatewaySite(Site):
-    """
-    The site that serves the route table.  Per-request logging is the
-    telemetry's job, so the Site's own access log is off.
-
-    @ivar channels: the open client connections.
-    """
-
-    protocol = _GatewayChannel
-    requestFactory = GatewayRequest
-    displayTracebacks = False
-    noisy = False
-
-    def __init__(self, resource: IResource, reactor: IReactorTime | None = None) -> None:
-        super().__init__(resource, reactor=reactor)
-        self.channels: set[HTTPChannel] = set()
-        self._whenClosed: list[Deferred[None]] = []
-
-    def log(self, request: Request) -> None:
-        pass
-
-    def channelClosed(self, channel: HTTPChannel) -> None:
-        self.channels.discard(channel)
-        if not self.channels:
-            waiting, self._whenClosed = self._whenClosed, []
-            for d in waiting:
-                d.callback(None)
-
-    def closeChannels(self) -> Deferred[None]:
-        """
-        Close every client connection once what was written to it is sent;
-        fires when all are closed.
-        """
-        if not self.channels:
-            return succeed(None)
-        d: Deferred[None] = Deferred(lambda d: self._whenClosed.remove(d))
-        self._whenClosed.append(d)
-        for channel in list(self.channels):
-            channel.transport.loseConnection()
-        return d
-
-
 class _Listeners:
     """
     The listening ports for one site, opened and closed as the set of
-    endpoint strings changes.
+    endpoint strings changes; on the gateway's site, each with its own
+    limit of open connections.
     """
 
     def __init__(self, reactor, site: Site) -> None:
@@ -305,15 +220,22 @@ class _Listeners:
         self.site = site
         self.running: dict[str, StreamServerEndpointService] = {}
 
-    def update(self, descriptions: tuple[str, ...]) -> list[Deferred]:
+    def update(self, descriptions: tuple[str, ...], maxConnections: int | None = None) -> list[Deferred]:
         stopping = []
         for description in list(self.running):
             if description not in descriptions:
                 stopping.append(self.running.pop(description).stopService())
+            elif maxConnections is not None:
+                self.running[description].factory.maxConnections = maxConnections
         for description in descriptions:
             if description not in self.running:
+                factory = (
+                    ListenerFactory(self.site, maxConnections)
+                    if isinstance(self.site, GatewaySite) and maxConnections is not None
+                    else self.site
+                )
                 listener = StreamServerEndpointService(
-                    serverFromString(self.reactor, description), self.site
+                    serverFromString(self.reactor, description), factory
                 )
                 listener._raiseSynchronously = True
                 listener.startService()
@@ -365,6 +287,7 @@ class GatewayService(Service):
         self.tracerProvider = buildTracerProvider(config.tracing, reactor, self.agent, environ)
         self._serve(config, text, self._build(config))
         self.site = GatewaySite(self.gateway.root, reactor)
+        self._configureSite(config)
         self.listeners = _Listeners(reactor, self.site)
         adminSite = Site(AdminRoot(self))
         adminSite.log = lambda request: None  # type: ignore[method-assign]
@@ -399,6 +322,10 @@ class GatewayService(Service):
         self.gateway = gateway
         self.digest = hashlib.sha256(text).hexdigest()
         self.loadedAt = self.reactor.seconds()
+
+    def _configureSite(self, config: Config) -> None:
+        self.site.maxRequestBody = config.maxRequestBody
+        self.site.requestHeadTimeout = config.requestHeadTimeout
 
     def _watchedFiles(self, config: Config) -> list[str]:
         base = os.path.dirname(os.path.abspath(self.configPath))
@@ -437,13 +364,14 @@ class GatewayService(Service):
         for keySet in gateway.keySets:
             keySet.start()
         self.site.resource = gateway.root
+        self._configureSite(config)
         for keySet in old.keySets:
             keySet.stop()
         self._serve(config, text, gateway)
         self.lastError = None
         self.metrics.reloads.labels("ok").inc()
         if self.running:
-            self.listeners.update(config.listen)
+            self.listeners.update(config.listen, config.maxConnections)
             self.adminListeners.update(config.admin.listen if config.admin else ())
         if self.watcher is not None:
             self.watcher.watch(self._watchedFiles(config))
@@ -461,7 +389,7 @@ class GatewayService(Service):
             self.watcher.startService()
         for keySet in self.gateway.keySets:
             keySet.start()
-        self.listeners.update(self.config.listen)
+        self.listeners.update(self.config.listen, self.config.maxConnections)
         self.adminListeners.update(self.config.admin.listen if self.config.admin else ())
 
     async def _drain(self) -> None:

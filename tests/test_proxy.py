@@ -27,7 +27,8 @@ from twisted.web.http_headers import Headers
 
 from aigateway.config import loadConfig
 from aigateway.fakellm import FakeLLM
-from aigateway.service import GatewaySite, buildGateway
+from aigateway.service import buildGateway
+from aigateway.site import GatewaySite
 from tests.lab import CHAT
 
 KEY = "sk-upstream-secret"

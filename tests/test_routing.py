@@ -195,7 +195,7 @@ class SendNowTests(TestCase):
         from twisted.internet import reactor
         from twisted.internet.defer import Deferred
 
-        from aigateway.service import GatewaySite
+        from aigateway.site import GatewaySite
 
         seen: Deferred = Deferred()
 

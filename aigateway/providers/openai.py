@@ -55,13 +55,16 @@ class ProviderError(Exception):
 
     @ivar status: the HTTP status to answer with.
     @ivar message: a sentence for the caller.
+    @ivar headers: response fields that go with the answer (C{Allow}).
     """
 
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+    def __init__(self, status: int, message: str, code: str | None = None,
+                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
+        self.headers = headers
 
 
 @attrs.frozen
