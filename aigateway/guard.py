@@ -11,8 +11,9 @@ case the token is kept from the provider.
 from __future__ import annotations
 
 import json
+import re
 from typing import Callable, Mapping
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import unquote_plus
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -24,9 +25,26 @@ from aigateway.jwt import JWTError, VerifiedToken, Verifier
 from aigateway.routing import Handler
 from aigateway.telemetry import Exchange
 
-__all__ = ["Identity", "JWTGuard", "TokenLocation", "claimHeaders"]
+__all__ = ["AmbiguousToken", "Identity", "JWTGuard", "TokenLocation", "claimHeaders"]
 
 _REALM = b'Bearer realm="aigateway"'
+# Query parameters are split on both separators some servers know: a
+# parameter that the gateway reads as part of another one's value must not
+# become a token of its own upstream.
+_QUERY_SEPARATOR = re.compile(rb"[&;]")
+
+
+def _parameterName(part: bytes) -> str:
+    return unquote_plus(part.partition(b"=")[0].decode("latin-1"), encoding="latin-1")
+
+
+class AmbiguousToken(JWTError):
+    """
+    The request carries its token more than once, with different values.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("malformed token")
 
 
 @attrs.frozen
@@ -51,11 +69,16 @@ class TokenLocation:
     def find(self, request: IRequest) -> str | None:
         """
         The token the request carries, or L{None}.
+
+        @raise AmbiguousToken: when it carries two different ones in the
+            place it is read from.
         """
         source = self.source
         if self._header is not None:
             raw = request.requestHeaders.getRawHeaders(self._header)
             if raw:
+                if len(set(raw)) > 1:
+                    raise AmbiguousToken()
                 # Latin-1 never fails: a token with other bytes is then
                 # refused as malformed by the verifier, not a 500 here.
                 value = raw[-1].decode("latin-1")
@@ -65,9 +88,15 @@ class TokenLocation:
                 if value[: len(prefix)].lower() == prefix.lower():
                     return value[len(prefix):].strip()
         if source.queryParam is not None and b"?" in request.uri:
-            for name, value in parse_qsl(request.uri.partition(b"?")[2].decode("latin-1")):
-                if name == source.queryParam:
-                    return value
+            found = {
+                unquote_plus(part.partition(b"=")[2].decode("latin-1"), encoding="latin-1")
+                for part in _QUERY_SEPARATOR.split(request.uri.partition(b"?")[2])
+                if _parameterName(part) == source.queryParam
+            }
+            if len(found) > 1:
+                raise AmbiguousToken()
+            if found:
+                return found.pop()
         if source.cookie is not None:
             cookie = request.getCookie(source.cookie.encode("latin-1"))
             if cookie is not None:
@@ -76,16 +105,17 @@ class TokenLocation:
 
     def upstreamQuery(self, query: bytes) -> bytes:
         """
-        C{query} without the token's parameter.
+        C{query} without the token's parameter, however it is spelled
+        (C{%61ccess_token} too); the other parameters go as they came,
+        joined by C{&}.
         """
-        if self.source.queryParam is None or not query:
+        name = self.source.queryParam
+        if name is None or not query:
             return query
-        kept = [
-            (n, v)
-            for n, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True)
-            if n != self.source.queryParam
-        ]
-        return urlencode(kept).encode("latin-1")
+        return b"&".join(
+            part for part in _QUERY_SEPARATOR.split(query)
+            if part and _parameterName(part) != name
+        )
 
     def upstreamCookie(self, cookie: bytes) -> bytes | None:
         """
@@ -187,7 +217,12 @@ class JWTGuard(Resource):
         return self.handle(request, Exchange.standalone(request))
 
     def handle(self, request: IRequest, exchange: Exchange) -> bytes | int:
-        token = self.location.find(request)
+        try:
+            token = self.location.find(request)
+        except AmbiguousToken as e:
+            if self.mode == "permissive":
+                return self.protected(self._anonymous).handle(request, exchange)
+            return self._refuse(request, exchange, e)
         if token is None:
             if self.mode == "strict":
                 exchange.authFailure = "no bearer token found"
@@ -204,21 +239,7 @@ class JWTGuard(Resource):
         except JWTError as e:
             if self.mode == "permissive":
                 return self.protected(self._anonymous).handle(request, exchange)
-            exchange.authFailure = e.reason
-            description = e.reason.replace('"', "'").encode("ascii", "replace")
-            return exchange.refuse(
-                request,
-                401,
-                f"authentication failure: {e.reason}",
-                "invalid_token",
-                [
-                    (
-                        b"www-authenticate",
-                        _REALM + b', error="invalid_token", error_description="'
-                        + description + b'"',
-                    )
-                ],
-            )
+            return self._refuse(request, exchange, e)
         exchange.subject = verified.subject
         identity = Identity(
             self.location,
@@ -226,3 +247,15 @@ class JWTGuard(Resource):
             claimHeaders(verified.claims, self._claimsToHeaders.get(verified.provider, ())),
         )
         return self.protected(identity).handle(request, exchange)
+
+    def _refuse(self, request: IRequest, exchange: Exchange, e: JWTError) -> bytes:
+        exchange.authFailure = e.reason
+        description = e.reason.replace('"', "'").encode("ascii", "replace")
+        return exchange.refuse(
+            request,
+            401,
+            f"authentication failure: {e.reason}",
+            "invalid_token",
+            [(b"www-authenticate",
+              _REALM + b', error="invalid_token", error_description="' + description + b'"')],
+        )

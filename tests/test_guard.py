@@ -154,6 +154,47 @@ class GuardTests(SynchronousTestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(self.fakellm.requests[-1].path, "/v1/chat/completions?x=1")
 
+    def test_queryTokenNeverReachesProvider(self) -> None:
+        """
+        However the token's parameter is spelled or separated, the provider
+        gets none of it, and the other parameters go as they came.
+        """
+        for query, upstream in [
+            (f"access_token={ALICE_TOKEN}&x=1", "x=1"),
+            (f"x=1;access_token={ALICE_TOKEN}", "x=1"),
+            (f"%61ccess_token={ALICE_TOKEN}&y=a%3Bb", "y=a%3Bb"),
+            (f"access%5Ftoken={ALICE_TOKEN}&x=1&z", "x=1&z"),
+            (f"x=1&access_token={ALICE_TOKEN}&access_token={ALICE_TOKEN}", "x=1"),
+        ]:
+            response, _ = self.post("/query/v1/chat/completions?" + query)
+            self.assertEqual(response.code, 200, query)
+            self.assertEqual(self.fakellm.requests[-1].path, "/v1/chat/completions?" + upstream, query)
+            self.assertNotIn(ALICE_TOKEN[-20:], self.fakellm.requests[-1].path)
+
+    def test_queryTokenTwice(self) -> None:
+        """
+        Two different tokens in the query, one hidden behind a C{;} in
+        another parameter's value, are refused: the gateway would judge one
+        and a server that splits on C{;} would read the other.
+        """
+        for query in [
+            f"x=1;access_token={BAD_TOKEN}&access_token={ALICE_TOKEN}",
+            f"access_token={ALICE_TOKEN}&%61ccess_token={BAD_TOKEN}",
+            f"access_token={ALICE_TOKEN};access_token=",
+        ]:
+            response, body = self.post("/query/v1/chat/completions?" + query)
+            self.assertEqual(response.code, 401, query)
+            self.assertEqual(body["error"]["code"], "invalid_token")
+
+    def test_headerTokenTwice(self) -> None:
+        """
+        Two different Authorization headers are refused, not judged by one.
+        """
+        response, _ = self.post("/strict", headers={"authorization": [f"Bearer {BAD_TOKEN}",
+                                                                      f"Bearer {ALICE_TOKEN}"]})
+        self.assertEqual(response.code, 401)
+        self.assertEqual(len(self.fakellm.requests), 0)
+
     def test_cookie(self) -> None:
         """
         A token in a cookie is used, and that cookie removed before the
