@@ -15,15 +15,17 @@ import json
 from treq import collect
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web._newclient import Response, ResponseFailed, TransportProxyProducer
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
 
 from aigateway.config import loadConfig
 from aigateway.fakellm import FakeLLM
@@ -340,3 +342,70 @@ class SentAtOnceTests(TestCase):
             received = b""
         self.assertIn(b"data: one\n\n", received)
         response._bodyDataFinished(Failure(ResponseDone()))
+
+
+class SecretsStayOutOfLogsTests(SynchronousTestCase):
+    """
+    A failure on the way upstream is one line in the log that names no URI,
+    query or header value, and the caller gets a 502, not a traceback.
+    """
+
+    SECRET = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0.c2lnbmF0dXJl"
+
+    def setUp(self) -> None:
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def assertNothingSecret(self) -> None:
+        for event in self.events:
+            text = formatEvent(event) + repr(event)
+            self.assertNotIn(self.SECRET, text)
+            self.assertNotIn("log_failure", event)
+
+    def gateway(self, agent: object) -> StubTreq:
+        clock = Clock()
+        return StubTreq(buildGateway(loadConfig(CONFIG), agent, clock, {}).root)
+
+    def test_agentFails(self) -> None:
+        """
+        An upstream client that fails with the URI in its message gives a
+        502 and a log line without it.
+        """
+        class Failing:
+            def request(self, method, uri, headers=None, bodyProducer=None):
+                return fail(ValueError(f"cannot send {uri!r} with {headers!r}"))
+
+        client = self.gateway(Failing())
+        d = client.post(f"http://gw/local/v1/chat/completions?key={self.SECRET}",
+                        json.dumps(CHAT).encode(),
+                        headers={"content-type": "application/json", "x-api-key": self.SECRET})
+        client.flush()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 502)
+        self.assertNothingSecret()
+        errors = [e for e in self.events if e.get("log_level") is not None
+                  and e["log_level"].name in ("error", "critical")]
+        self.assertEqual(len(errors), 1, errors)
+
+    def test_renderingFails(self) -> None:
+        """
+        A bug while rendering is a 500 in the error envelope and one line
+        that names the error's type and place, not the request.
+        """
+        class Broken(Resource):
+            isLeaf = True
+
+            def render(self, request):
+                raise RuntimeError(f"boom {request.uri!r}")
+
+        site = GatewaySite(Broken(), Clock())
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(f"GET /x?token={self.SECRET} HTTP/1.1\r\nhost: gw\r\n\r\n".encode())
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 500 "), transport.value())
+        self.assertIn(b'"internal_error"', transport.value())
+        self.assertNothingSecret()
+        lines = [e for e in self.events if "RuntimeError" in str(e.get("error", ""))]
+        self.assertEqual(len(lines), 1)
