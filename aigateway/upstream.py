@@ -14,6 +14,14 @@ What it does not do: follow redirects, decompress, send C{Expect:
 100-continue}, or speak HTTP/2.  A response with neither C{Content-Length}
 nor chunked framing is read until the connection closes and ends with
 L{PotentialDataLoss}, as with L{Agent}.
+
+One caller's answer must never reach another, so a connection goes back to
+the pool only when its answer's end is certain: never after an answer to
+C{HEAD}, a 204 or a 304 (a faulty upstream may send a body after them, at
+any time, and nothing would tell it from the next request's answer), nor
+after one framed with both C{Content-Length} and C{Transfer-Encoding}, or
+with a transfer coding other than C{chunked} alone.  Bytes that arrive when
+no request is waiting close the connection and take it out of the pool.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ _IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"DELETE"])
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_DIGITS = re.compile(rb"[0-9]{1,18}")
 
 
 class ProtocolError(Exception):
@@ -318,26 +327,35 @@ class _Exchange:
                 self._head(rest)
             return
         length: Any
+        keepAlive = (
+            version == b"HTTP/1.1" and b"close" not in [t.strip() for t in connection.split(b",")]
+        )
+        codings = [c for c in codings if c]
         if self.method == b"HEAD" or status in (204, 304):
+            # The answer ends with its head (RFC 9112 6.3), but a faulty
+            # upstream may send a body anyway, in this read or any later
+            # one: the connection is not used again.
             if lengths:
-                headers.setRawHeaders(b"content-length", lengths[:1])
+                headers.setRawHeaders(b"content-length", [b"%d" % _length(lengths)])
             self.state, length = _DONE, 0
+            keepAlive = False
         elif codings:
+            # Transfer-Encoding overrides Content-Length (RFC 9112 6.3); a
+            # message with both is the shape of request smuggling, and only
+            # chunked alone is a framing sure enough to read another answer
+            # after.
             if codings[-1] == b"chunked":
                 self.state, length = _CHUNK_SIZE, UNKNOWN_LENGTH
             else:
                 self.state, length = _UNTIL_CLOSE, UNKNOWN_LENGTH
+            if lengths or codings != [b"chunked"]:
+                keepAlive = False
         elif lengths:
-            if len(set(lengths)) != 1 or not lengths[0].isdigit() or len(lengths[0]) > 18:
-                raise ProtocolError("the upstream sent a bad Content-Length")
-            self.remaining = length = int(lengths[0])
+            self.remaining = length = _length(lengths)
             self.state = _LENGTH if length else _DONE
         else:
             self.state, length = _UNTIL_CLOSE, UNKNOWN_LENGTH
-        self.keepAlive = (
-            version == b"HTTP/1.1" and self.state != _UNTIL_CLOSE
-            and b"close" not in [t.strip() for t in connection.split(b",")]
-        )
+        self.keepAlive = keepAlive and self.state != _UNTIL_CLOSE
         self.response = UpstreamResponse(status, phrase, headers, length, _BodyProducer(self))
         d, self.deferred = self.deferred, None
         if d is not None:
@@ -458,6 +476,17 @@ class _Exchange:
             self.connection.transport.abortConnection()
 
 
+def _length(values: list[bytes]) -> int:
+    """
+    The one length that the C{Content-Length} values given say.
+
+    @raise ProtocolError: when they differ or one is not a plain decimal.
+    """
+    if len(set(values)) != 1 or not _DIGITS.fullmatch(values[0]):
+        raise ProtocolError("the upstream sent a bad Content-Length")
+    return int(values[0])
+
+
 @implementer(IConsumer)
 class _ChunkedConsumer:
     """
@@ -484,12 +513,16 @@ class _ChunkedConsumer:
 class _Connection(Protocol):
     """
     One connection to an origin, idle in its pool or carrying one exchange.
+
+    @ivar broken: bytes came that no request asked for: the connection is
+        closing and never goes back to the pool.
     """
 
     def __init__(self, origin: "_Origin") -> None:
         self.origin = origin
         self.exchange: _Exchange | None = None
         self.lost: list[Deferred[None]] = []
+        self.broken = False
 
     def connectionMade(self) -> None:
         setTcpNoDelay = getattr(self.transport, "setTcpNoDelay", None)
@@ -499,8 +532,14 @@ class _Connection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.exchange is not None:
             self.exchange.dataReceived(data)
-        else:
-            # Nothing was asked: an idle connection has no business talking.
+        elif not self.broken:
+            # Nothing was asked (the connection is idle, or between the end
+            # of an answer and its return to the pool): these bytes are a
+            # body the upstream framed wrongly, or an answer to no one.  The
+            # next request must never read them, so the connection leaves
+            # the pool now, not when the abort has closed it.
+            self.broken = True
+            self.origin.forget(self)
             self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
@@ -548,6 +587,8 @@ class _Origin:
         return None
 
     def release(self, connection: _Connection, now: float) -> None:
+        if connection.broken:
+            return
         idle = self.idle
         if len(idle) >= self.maxIdle:
             connection.transport.loseConnection()

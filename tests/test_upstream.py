@@ -58,6 +58,8 @@ class _Endpoints:
     Connections made on demand, each to a L{StringTransport}.
     """
 
+    transportFactory = StringTransport
+
     def __init__(self) -> None:
         self.connections: list[tuple[StringTransport, Protocol]] = []
         self.failure: Failure | None = None
@@ -71,7 +73,8 @@ class _Endpoints:
         if self.failure is not None:
             return fail(self.failure)
         protocol = factory.buildProtocol(None)
-        transport = StringTransport()
+        transport = self.transportFactory()
+        transport.protocol = protocol
         protocol.makeConnection(transport)
         self.connections.append((transport, protocol))
         return succeed(protocol)
@@ -296,7 +299,7 @@ class ResponseTests(SynchronousTestCase):
     def test_noBody(self) -> None:
         """
         A HEAD answer, a 204 and a 304 have no body (a HEAD answer keeps
-        its Content-Length); the connection is reused.
+        its Content-Length); the connection is not reused.
         """
         for method, status in [(b"HEAD", b"200 OK"), (b"GET", b"204 No Content"), (b"GET", b"304 Not Modified")]:
             h = _Harness()
@@ -306,8 +309,9 @@ class ResponseTests(SynchronousTestCase):
             self.assertEqual(self.successResultOf(readBody(response)), b"")
             if method == b"HEAD":
                 self.assertEqual(response.headers.getRawHeaders(b"content-length"), [b"42"])
+            self.assertTrue(h.transport().disconnecting)
             h.agent.request(b"GET", b"http://up.example/")
-            self.assertEqual(len(h.endpoints.connections), 1)
+            self.assertEqual(len(h.endpoints.connections), 2)
 
     def test_emptyBody(self) -> None:
         """
@@ -564,6 +568,210 @@ class PoolTests(SynchronousTestCase):
         d = h.request(uri=b"http://up.example/models")
         h.protocol(1).connectionLost(Failure(ConnectionDone()))
         self.failureResultOf(d, ResponseFailed)
+
+
+# An answer a faulty or hostile upstream sends where none was asked for.
+SMUGGLED = b"HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\nsomeone else's!!!"
+
+
+class _Resuming(StringTransport):
+    """
+    A transport that, like a TLS one with bytes already read, delivers
+    C{pending} as soon as it is resumed.
+    """
+
+    pending = b""
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        pending, self.pending = self.pending, b""
+        if pending:
+            self.protocol.dataReceived(pending)
+
+
+class ReuseTests(SynchronousTestCase):
+    """
+    One caller's answer never reaches another: a connection whose answer's
+    end is in doubt is not used again, and bytes that come when no request
+    is waiting close the connection.
+    """
+
+    def assertOwnAnswer(self, h: _Harness, second: Deferred, index: int = -1) -> None:
+        """
+        C{second} is still waiting; answered on connection C{index}, it gets
+        that answer and nothing else.
+        """
+        self.assertNoResult(second)
+        h.answer(OK, index=index)
+        self.assertEqual(self.successResultOf(readBody(self.successResultOf(second))), b"hello world")
+
+    def test_bodylessAnswerNotReused(self) -> None:
+        """
+        After an answer to HEAD, a 204 or a 304, with or without a length,
+        the next request goes on a new connection, so a body the upstream
+        sends late never becomes the next caller's answer.
+        """
+        for method, head in [
+            (b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n"),
+            (b"HEAD", b"HTTP/1.1 200 OK\r\n\r\n"),
+            (b"HEAD", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            (b"GET", b"HTTP/1.1 204 No Content\r\n\r\n"),
+            (b"GET", b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"),
+            (b"GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 42\r\n\r\n"),
+            (b"DELETE", b"HTTP/1.1 204 No Content\r\nContent-Type: application/json\r\n\r\n"),
+        ]:
+            for late in (SMUGGLED, b'{"id": "file-1"}'):
+                h = _Harness()
+                d = h.agent.request(method, b"http://up.example/")
+                h.answer(head)
+                self.assertEqual(self.successResultOf(readBody(self.successResultOf(d))), b"")
+                second = h.agent.request(b"GET", b"http://up.example/")
+                h.answer(late, index=0)
+                self.assertEqual(len(h.endpoints.connections), 2, (method, head))
+                self.assertOwnAnswer(h, second)
+
+    def test_bodylessAnswerWithBodyAtOnce(self) -> None:
+        """
+        A body sent in the same read as the head of a bodyless answer is
+        not taken as anything: the connection is closed.
+        """
+        for method, head in [(b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n"),
+                             (b"GET", b"HTTP/1.1 204 No Content\r\n\r\n")]:
+            h = _Harness()
+            d = h.agent.request(method, b"http://up.example/")
+            h.answer(head + SMUGGLED)
+            self.assertEqual(self.successResultOf(readBody(self.successResultOf(d))), b"")
+            self.assertTrue(h.transport(0).disconnecting)
+            second = h.agent.request(b"GET", b"http://up.example/")
+            self.assertEqual(len(h.endpoints.connections), 2)
+            self.assertOwnAnswer(h, second)
+
+    def test_lateBytesAfterAnswer(self) -> None:
+        """
+        Bytes after a whole answer (with a length, or chunked), in a later
+        read, close the connection and take it out of the pool at once,
+        before it has closed: the next request goes on a new one.
+        """
+        for answer in (OK, CHUNKED):
+            for late in (SMUGGLED, b"x"):
+                h = _Harness()
+                d = h.request()
+                h.answer(answer)
+                self.successResultOf(readBody(self.successResultOf(d)))
+                h.answer(late, index=0)
+                self.assertTrue(h.transport(0).disconnecting)
+                second = h.request()
+                self.assertEqual(len(h.endpoints.connections), 2)
+                self.assertEqual(h.transport(0).value().count(b"POST"), 1)
+                self.assertOwnAnswer(h, second)
+
+    def test_extraBytesSplitAnywhere(self) -> None:
+        """
+        However the answer and the bytes after it are split across reads,
+        the next caller gets its own answer on a new connection.
+        """
+        for answer, body in ((OK, b"hello world"), (CHUNKED, b"data: 0123456789")):
+            for split in range(1, len(answer + SMUGGLED) + 1):
+                h = _Harness()
+                d = h.request()
+                h.answer(answer + SMUGGLED, split=split)
+                self.assertEqual(self.successResultOf(readBody(self.successResultOf(d))), body)
+                second = h.request()
+                self.assertEqual(len(h.endpoints.connections), 2, split)
+                self.assertOwnAnswer(h, second)
+
+    def test_bytesWhileReturningToPool(self) -> None:
+        """
+        Bytes that come between the end of an answer and the connection's
+        return to the pool (here, as a paused transport is resumed) keep it
+        out of the pool.
+        """
+        h = _Harness()
+        h.endpoints.transportFactory = _Resuming
+        reader = h.reading(self, OK[:-5])
+        reader.transport.pauseProducing()
+        h.transport(0).pending = SMUGGLED
+        h.answer(b"world")
+        reader.reason.trap(ResponseDone)
+        self.assertTrue(h.transport(0).disconnecting)
+        second = h.request()
+        self.assertEqual(len(h.endpoints.connections), 2)
+        self.assertOwnAnswer(h, second)
+
+    def test_lengthAndChunked(self) -> None:
+        """
+        An answer with both C{Content-Length} and C{Transfer-Encoding:
+        chunked}, in either order, is read as chunked and its connection
+        is not used again.
+        """
+        for fields in (b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n",
+                       b"Transfer-Encoding: chunked\r\nContent-Length: 300\r\n",
+                       b"Content-Length: nonsense\r\nTransfer-Encoding: chunked\r\n"):
+            h = _Harness()
+            d = h.request()
+            h.answer(b"HTTP/1.1 200 OK\r\n" + fields + b"\r\n5\r\nhello\r\n0\r\n\r\n")
+            response = self.successResultOf(d)
+            self.assertIs(response.length, UNKNOWN_LENGTH)
+            self.assertEqual(self.successResultOf(readBody(response)), b"hello")
+            self.assertTrue(h.transport(0).disconnecting)
+            h.request()
+            self.assertEqual(len(h.endpoints.connections), 2, fields)
+
+    def test_transferCodings(self) -> None:
+        """
+        Chunked as the last transfer coding frames the body; after another
+        coding, the body runs to the close.  Only C{chunked} alone lets the
+        connection be used again.
+        """
+        for codings, body, kept in [
+            ([b"chunked"], b"hello", True),
+            ([b"Chunked"], b"hello", True),
+            ([b"gzip, chunked"], b"hello", False),
+            ([b"gzip", b"chunked"], b"hello", False),
+            ([b"chunked, gzip"], b"5\r\nhello\r\n0\r\n\r\n", False),
+            ([b"chunked", b"gzip"], b"5\r\nhello\r\n0\r\n\r\n", False),
+        ]:
+            h = _Harness()
+            d = h.request()
+            fields = b"".join(b"Transfer-Encoding: " + c + b"\r\n" for c in codings)
+            h.answer(b"HTTP/1.1 200 OK\r\n" + fields + b"\r\n5\r\nhello\r\n0\r\n\r\n")
+            reader = _Reader()
+            self.successResultOf(d).deliverBody(reader)
+            if reader.reason is None:
+                h.protocol(0).connectionLost(Failure(ConnectionDone()))
+            self.assertEqual(b"".join(reader.chunks), body, codings)
+            h.request()
+            self.assertEqual(len(h.endpoints.connections), 1 if kept else 2, codings)
+
+    def test_badLengths(self) -> None:
+        """
+        Differing, negative, signed, empty or non-digit lengths fail the
+        request and drop the connection; the same length twice is one
+        length.
+        """
+        for fields in [
+            b"Content-Length: 1, 2\r\n",
+            b"Content-Length: 5\r\nContent-Length: 6\r\n",
+            b"Content-Length: -1\r\n",
+            b"Content-Length: +5\r\n",
+            b"Content-Length: 0x5\r\n",
+            b"Content-Length: 5 5\r\n",
+            b"Content-Length: \r\n",
+            b"Content-Length: 1e3\r\n",
+            "Content-Length: \u0665\r\n".encode("utf-8"),
+            b"Content-Length: 1234567890123456789\r\n",
+        ]:
+            for method in (b"GET", b"HEAD"):
+                h = _Harness()
+                d = h.agent.request(method, b"http://up.example/")
+                h.answer(b"HTTP/1.1 200 OK\r\n" + fields + b"\r\n")
+                self.failureResultOf(d, ResponseFailed).value.args, (method, fields)
+                self.assertTrue(h.transport().disconnecting, fields)
+        for fields in (b"Content-Length: 5, 5\r\n", b"Content-Length: 5\r\nContent-Length: 5\r\n"):
+            h = _Harness()
+            d = h.request()
+            h.answer(b"HTTP/1.1 200 OK\r\n" + fields + b"\r\nhello")
+            self.assertEqual(self.successResultOf(readBody(self.successResultOf(d))), b"hello")
 
 
 class _Lookups:
