@@ -12,8 +12,9 @@ per request than the rest of the gateway's relay together.
 
 What it does not do: follow redirects, decompress, send C{Expect:
 100-continue}, or speak HTTP/2.  A response with neither C{Content-Length}
-nor chunked framing is read until the connection closes and ends with
-L{PotentialDataLoss}, as with L{Agent}.
+nor chunked framing is read until the connection closes: a clean close ends
+it with L{PotentialDataLoss}, as with L{Agent}, but a reset, an abort or a
+TLS error ends it with L{ResponseFailed}, as the answer may be cut short.
 
 One caller's answer must never reach another, so a connection goes back to
 the pool only when its answer's end is certain: never after an answer to
@@ -33,6 +34,7 @@ from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import (HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint,
                                         wrapClientTLS)
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -442,8 +444,12 @@ class _Exchange:
     def connectionLost(self, reason: Failure) -> None:
         self.connection = None
         if self.state == _UNTIL_CLOSE:
+            # Only a clean close is the end of such a body.
             self.state = _DONE
-            self.response._end(Failure(PotentialDataLoss()))  # type: ignore[union-attr]
+            if reason.check(ConnectionDone):
+                self.response._end(Failure(PotentialDataLoss()))  # type: ignore[union-attr]
+            else:
+                self.response._end(Failure(ResponseFailed([reason])))  # type: ignore[union-attr]
             return
         if (
             self.state == _HEAD and not self.received and self.reused and self.deferred is not None

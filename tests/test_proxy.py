@@ -15,8 +15,8 @@ import json
 from treq import collect
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -28,6 +28,8 @@ from twisted.web.http_headers import Headers
 from aigateway.config import loadConfig
 from aigateway.fakellm import FakeLLM
 from aigateway.service import GatewaySite, buildGateway
+from aigateway.telemetry import Metrics, Telemetry
+from aigateway.upstream import UpstreamAgent
 from tests.lab import CHAT
 
 KEY = "sk-upstream-secret"
@@ -299,6 +301,199 @@ class StreamTests(SynchronousTestCase):
         self.upstream.pending.pop(0).errback(ConnectionRefusedError())
         self.assertIn(b"HTTP/1.1 502 ", self.client.value())
         self.assertIn(b"upstream_unreachable", self.client.value())
+
+
+class _Connections:
+    """
+    The connections the gateway's upstream agent makes, each to a
+    L{StringTransport}, for the test to answer on.
+    """
+
+    def __init__(self) -> None:
+        self.connections: list[tuple[StringTransport, object]] = []
+
+    def endpointForURI(self, uri):
+        return self
+
+    def connect(self, factory):
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.connections.append((transport, protocol))
+        return succeed(protocol)
+
+
+def _received(value: bytes) -> tuple[int, dict[bytes, list[bytes]], bytes, bool]:
+    """
+    What an HTTP/1.1 client makes of C{value}: the status, the fields, the
+    body, and whether its framing says the body is whole.
+    """
+    head, _, rest = value.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ")[1])
+    fields: dict[bytes, list[bytes]] = {}
+    for line in lines[1:]:
+        name, _, field = line.partition(b":")
+        fields.setdefault(name.strip().lower(), []).append(field.strip())
+    if b"content-length" in fields:
+        length = int(fields[b"content-length"][0])
+        return status, fields, rest[:length], len(rest) >= length
+    if fields.get(b"transfer-encoding") != [b"chunked"]:
+        return status, fields, rest, False
+    body = b""
+    while True:
+        line, crlf, rest = rest.partition(b"\r\n")
+        if not crlf:
+            return status, fields, body, False
+        size = int(line, 16)
+        body += rest[:size]
+        if size == 0 or len(rest) < size + 2:
+            return status, fields, body, size == 0 and rest.startswith(b"\r\n")
+        rest = rest[size + 2:]
+
+
+class _Wire:
+    """
+    The gateway with its own upstream agent, both sides on
+    L{StringTransport}s: the test writes what the upstream sends and reads
+    what the client gets.
+    """
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.upstream = _Connections()
+        agent = UpstreamAgent(self.clock, endpointFactory=self.upstream)
+        config = loadConfig(CONFIG)
+        self.metrics = Metrics()
+        telemetry = Telemetry(config.tracing, self.metrics, self.clock, accessLog=config.accessLog)
+        self.site = GatewaySite(buildGateway(config, agent, self.clock, {}, telemetry=telemetry).root,
+                                self.clock)
+
+    def ask(self, stream: bool) -> None:
+        """
+        A client sends a chat completion, streamed or not.
+        """
+        address = IPv4Address("TCP", "127.0.0.1", 40000)
+        self.channel = self.site.buildProtocol(address)
+        self.client = StringTransport(peerAddress=address)
+        self.channel.makeConnection(self.client)
+        body = json.dumps(dict(CHAT, stream=stream)).encode()
+        self.channel.dataReceived(
+            b"POST /local HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+
+    def answer(self, *reads: bytes, lost: Exception | None = None) -> None:
+        """
+        The upstream sends C{reads}, one read each, then maybe loses the
+        connection.
+        """
+        protocol = self.upstream.connections[-1][1]
+        for data in reads:
+            protocol.dataReceived(data)
+        if lost is not None:
+            protocol.connectionLost(Failure(lost))
+
+    def received(self) -> tuple[int, dict[bytes, list[bytes]], bytes, bool]:
+        """
+        What the client got, once the gateway is done with its request (a
+        connection the gateway closes is then closed).
+        """
+        if self.client.disconnecting and not self.client.disconnected:
+            self.client.disconnected = True
+            self.channel.connectionLost(Failure(ConnectionDone()))
+        return _received(self.client.value())
+
+    def upstreamErrors(self, kind: str) -> float:
+        return self.metrics.registry.get_sample_value(
+            "aigateway_upstream_errors_total", {"route": "local", "kind": kind}
+        ) or 0
+
+
+JSON_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+
+
+class BrokenAnswerTests(SynchronousTestCase):
+    """
+    An upstream answer that breaks after its head never reaches the client
+    as a complete one, and is counted as C{stream_broken}.
+    """
+
+    def setUp(self) -> None:
+        self.wire = _Wire()
+
+    def assertBroken(self, body: bytes) -> dict[bytes, list[bytes]]:
+        """
+        The client got a 200 head, C{body}, and a connection closed without
+        the end its framing promised; the broken answer was counted.
+
+        @return: the fields of the head.
+        """
+        status, fields, received, complete = self.wire.received()
+        self.assertEqual((status, received, complete), (200, body, False))
+        self.assertTrue(self.wire.client.disconnecting)
+        self.assertEqual(self.wire.upstreamErrors("stream_broken"), 1)
+        return fields
+
+    def test_resetUntilClose(self) -> None:
+        """
+        A JSON body framed by the close and cut by a reset, an abort or a
+        TLS error ends without the final chunk.
+        """
+        from OpenSSL import SSL
+        from twisted.internet.error import ConnectionAborted
+
+        for lost in (ConnectionLost(), ConnectionAborted(), SSL.Error()):
+            self.wire = _Wire()
+            self.wire.ask(stream=False)
+            self.wire.answer(JSON_HEAD + b"\r\n" + b'{"id":', b'"chat-1",', lost=lost)
+            self.assertBroken(b'{"id":"chat-1",')
+
+    def test_streamResetUntilClose(self) -> None:
+        """
+        A stream framed by the close and cut by a reset ends with an
+        C{error} event and without the final chunk.
+        """
+        self.wire.ask(stream=True)
+        self.wire.answer(SSE_HEAD + b"\r\n" + b"data: one\n\n", lost=ConnectionLost())
+        status, _, received, complete = self.wire.received()
+        self.assertTrue(received.startswith(b"data: one\n\nevent: error\ndata: {\"error\""), received)
+        self.assertFalse(complete)
+        self.assertEqual(self.wire.upstreamErrors("stream_broken"), 1)
+
+    def test_cleanCloseUntilClose(self) -> None:
+        """
+        The same body ended by a clean close is relayed whole, with the
+        final chunk.
+        """
+        self.wire.ask(stream=False)
+        self.wire.answer(JSON_HEAD + b"\r\n" + b'{"id":', b'"chat-1"}', lost=ConnectionDone())
+        status, _, received, complete = self.wire.received()
+        self.assertEqual((status, received, complete), (200, b'{"id":"chat-1"}', True))
+        self.assertEqual(self.wire.upstreamErrors("stream_broken"), 0)
+
+    def test_lengthCutShort(self) -> None:
+        """
+        A body cut at 80 bytes of its 220, by a reset or a clean close,
+        reaches the client as 80 bytes of a promised 220.
+        """
+        for lost in (ConnectionLost(), ConnectionDone()):
+            self.wire = _Wire()
+            self.wire.ask(stream=False)
+            self.wire.answer(JSON_HEAD + b"Content-Length: 220\r\n\r\n" + b"x" * 80, lost=lost)
+            self.assertEqual(self.assertBroken(b"x" * 80)[b"content-length"], [b"220"])
+
+    def test_chunkedCutShort(self) -> None:
+        """
+        A chunked body cut inside a chunk, or between chunks, ends without
+        the final chunk.
+        """
+        for rest in (b"50\r\n" + b"x" * 40, b"28\r\n" + b"x" * 40 + b"\r\n"):
+            self.wire = _Wire()
+            self.wire.ask(stream=False)
+            self.wire.answer(JSON_HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + rest, lost=ConnectionLost())
+            self.assertBroken(b"x" * 40)
 
 
 class SentAtOnceTests(TestCase):

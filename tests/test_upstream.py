@@ -10,8 +10,9 @@ import json
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError, DNSLookupError
-from twisted.internet.protocol import Protocol
+from twisted.internet.error import (ConnectionAborted, ConnectionDone, ConnectionLost, ConnectionRefusedError,
+                                    DNSLookupError)
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -94,6 +95,21 @@ class _Reader(Protocol):
 
     def connectionLost(self, reason: Failure) -> None:
         self.reason = reason
+
+
+def _readToEnd(response) -> Deferred[_Reader]:
+    """
+    Read C{response}'s body; fires with the reader once the body ended.
+    """
+    done: Deferred[_Reader] = Deferred()
+
+    class Reader(_Reader):
+        def connectionLost(self, reason: Failure) -> None:
+            self.reason = reason
+            done.callback(self)
+
+    response.deliverBody(Reader())
+    return done
 
 
 class _Harness:
@@ -295,6 +311,22 @@ class ResponseTests(SynchronousTestCase):
         h.protocol().connectionLost(Failure(ConnectionDone()))
         self.assertEqual(b"".join(reader.chunks), b"some more")
         reader.reason.trap(PotentialDataLoss)
+
+    def test_untilCloseBroken(self) -> None:
+        """
+        A body that runs to the close ends as a failure, never as a
+        complete answer, when the connection is reset, aborted or broken by
+        TLS rather than closed cleanly.
+        """
+        from OpenSSL import SSL
+
+        for lost in (ConnectionLost(), ConnectionAborted(), SSL.Error([("SSL routines", "", "bad record mac")])):
+            h = _Harness()
+            reader = h.reading(self, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"a\":")
+            h.protocol().connectionLost(Failure(lost))
+            self.assertEqual(b"".join(reader.chunks), b'{"a":')
+            reader.reason.trap(ResponseFailed)
+            self.assertIs(reader.reason.value.reasons[0].value, lost)
 
     def test_noBody(self) -> None:
         """
@@ -886,6 +918,60 @@ class RealSocketTests(TestCase):
         self.assertGreaterEqual(len(reader.chunks), 3)
         self.assertGreater(reader.chunks[-1][0] - reader.chunks[0][0], 0.05)
 
+    async def _cut(self, answer: bytes, reset: bool) -> _Reader:
+        """
+        Read the body of C{answer} from an upstream that writes it, then
+        closes the connection: with a reset (RST) when C{reset}, cleanly
+        otherwise.
+        """
+        import socket
+        import struct
+
+        class Cutting(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                if b"\r\n\r\n" in data:
+                    self.transport.write(answer)
+                    reactor.callLater(0.05, self.cut)
+
+            def cut(self) -> None:
+                if reset:
+                    self.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                          struct.pack("ii", 1, 0))
+                    self.transport.abortConnection()
+                else:
+                    self.transport.loseConnection()
+
+        factory = Factory.forProtocol(Cutting)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        response = await self.agent.request(b"GET", b"http://127.0.0.1:%d/v1/models" % port.getHost().port)
+        return await _readToEnd(response)
+
+    async def test_resetUntilClose(self) -> None:
+        """
+        A body framed by the close, cut by a reset, ends as a failure; the
+        same body ended by a clean close ends as L{PotentialDataLoss}.
+        """
+        answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + b"x" * 80
+        reader = await self._cut(answer, reset=True)
+        self.assertEqual(b"".join(reader.chunks), b"x" * 80)
+        reader.reason.trap(ResponseFailed)
+        reader = await self._cut(answer, reset=False)
+        self.assertEqual(b"".join(reader.chunks), b"x" * 80)
+        reader.reason.trap(PotentialDataLoss)
+
+    async def test_cutShort(self) -> None:
+        """
+        A body cut short of its length (80 bytes of 220) or of its last
+        chunk ends as a failure, whether by a reset or by a clean close.
+        """
+        for answer in (b"HTTP/1.1 200 OK\r\nContent-Length: 220\r\n\r\n" + b"x" * 80,
+                       b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n50\r\n" + b"x" * 80 + b"\r\n"):
+            for reset in (True, False):
+                reader = await self._cut(answer, reset)
+                self.assertEqual(b"".join(reader.chunks), b"x" * 80)
+                reader.reason.trap(ResponseFailed)
+
     async def test_tls(self) -> None:
         """
         An https origin: the certificate is checked against the trust root
@@ -911,3 +997,35 @@ class RealSocketTests(TestCase):
             self.assertEqual(response.code, 200)
             self.assertEqual(json.loads(await readBody(response))["object"], "list")
         self.assertEqual(len(next(iter(agent._origins.values())).idle), 1)
+
+    async def test_tlsTruncated(self) -> None:
+        """
+        A body framed by the close over TLS, whose TCP connection closes
+        without TLS's own close, ends as a failure: it may have been cut.
+        """
+        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+        from twisted.internet.ssl import PrivateCertificate, optionsForClientTLS
+
+        certificate = PrivateCertificate.loadPEM(_selfSigned("localhost"))
+
+        class Truncating(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                if b"\r\n\r\n" in data:
+                    self.transport.write(b"HTTP/1.1 200 OK\r\n\r\npartial")
+                    # The TCP connection under TLS, closed with no close_notify.
+                    reactor.callLater(0.05, self.transport.transport.loseConnection)
+
+        port = reactor.listenSSL(0, Factory.forProtocol(Truncating), certificate.options(),
+                                 interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+
+        class Endpoints:
+            def endpointForURI(self, uri):
+                return wrapClientTLS(optionsForClientTLS("localhost", trustRoot=certificate),
+                                     HostnameEndpoint(reactor, "127.0.0.1", uri.port))
+
+        agent = UpstreamAgent(reactor, endpointFactory=Endpoints())
+        response = await agent.request(b"GET", b"https://localhost:%d/v1/models" % port.getHost().port)
+        reader = await _readToEnd(response)
+        self.assertEqual(b"".join(reader.chunks), b"partial")
+        reader.reason.trap(ResponseFailed)
