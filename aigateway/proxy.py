@@ -45,7 +45,7 @@ from aigateway.guard import Identity
 from aigateway.policy import Refusal, RoutePolicy
 from aigateway.providers.openai import OpenAIProvider, ProviderError, UpstreamCall
 from aigateway.telemetry import Exchange, Telemetry
-from aigateway.upstream import BytesBody
+from aigateway.upstream import BytesBody, ProtocolError
 from aigateway.usage import AnswerObserver
 
 __all__ = ["ProxyResource", "downstreamHeaders", "upstreamHeaders"]
@@ -146,6 +146,18 @@ def downstreamHeaders(upstream: Headers) -> list[tuple[bytes, list[bytes]]]:
 
 def _streamError(message: str) -> bytes:
     return b"event: error\ndata: " + errorBody(502, message, "upstream_stream_error") + b"\n\n"
+
+
+def _malformed(failure: Failure) -> str | None:
+    """
+    How the upstream broke HTTP/1.1, when that is why C{failure} came
+    (in words that never repeat what the upstream sent).
+    """
+    if isinstance(failure.value, ResponseFailed):
+        for reason in failure.value.reasons:
+            if isinstance(reason.value, ProtocolError):
+                return str(reason.value)
+    return None
 
 
 class _BodyRelay(Protocol):
@@ -256,9 +268,15 @@ class _Relay:
         self._pending = None
         if self.done:
             return
+        problem = _malformed(failure)
         if failure.check(ConnectionRefusedError, DNSLookupError, ConnectTimeoutError, ConnectError):
             self.exchange.upstreamError = "unreachable"
             self._fail(502, "cannot connect to the upstream", "upstream_unreachable")
+        elif problem is not None:
+            log.warn("the upstream of route {route} sent a malformed answer: {problem}",
+                     route=self.exchange.route, problem=problem)
+            self.exchange.upstreamError = "malformed"
+            self._fail(502, "the upstream's answer was malformed", "upstream_error")
         elif failure.check(ResponseFailed, ConnectionLost, CancelledError):
             self.exchange.upstreamError = "reset"
             self._fail(502, "the upstream closed the connection before answering", "upstream_reset")

@@ -59,6 +59,9 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
+# The control characters a response head must not hold, but CR and LF,
+# which are counted instead (they may only come as the CRLF ending a line).
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class ProtocolError(Exception):
@@ -286,6 +289,21 @@ class _Exchange:
         self._chunked(data)
 
     def _head(self, data: bytes) -> None:
+        """
+        Take the response head once it is all in, and go on with the body.
+
+        A head that breaks HTTP/1.1 fails the whole response with
+        L{ProtocolError}, among them one that holds a control character
+        other than a tab (NUL, ESC, DEL, a CR or LF that does not end a
+        line together) in a field or the reason phrase, or a field folded
+        onto the next line (obs-fold).  The rule is the same for every
+        field, framing or not: relayed, a CR or LF would split the client's
+        head and other controls reach whatever logs or shows the value;
+        dropping the field instead would hide an upstream that is broken or
+        hostile, whose other fields can't be trusted either.  The message
+        of the error never repeats what the upstream sent, as fields can
+        hold secrets.
+        """
         buffer = self.buffer + data if self.buffer else data
         end = buffer.find(b"\r\n\r\n")
         if end == -1:
@@ -294,12 +312,15 @@ class _Exchange:
             self.buffer = buffer
             return
         self.buffer = b""
-        lines = buffer[:end].split(b"\r\n")
+        block = buffer[:end]
+        lines = block.split(b"\r\n")
         rest = buffer[end + 4:]
+        if _CONTROL.search(block) or not len(lines) - 1 == block.count(b"\r") == block.count(b"\n"):
+            raise ProtocolError("the upstream's response head holds a control character")
         version, _, statusText = lines[0].partition(b" ")
         code, _, phrase = statusText.partition(b" ")
         if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
-            raise ProtocolError(f"the upstream sent a bad status line: {lines[0][:80]!r}")
+            raise ProtocolError("the upstream sent a bad status line")
         status = int(code)
         headers = Headers()
         lengths: list[bytes] = []
@@ -308,7 +329,9 @@ class _Exchange:
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
             if not colon or not _TOKEN.fullmatch(name):
-                raise ProtocolError(f"the upstream sent a malformed header line: {line[:80]!r}")
+                # A line folded onto the previous one (obs-fold) starts with
+                # a space or a tab, which no field name holds.
+                raise ProtocolError("the upstream sent a malformed header line")
             value = value.strip(b" \t")
             lower = name.lower()
             if lower == b"content-length":

@@ -496,6 +496,33 @@ class BrokenAnswerTests(SynchronousTestCase):
             self.assertBroken(b"x" * 40)
 
 
+class MalformedHeadTests(SynchronousTestCase):
+    """
+    An upstream answer whose head breaks HTTP/1.1 is refused whole.
+    """
+
+    def test_controlCharacters(self) -> None:
+        """
+        A NUL, a CR or LF alone, an ESC or a DEL in an upstream field, or
+        a folded field, makes a 502 in the OpenAI envelope: none of the
+        upstream's fields reach the client, and it is counted as
+        C{malformed}.
+        """
+        for fields in (b"X-Id: a\x00b\r\n", b"X-Id: a\rb\r\n", b"X-Id: a\nSet-Cookie: s=1\r\n",
+                       b"X-Id: \x1b[2J\r\n", b"X-Id: a\x7f\r\n", b"X-Id: a\r\n b\r\n"):
+            for stream in (False, True):
+                wire = _Wire()
+                wire.ask(stream)
+                wire.answer((SSE_HEAD if stream else JSON_HEAD) + fields + b"Content-Length: 2\r\n\r\n{}")
+                status, received, body, complete = wire.received()
+                self.assertEqual((status, complete), (502, True), fields)
+                self.assertEqual(json.loads(body)["error"]["code"], "upstream_error")
+                self.assertEqual(received[b"content-type"], [b"application/json"])
+                self.assertNotIn(b"x-id", received)
+                self.assertNotIn(b"set-cookie", received)
+                self.assertEqual(wire.upstreamErrors("malformed"), 1)
+
+
 class SentAtOnceTests(TestCase):
     """
     Over a real socket, a stream's events leave as they are relayed.

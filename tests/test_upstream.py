@@ -25,7 +25,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.server import Site
 
 from aigateway.fakellm import FakeLLM
-from aigateway.upstream import BytesBody, UpstreamAgent
+from aigateway.upstream import BytesBody, ProtocolError, UpstreamAgent
 
 
 def _selfSigned(name: str) -> bytes:
@@ -391,6 +391,57 @@ class ResponseTests(SynchronousTestCase):
             h.answer(chunks)
             reader.reason.trap(ResponseFailed)
             self.assertTrue(h.transport().disconnecting, chunks)
+
+    def test_controlCharacters(self) -> None:
+        """
+        A control character (other than a tab) in a field value or the
+        reason phrase, a CR or LF alone among them, fails the whole
+        response, and says so without repeating the field.
+        """
+        for head in [
+            b"HTTP/1.1 200 OK\r\nX-Id: a\x00b\r\n",
+            b"HTTP/1.1 200 OK\r\nX-Id: a\rb\r\n",
+            b"HTTP/1.1 200 OK\r\nX-Id: a\r\r\n",
+            b"HTTP/1.1 200 OK\r\nX-Id: a\nSet-Cookie: session=stolen\r\n",
+            b"HTTP/1.1 200 OK\r\nX-Id: a\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-Id: \x1b[31mred\r\n",
+            b"HTTP/1.1 200 OK\r\nX-Id: a\x7f\r\n",
+            b"HTTP/1.1 200 OK\r\nX-Id: a\x01\r\n",
+            b"HTTP/1.1 200 OK\r\nX-Id: a\x0b\x0c\x1f\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\x00\r\n",
+            b"HTTP/1.1 200 O\x00K\r\n",
+            b"HTTP/1.1 200 OK\nX-Id: a\r\n",
+            b"HTTP/1.1 200 OK\r\nX-\x00Id: a\r\n",
+        ]:
+            h = _Harness()
+            d = h.request()
+            h.answer(head + b"Content-Length: 2\r\n\r\n{}")
+            failure = self.failureResultOf(d, ResponseFailed)
+            error = failure.value.reasons[0].value
+            self.assertIsInstance(error, ProtocolError, head)
+            self.assertNotIn("X-Id", str(error))
+            self.assertTrue(h.transport().disconnecting, head)
+
+    def test_obsFold(self) -> None:
+        """
+        A field line folded onto the next (a line starting with a space or
+        a tab) fails the response.
+        """
+        for folded in (b"X-Id: a\r\n b\r\n", b"X-Id: a\r\n\tb\r\n", b"X-Id: a\r\n  X-Other: b\r\n"):
+            h = _Harness()
+            d = h.request()
+            h.answer(b"HTTP/1.1 200 OK\r\n" + folded + b"Content-Length: 2\r\n\r\n{}")
+            self.assertIsInstance(self.failureResultOf(d, ResponseFailed).value.reasons[0].value, ProtocolError)
+
+    def test_valuesKept(self) -> None:
+        """
+        A tab, spaces and bytes above 0x7f inside a value are taken as
+        they are.
+        """
+        h = _Harness()
+        d = h.request()
+        h.answer(b"HTTP/1.1 200 OK\r\nX-Id: a\tb  c\xe9\xff\r\nContent-Length: 2\r\n\r\n{}")
+        self.assertEqual(self.successResultOf(d).headers.getRawHeaders(b"x-id"), [b"a\tb  c\xe9\xff"])
 
     def test_headTooLong(self) -> None:
         """
