@@ -8,7 +8,8 @@ client's push producer, so a slow client pauses the upstream read and a
 client that goes away stops it.  Nothing is buffered on the way back.
 
 Failures before the response starts are answered in the OpenAI error
-envelope (502 unreachable or broken, 504 timeout); after it started, a
+envelope (502 unreachable or broken, 504 timeout), and so is an upstream
+answer that breaks before a byte of it reached the client; after that, a
 stream is ended with an SSE C{error} event and a closed connection
 without the final chunk, never
 with a clean end that would look like success.
@@ -208,6 +209,7 @@ class _Relay:
         self._pending: Optional[Deferred[IResponse]] = None
         self._bodyTransport: Optional[IPushProducer] = None
         self._deadline: Optional[IDelayedCall] = None
+        self._relayedFields: list[bytes] = []
 
     def start(self, url: bytes, call: UpstreamCall, headers: Headers) -> None:
         self.request.notifyFinish().addBoth(self._clientDone)
@@ -294,8 +296,10 @@ class _Relay:
         self.exchange.upstreamStatus = response.code
         request.setResponseCode(response.code, response.phrase)
         headers = request.responseHeaders
+        relayed = self._relayedFields = [b"content-length", b"x-accel-buffering"]
         for name, values in downstreamHeaders(response.headers):
             headers.setRawHeaders(name, values)
+            relayed.append(name)
         if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
             # The client parser takes Content-Length out of the headers;
             # give it back so the caller knows the size too.
@@ -347,9 +351,21 @@ class _Relay:
                     used = (observer.inputTokens or 0) + (observer.outputTokens or 0)
                     self.charge(used, self.clock.seconds())
             self.request.finish()
+            return
+        self.exchange.upstreamError = "stream_broken"
+        if _malformed(reason) is not None:
+            message = "the upstream's answer was malformed"
         else:
-            self.exchange.upstreamError = "stream_broken"
-            self._breakStream("the upstream connection broke before the answer was complete")
+            message = "the upstream connection broke before the answer was complete"
+        request = self.request
+        if not request.startedWriting:
+            # Nothing of the answer has left: the client can still be told
+            # plainly, without the upstream's status and fields.
+            for name in self._relayedFields:
+                request.responseHeaders.removeHeader(name)
+            self._fail(502, message, "upstream_stream_error")
+        else:
+            self._breakStream(message)
 
     def _breakStream(self, message: str) -> None:
         """

@@ -57,7 +57,15 @@ MAX_HEAD = 64 * 1024
 _IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"DELETE"])
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f]")
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+# A chunk's size line: hexadecimal digits, then maybe extensions, which are
+# passed over but must hold no control character (RFC 9112 7.1.1).
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?")
+# A trailer field line: a name, a colon, a value without control characters.
+_FIELD_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*")
+# The longest size line taken, and the largest chunk: no real answer comes
+# near them, and beyond them the framing is garbage or an attack.
+MAX_CHUNK_LINE = 4096
+MAX_CHUNK = 2**31 - 1
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 # The control characters a response head must not hold, but CR and LF,
 # which are counted instead (they may only come as the CRLF ending a line).
@@ -187,6 +195,7 @@ class _Exchange:
         self.state = _HEAD
         self.buffer = b""
         self.remaining = 0
+        self.trailer = 0
         self.keepAlive = False
         self.produced = producer is None or isinstance(producer, BytesBody)
         self.paused = False
@@ -391,6 +400,14 @@ class _Exchange:
             self._parse(rest)
 
     def _chunked(self, data: bytes) -> None:
+        """
+        Undo chunked framing, strictly as RFC 9112 7.1 writes it: a size
+        that is not plain hexadecimal (or is over L{MAX_CHUNK}), a line over
+        L{MAX_CHUNK_LINE}, chunk data not followed by CRLF, a control
+        character in an extension, or a malformed or endless trailer
+        section fails the body with L{ProtocolError}.  Extensions and
+        trailer fields are passed over.
+        """
         buffer = self.buffer + data if self.buffer else data
         position = 0
         size = len(buffer)
@@ -409,15 +426,17 @@ class _Exchange:
                 if size - position < 2:
                     break
                 if buffer[position:position + 2] != b"\r\n":
-                    raise ProtocolError("the upstream's chunked body is malformed")
+                    raise ProtocolError("the upstream's chunked body has no CRLF after a chunk")
                 position += 2
                 state = _CHUNK_SIZE
                 continue
             end = buffer.find(b"\r\n", position)
             if end == -1:
-                if size - position > 4096:
-                    raise ProtocolError("the upstream's chunked body is malformed")
+                if size - position > MAX_CHUNK_LINE:
+                    raise ProtocolError("the upstream's chunked body has a line too long")
                 break
+            if end - position > MAX_CHUNK_LINE:
+                raise ProtocolError("the upstream's chunked body has a line too long")
             line = buffer[position:end]
             position = end + 2
             if state == _TRAILER:
@@ -428,11 +447,16 @@ class _Exchange:
                     self.buffer = b""
                     self._finish(buffer[position:])
                     return
+                self.trailer += len(line) + 2
+                if self.trailer > MAX_HEAD or not _FIELD_LINE.fullmatch(line):
+                    raise ProtocolError("the upstream's chunked body has a malformed trailer")
                 continue
-            sizeText = line.split(b";", 1)[0].strip()
-            if not _HEX.fullmatch(sizeText):
-                raise ProtocolError("the upstream's chunked body is malformed")
-            self.remaining = int(sizeText, 16)
+            match = _CHUNK_LINE.fullmatch(line)
+            if match is None:
+                raise ProtocolError("the upstream's chunked body has a malformed chunk size")
+            self.remaining = int(match.group(1), 16)
+            if self.remaining > MAX_CHUNK:
+                raise ProtocolError("the upstream's chunked body has a chunk too large")
             state = _CHUNK_DATA if self.remaining else _TRAILER
         self.state = state
         self.buffer = buffer[position:]

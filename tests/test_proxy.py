@@ -326,8 +326,11 @@ class _Connections:
 def _received(value: bytes) -> tuple[int, dict[bytes, list[bytes]], bytes, bool]:
     """
     What an HTTP/1.1 client makes of C{value}: the status, the fields, the
-    body, and whether its framing says the body is whole.
+    body, and whether its framing says the body is whole (status 0 for no
+    answer at all).
     """
+    if not value:
+        return 0, {}, b"", False
     head, _, rest = value.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     status = int(lines[0].split(b" ")[1])
@@ -494,6 +497,91 @@ class BrokenAnswerTests(SynchronousTestCase):
             self.wire.ask(stream=False)
             self.wire.answer(JSON_HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + rest, lost=ConnectionLost())
             self.assertBroken(b"x" * 40)
+
+
+CHUNKED = b"Transfer-Encoding: chunked\r\n\r\n"
+# Chunked bodies that break RFC 9112 (a bad size, a size line too long, no
+# CRLF after the data, a chunk too large, a control character in an
+# extension, a malformed trailer).
+MALFORMED_CHUNKS = [
+    b"zz\r\nhello\r\n0\r\n\r\n",
+    b"0x5\r\nhello\r\n0\r\n\r\n",
+    b"5;" + b"e" * 5000,
+    b"5\r\nhelloX\r\n0\r\n\r\n",
+    b"80000000\r\nhello",
+    b"5;x=\x00\r\nhello\r\n0\r\n\r\n",
+    b"5\r\nhello\r\n0\r\nno colon\r\n\r\n",
+]
+
+
+class MalformedBodyTests(SynchronousTestCase):
+    """
+    An upstream body that breaks its framing is a broken answer: a 502
+    when nothing of it has reached the client yet, a broken stream after.
+    """
+
+    def assertRefused(self, wire: _Wire, message: str) -> None:
+        """
+        The client got a 502 in the OpenAI envelope, with none of the
+        upstream's fields, and the broken answer was counted.
+        """
+        status, fields, body, complete = wire.received()
+        self.assertEqual((status, complete), (502, True))
+        self.assertEqual(json.loads(body)["error"],
+                         {"message": message, "type": "upstream_error", "code": "upstream_stream_error"})
+        self.assertNotIn(b"x-request-id", fields)
+        self.assertEqual(fields[b"content-type"], [b"application/json"])
+        self.assertEqual(wire.upstreamErrors("stream_broken"), 1)
+
+    def test_malformedBeforeAnyByte(self) -> None:
+        """
+        A malformed chunk before any body byte was relayed, in the head's
+        read or a read of its own, is answered with a 502, for a JSON
+        answer as for a stream.
+        """
+        for chunks in MALFORMED_CHUNKS:
+            for head in (JSON_HEAD, SSE_HEAD):
+                for together in (True, False):
+                    wire = _Wire()
+                    wire.ask(stream=head is SSE_HEAD)
+                    answer = head + b"X-Request-Id: req-1\r\n" + CHUNKED
+                    wire.answer(*([answer + chunks] if together else [answer, chunks]))
+                    self.assertRefused(wire, "the upstream's answer was malformed")
+
+    def test_resetBeforeAnyByte(self) -> None:
+        """
+        An upstream that resets after its head, before any body byte, is
+        answered with a 502, whatever its framing.
+        """
+        for framing in (b"\r\n", CHUNKED, b"Content-Length: 220\r\n\r\n"):
+            wire = _Wire()
+            wire.ask(stream=False)
+            wire.answer(JSON_HEAD + b"X-Request-Id: req-1\r\n" + framing, lost=ConnectionLost())
+            self.assertRefused(wire, "the upstream connection broke before the answer was complete")
+
+    def test_malformedAfterBytes(self) -> None:
+        """
+        A malformed chunk after some of the body was relayed breaks the
+        client's answer: an C{error} event for a stream, and no final
+        chunk either way.
+        """
+        for chunks in MALFORMED_CHUNKS:
+            for stream in (False, True):
+                for together in (True, False):
+                    wire = _Wire()
+                    wire.ask(stream)
+                    first = b"b\r\ndata: one\n\n\r\n"
+                    head = (SSE_HEAD if stream else JSON_HEAD) + CHUNKED
+                    wire.answer(*([head + first, chunks] if together else [head, first, chunks]))
+                    status, _, body, complete = wire.received()
+                    self.assertEqual((status, complete), (200, False))
+                    self.assertTrue(wire.client.disconnecting)
+                    if stream:
+                        self.assertTrue(body.startswith(b"data: one\n\nevent: error\ndata: "), body)
+                        self.assertIn(b"the upstream's answer was malformed", body)
+                    else:
+                        self.assertEqual(body, b"data: one\n\n")
+                    self.assertEqual(wire.upstreamErrors("stream_broken"), 1)
 
 
 class MalformedHeadTests(SynchronousTestCase):

@@ -494,6 +494,98 @@ class ResponseTests(SynchronousTestCase):
         self.assertEqual(len(h.endpoints.connections), 2)
 
 
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+class ChunkedTests(SynchronousTestCase):
+    """
+    A chunked body is taken only as RFC 9112 frames it; anything else ends
+    the body as a failure and drops the connection, whether it comes with
+    the head, in a read of its own, or a byte at a time.
+    """
+
+    def read(self, body: bytes) -> list[tuple[_Harness, _Reader]]:
+        """
+        The body read after C{CHUNKED_HEAD}, each way it may arrive.
+        """
+        results = []
+        for way in ("with the head", "after the head", "byte by byte"):
+            h = _Harness()
+            d = h.request()
+            if way == "with the head":
+                h.answer(CHUNKED_HEAD + body)
+            else:
+                h.answer(CHUNKED_HEAD)
+                h.answer(body, split=1 if way == "byte by byte" else 0)
+            reader = _Reader()
+            self.successResultOf(d).deliverBody(reader)
+            results.append((h, reader))
+        return results
+
+    def assertMalformed(self, body: bytes) -> None:
+        for h, reader in self.read(body):
+            self.assertIsNotNone(reader.reason, body[:40])
+            reader.reason.trap(ResponseFailed)
+            self.assertIsInstance(reader.reason.value.reasons[0].value, ProtocolError)
+            self.assertTrue(h.transport().disconnecting, body[:40])
+
+    def assertWhole(self, body: bytes, expected: bytes) -> None:
+        for h, reader in self.read(body):
+            self.assertEqual(b"".join(reader.chunks), expected)
+            reader.reason.trap(ResponseDone)
+
+    def test_badSize(self) -> None:
+        """
+        A chunk size that is not plain hexadecimal digits fails the body.
+        """
+        for line in (b"0x10", b"-1", b"+5", b"zz", b" 5", b"5 5", b"1_0", b"", b"5\x00", b"\xd9\xa5",
+                     b"5\x0b", b"5\nabcde"):
+            self.assertMalformed(line + b"\r\nhello\r\n0\r\n\r\n")
+
+    def test_sizeLineTooLong(self) -> None:
+        """
+        A size line longer than 4096 bytes fails the body, whether its end
+        has come or not.
+        """
+        self.assertMalformed(b"5;" + b"a" * 5000)
+        self.assertMalformed(b"5;" + b"a" * 5000 + b"\r\nhello\r\n0\r\n\r\n")
+        self.assertMalformed(b"0" * 5000 + b"5\r\nhello\r\n0\r\n\r\n")
+
+    def test_sizeOverLimit(self) -> None:
+        """
+        A chunk said to be 2 GiB or more is not waited for.
+        """
+        for size in (b"80000000", b"ffffffffffffffff", b"10000000000000000"):
+            self.assertMalformed(size + b"\r\nhello")
+
+    def test_noCRLFAfterData(self) -> None:
+        """
+        Chunk data not followed by CRLF fails the body.
+        """
+        for body in (b"3\r\nabcX\r\n0\r\n\r\n", b"3\r\nabc\n0\r\n\r\n", b"3\r\nabc\rX0\r\n\r\n",
+                     b"3\r\nabcde\r\n0\r\n\r\n"):
+            self.assertMalformed(body)
+
+    def test_extensions(self) -> None:
+        """
+        Chunk extensions are passed over; one holding a control character
+        fails the body.
+        """
+        self.assertWhole(b"5;name=value\r\nhello\r\n5 ; q=\"a b\"\r\nworld\r\n0;last\r\n\r\n", b"helloworld")
+        for extension in (b";a=\x00", b";a\nb", b";\x1b", b";\x7f"):
+            self.assertMalformed(b"5" + extension + b"\r\nhello\r\n0\r\n\r\n")
+
+    def test_trailers(self) -> None:
+        """
+        A trailer section is read and dropped; a malformed trailer line, or
+        a section that does not end within 64 KiB, fails the body.
+        """
+        self.assertWhole(b"5\r\nhello\r\n0\r\nX-Checksum: abc\r\nX-More: \r\n\r\n", b"hello")
+        for trailer in (b"no colon", b"Bad Name: x", b" folded: x", b"X-T: a\x00b", b"X-T: \x1b"):
+            self.assertMalformed(b"5\r\nhello\r\n0\r\n" + trailer + b"\r\n\r\n")
+        self.assertMalformed(b"5\r\nhello\r\n0\r\n" + b"X-T: a\r\n" * 20000)
+
+
 class ControlTests(SynchronousTestCase):
     """
     Backpressure, cancellation and giving up.
