@@ -386,12 +386,12 @@ class _Wire:
             b"Content-Length: %d\r\n\r\n" % len(body) + body
         )
 
-    def answer(self, *reads: bytes, lost: Exception | None = None) -> None:
+    def answer(self, *reads: bytes, lost: Exception | None = None, index: int = -1) -> None:
         """
-        The upstream sends C{reads}, one read each, then maybe loses the
-        connection.
+        The upstream sends C{reads}, one read each, on its connection
+        C{index}, then maybe loses the connection.
         """
-        protocol = self.upstream.connections[-1][1]
+        protocol = self.upstream.connections[index][1]
         for data in reads:
             protocol.dataReceived(data)
         if lost is not None:
@@ -582,6 +582,43 @@ class MalformedBodyTests(SynchronousTestCase):
                     else:
                         self.assertEqual(body, b"data: one\n\n")
                     self.assertEqual(wire.upstreamErrors("stream_broken"), 1)
+
+
+class PooledConnectionTests(SynchronousTestCase):
+    """
+    Two clients, one after the other, each get their own answer, whatever
+    the upstream sent after the first.
+    """
+
+    SMUGGLED = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{\"stolen\":true}"
+    OWN = JSON_HEAD + b"Content-Length: 12\r\n\r\n{\"own\":true}"
+
+    def test_lateBytes(self) -> None:
+        """
+        Bytes after a framed answer (a body after a 204, or past a
+        Content-Length), in a later read before or after the next client's
+        request, never become the next client's answer.
+        """
+        for first, firstBody in ((b"HTTP/1.1 204 No Content\r\n\r\n", b""),
+                                 (JSON_HEAD + b"Content-Length: 2\r\n\r\n{}", b"{}")):
+            for smuggledFirst in (True, False):
+                if first.startswith(JSON_HEAD) and not smuggledFirst:
+                    # Bytes that come after a request was sent on a kept
+                    # connection are its answer: HTTP/1.1 can't tell.
+                    continue
+                wire = _Wire()
+                wire.ask(stream=False)
+                wire.answer(first)
+                self.assertEqual(wire.received()[2], firstBody)
+                if smuggledFirst:
+                    wire.answer(self.SMUGGLED, index=0)
+                wire.ask(stream=False)
+                if not smuggledFirst:
+                    wire.answer(self.SMUGGLED, index=0)
+                self.assertEqual(len(wire.upstream.connections), 2)
+                self.assertEqual(wire.client.value(), b"")
+                wire.answer(self.OWN)
+                self.assertEqual(wire.received()[::2], (200, b'{"own":true}'))
 
 
 class MalformedHeadTests(SynchronousTestCase):
