@@ -221,7 +221,8 @@ class _Relay:
         pending.addErrback(self._bug)
 
     def _bug(self, failure: Failure) -> None:
-        log.failure("relaying {uri}", failure, uri=self.request.uri)
+        # Never the URI: its query can hold a key.
+        log.failure("relaying an answer on route {route}", failure, route=self.exchange.route)
         if not self.done:
             self._fail(502, "the gateway failed while relaying the answer", "gateway_error")
 
@@ -283,7 +284,7 @@ class _Relay:
             self.exchange.upstreamError = "reset"
             self._fail(502, "the upstream closed the connection before answering", "upstream_reset")
         else:
-            log.failure("upstream request for {uri}", failure, uri=self.request.uri)
+            log.failure("upstream request on route {route}", failure, route=self.exchange.route)
             self.exchange.upstreamError = "failed"
             self._fail(502, "the upstream request failed", "upstream_error")
 

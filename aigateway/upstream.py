@@ -687,7 +687,7 @@ class UpstreamAgent:
         try:
             origin, target = self._split(uri)
             if not _TOKEN.fullmatch(method):
-                raise ValueError(f"invalid method {method[:40]!r}")
+                raise ValueError("the method is not a token")
             head = [method, b" ", target, b" HTTP/1.1\r\n"]
             if headers is None or not headers.hasHeader(b"host"):
                 head += [b"Host: ", origin.host, b"\r\n"]
@@ -722,7 +722,7 @@ class UpstreamAgent:
         """
         scheme, separator, rest = uri.partition(b"://")
         if not separator:
-            raise ValueError(f"not an absolute URL: {uri[:80]!r}")
+            raise ValueError("not an absolute URL")
         end = len(rest)
         for mark in (b"/", b"?", b"#"):
             found = rest.find(mark, 0, end)

@@ -15,10 +15,11 @@ import json
 from treq import collect
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web._newclient import Response, ResponseFailed, TransportProxyProducer
@@ -311,11 +312,14 @@ class _Connections:
 
     def __init__(self) -> None:
         self.connections: list[tuple[StringTransport, object]] = []
+        self.failure: Exception | None = None
 
     def endpointForURI(self, uri):
         return self
 
     def connect(self, factory):
+        if self.failure is not None:
+            return fail(self.failure)
         protocol = factory.buildProtocol(None)
         transport = StringTransport()
         protocol.makeConnection(transport)
@@ -372,9 +376,9 @@ class _Wire:
         self.site = GatewaySite(buildGateway(config, agent, self.clock, {}, telemetry=telemetry).root,
                                 self.clock)
 
-    def ask(self, stream: bool) -> None:
+    def ask(self, stream: bool, path: bytes = b"/local") -> None:
         """
-        A client sends a chat completion, streamed or not.
+        A client sends a chat completion, streamed or not, to C{path}.
         """
         address = IPv4Address("TCP", "127.0.0.1", 40000)
         self.channel = self.site.buildProtocol(address)
@@ -382,7 +386,7 @@ class _Wire:
         self.channel.makeConnection(self.client)
         body = json.dumps(dict(CHAT, stream=stream)).encode()
         self.channel.dataReceived(
-            b"POST /local HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            b"POST " + path + b" HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body) + body
         )
 
@@ -646,6 +650,30 @@ class MalformedHeadTests(SynchronousTestCase):
                 self.assertNotIn(b"x-id", received)
                 self.assertNotIn(b"set-cookie", received)
                 self.assertEqual(wire.upstreamErrors("malformed"), 1)
+
+
+class LogTests(SynchronousTestCase):
+    """
+    What the relay logs never holds what a URI or a field can carry.
+    """
+
+    def test_failureLoggedWithoutURI(self) -> None:
+        """
+        An unexpected upstream failure is logged with the route's name, not
+        the client's URI, whose query may hold a key.
+        """
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        wire = _Wire()
+        wire.upstream.failure = RuntimeError("no endpoint")
+        wire.ask(stream=False, path=b"/local?api-key=sk-caller-secret")
+        self.assertEqual(wire.received()[0], 502)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        logged = [formatEvent(e) for e in events if e.get("log_namespace") == "aigateway.proxy"]
+        self.assertEqual(len(logged), 1)
+        self.assertIn("local", logged[0])
+        self.assertNotIn("sk-caller-secret", logged[0])
 
 
 class SentAtOnceTests(TestCase):
