@@ -252,7 +252,7 @@ class _Exchange:
     def _productionFailed(self, reason: Failure) -> None:
         self.keepAlive = False
         if self.connection is not None and self.connection.transport is not None:
-            self.connection.transport.abortConnection()
+            self.connection.abort()
         self._fail(reason)
 
     def _cancel(self, d: Deferred) -> None:
@@ -272,7 +272,7 @@ class _Exchange:
             self.keepAlive = False
             self._fail(Failure(e))
             if self.connection is not None:
-                self.connection.transport.abortConnection()
+                self.connection.abort()
 
     def _parse(self, data: bytes) -> None:
         state = self.state
@@ -324,7 +324,8 @@ class _Exchange:
         block = buffer[:end]
         lines = block.split(b"\r\n")
         rest = buffer[end + 4:]
-        if _CONTROL.search(block) or not len(lines) - 1 == block.count(b"\r") == block.count(b"\n"):
+        breaks = len(lines) - 1
+        if _CONTROL.search(block) or block.count(b"\r") != breaks or block.count(b"\n") != breaks:
             raise ProtocolError("the upstream's response head holds a control character")
         version, _, statusText = lines[0].partition(b" ")
         code, _, phrase = statusText.partition(b" ")
@@ -526,7 +527,7 @@ class _Exchange:
         """
         if self.connection is not None:
             self.keepAlive = False
-            self.connection.transport.abortConnection()
+            self.connection.abort()
 
 
 def _length(values: list[bytes]) -> int:
@@ -567,8 +568,10 @@ class _Connection(Protocol):
     """
     One connection to an origin, idle in its pool or carrying one exchange.
 
-    @ivar broken: bytes came that no request asked for: the connection is
-        closing and never goes back to the pool.
+    @ivar broken: the connection was dropped (bytes came that no request
+        asked for, the answer broke HTTP/1.1, or nobody wants the rest of
+        it): it never goes back to the pool, and nothing more it brings is
+        read.
     """
 
     def __init__(self, origin: "_Origin") -> None:
@@ -583,17 +586,24 @@ class _Connection(Protocol):
             setTcpNoDelay(True)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.broken:
+            return
         if self.exchange is not None:
             self.exchange.dataReceived(data)
-        elif not self.broken:
+        else:
             # Nothing was asked (the connection is idle, or between the end
             # of an answer and its return to the pool): these bytes are a
-            # body the upstream framed wrongly, or an answer to no one.  The
-            # next request must never read them, so the connection leaves
-            # the pool now, not when the abort has closed it.
-            self.broken = True
-            self.origin.forget(self)
-            self.transport.abortConnection()
+            # body the upstream framed wrongly, or an answer to no one.
+            self.abort()
+
+    def abort(self) -> None:
+        """
+        Drop the connection.  It leaves the pool now, not once the abort
+        has closed it, so no request is sent on it in between.
+        """
+        self.broken = True
+        self.origin.forget(self)
+        self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         exchange, self.exchange = self.exchange, None

@@ -876,6 +876,29 @@ class ReuseTests(SynchronousTestCase):
         self.assertEqual(len(h.endpoints.connections), 2)
         self.assertOwnAnswer(h, second)
 
+    def test_bytesAfterDropped(self) -> None:
+        """
+        Once a connection is dropped (its head broke HTTP/1.1, or its
+        request was cancelled), whatever comes on it before it has closed
+        is not read: a well-formed answer after it never puts the
+        connection back in the pool.
+        """
+        for first in (b"HTTP/1.1 200 OK\r\nX-Id: \x00\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+                      None):
+            h = _Harness()
+            d = h.request()
+            if first is None:
+                d.cancel()
+                self.failureResultOf(d, CancelledError)
+            else:
+                h.answer(first)
+                self.failureResultOf(d, ResponseFailed)
+            self.assertTrue(h.transport(0).disconnecting)
+            h.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", index=0)
+            second = h.request()
+            self.assertEqual(len(h.endpoints.connections), 2, first)
+            self.assertOwnAnswer(h, second)
+
     def test_lengthAndChunked(self) -> None:
         """
         An answer with both C{Content-Length} and C{Transfer-Encoding:
