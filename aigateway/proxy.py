@@ -8,7 +8,8 @@ client's push producer, so a slow client pauses the upstream read and a
 client that goes away stops it.  Nothing is buffered on the way back.
 
 Failures before the response starts are answered in the OpenAI error
-envelope (502 unreachable or broken, 504 timeout); after it started, a
+envelope (502 unreachable or broken, 504 timeout), and so is an upstream
+answer that breaks before a byte of it reached the client; after that, a
 stream is ended with an SSE C{error} event and a closed connection
 without the final chunk, never
 with a clean end that would look like success.
@@ -46,7 +47,7 @@ from aigateway.policy import Refusal, RoutePolicy
 from aigateway.providers.openai import OpenAIProvider, ProviderError, UpstreamCall
 from aigateway.site import BodyTooLarge, requestBody
 from aigateway.telemetry import Exchange, Telemetry
-from aigateway.upstream import BytesBody
+from aigateway.upstream import BytesBody, ProtocolError
 from aigateway.usage import AnswerObserver
 
 __all__ = ["ProxyResource", "downstreamHeaders", "upstreamHeaders"]
@@ -149,6 +150,18 @@ def _streamError(message: str) -> bytes:
     return b"event: error\ndata: " + errorBody(502, message, "upstream_stream_error") + b"\n\n"
 
 
+def _malformed(failure: Failure) -> str | None:
+    """
+    How the upstream broke HTTP/1.1, when that is why C{failure} came
+    (in words that never repeat what the upstream sent).
+    """
+    if isinstance(failure.value, ResponseFailed):
+        for reason in failure.value.reasons:
+            if isinstance(reason.value, ProtocolError):
+                return str(reason.value)
+    return None
+
+
 class _BodyRelay(Protocol):
     """
     Receives the upstream body and writes it to the client as it comes.
@@ -197,6 +210,7 @@ class _Relay:
         self._pending: Optional[Deferred[IResponse]] = None
         self._bodyTransport: Optional[IPushProducer] = None
         self._deadline: Optional[IDelayedCall] = None
+        self._relayedFields: list[bytes] = []
 
     def start(self, url: bytes, call: UpstreamCall, headers: Headers) -> None:
         self.request.notifyFinish().addBoth(self._clientDone)
@@ -253,9 +267,15 @@ class _Relay:
         self._pending = None
         if self.done:
             return
+        problem = _malformed(failure)
         if failure.check(ConnectionRefusedError, DNSLookupError, ConnectTimeoutError, ConnectError):
             self.exchange.upstreamError = "unreachable"
             self._fail(502, "cannot connect to the upstream", "upstream_unreachable")
+        elif problem is not None:
+            log.warn("the upstream of route {route} sent a malformed answer: {problem}",
+                     route=self.exchange.route, problem=problem)
+            self.exchange.upstreamError = "malformed"
+            self._fail(502, "the upstream's answer was malformed", "upstream_error")
         elif failure.check(ResponseFailed, ConnectionLost, CancelledError):
             self.exchange.upstreamError = "reset"
             self._fail(502, "the upstream closed the connection before answering", "upstream_reset")
@@ -276,8 +296,10 @@ class _Relay:
         self.exchange.upstreamStatus = response.code
         request.setResponseCode(response.code, response.phrase)
         headers = request.responseHeaders
+        relayed = self._relayedFields = [b"content-length", b"x-accel-buffering"]
         for name, values in downstreamHeaders(response.headers):
             headers.setRawHeaders(name, values)
+            relayed.append(name)
         if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
             # The client parser takes Content-Length out of the headers;
             # give it back so the caller knows the size too.
@@ -329,9 +351,21 @@ class _Relay:
                     used = (observer.inputTokens or 0) + (observer.outputTokens or 0)
                     self.charge(used, self.clock.seconds())
             self.request.finish()
+            return
+        self.exchange.upstreamError = "stream_broken"
+        if _malformed(reason) is not None:
+            message = "the upstream's answer was malformed"
         else:
-            self.exchange.upstreamError = "stream_broken"
-            self._breakStream("the upstream connection broke before the answer was complete")
+            message = "the upstream connection broke before the answer was complete"
+        request = self.request
+        if not request.startedWriting:
+            # Nothing of the answer has left: the client can still be told
+            # plainly, without the upstream's status and fields.
+            for name in self._relayedFields:
+                request.responseHeaders.removeHeader(name)
+            self._fail(502, message, "upstream_stream_error")
+        else:
+            self._breakStream(message)
 
     def _breakStream(self, message: str) -> None:
         """

@@ -12,8 +12,17 @@ per request than the rest of the gateway's relay together.
 
 What it does not do: follow redirects, decompress, send C{Expect:
 100-continue}, or speak HTTP/2.  A response with neither C{Content-Length}
-nor chunked framing is read until the connection closes and ends with
-L{PotentialDataLoss}, as with L{Agent}.
+nor chunked framing is read until the connection closes: a clean close ends
+it with L{PotentialDataLoss}, as with L{Agent}, but a reset, an abort or a
+TLS error ends it with L{ResponseFailed}, as the answer may be cut short.
+
+One caller's answer must never reach another, so a connection goes back to
+the pool only when its answer's end is certain: never after an answer to
+C{HEAD}, a 204 or a 304 (a faulty upstream may send a body after them, at
+any time, and nothing would tell it from the next request's answer), nor
+after one framed with both C{Content-Length} and C{Transfer-Encoding}, or
+with a transfer coding other than C{chunked} alone.  Bytes that arrive when
+no request is waiting close the connection and take it out of the pool.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import (HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint,
                                         wrapClientTLS)
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -47,7 +57,19 @@ MAX_HEAD = 64 * 1024
 _IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"DELETE"])
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f]")
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+# A chunk's size line: hexadecimal digits, then maybe extensions, which are
+# passed over but must hold no control character (RFC 9112 7.1.1).
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?")
+# A trailer field line: a name, a colon, a value without control characters.
+_FIELD_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*")
+# The longest size line taken, and the largest chunk: no real answer comes
+# near them, and beyond them the framing is garbage or an attack.
+MAX_CHUNK_LINE = 4096
+MAX_CHUNK = 2**31 - 1
+_DIGITS = re.compile(rb"[0-9]{1,18}")
+# The control characters a response head must not hold, but CR and LF,
+# which are counted instead (they may only come as the CRLF ending a line).
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class ProtocolError(Exception):
@@ -173,6 +195,7 @@ class _Exchange:
         self.state = _HEAD
         self.buffer = b""
         self.remaining = 0
+        self.trailer = 0
         self.keepAlive = False
         self.produced = producer is None or isinstance(producer, BytesBody)
         self.paused = False
@@ -229,7 +252,7 @@ class _Exchange:
     def _productionFailed(self, reason: Failure) -> None:
         self.keepAlive = False
         if self.connection is not None and self.connection.transport is not None:
-            self.connection.transport.abortConnection()
+            self.connection.abort()
         self._fail(reason)
 
     def _cancel(self, d: Deferred) -> None:
@@ -249,7 +272,7 @@ class _Exchange:
             self.keepAlive = False
             self._fail(Failure(e))
             if self.connection is not None:
-                self.connection.transport.abortConnection()
+                self.connection.abort()
 
     def _parse(self, data: bytes) -> None:
         state = self.state
@@ -275,6 +298,21 @@ class _Exchange:
         self._chunked(data)
 
     def _head(self, data: bytes) -> None:
+        """
+        Take the response head once it is all in, and go on with the body.
+
+        A head that breaks HTTP/1.1 fails the whole response with
+        L{ProtocolError}, among them one that holds a control character
+        other than a tab (NUL, ESC, DEL, a CR or LF that does not end a
+        line together) in a field or the reason phrase, or a field folded
+        onto the next line (obs-fold).  The rule is the same for every
+        field, framing or not: relayed, a CR or LF would split the client's
+        head and other controls reach whatever logs or shows the value;
+        dropping the field instead would hide an upstream that is broken or
+        hostile, whose other fields can't be trusted either.  The message
+        of the error never repeats what the upstream sent, as fields can
+        hold secrets.
+        """
         buffer = self.buffer + data if self.buffer else data
         end = buffer.find(b"\r\n\r\n")
         if end == -1:
@@ -283,12 +321,16 @@ class _Exchange:
             self.buffer = buffer
             return
         self.buffer = b""
-        lines = buffer[:end].split(b"\r\n")
+        block = buffer[:end]
+        lines = block.split(b"\r\n")
         rest = buffer[end + 4:]
+        breaks = len(lines) - 1
+        if _CONTROL.search(block) or block.count(b"\r") != breaks or block.count(b"\n") != breaks:
+            raise ProtocolError("the upstream's response head holds a control character")
         version, _, statusText = lines[0].partition(b" ")
         code, _, phrase = statusText.partition(b" ")
         if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
-            raise ProtocolError(f"the upstream sent a bad status line: {lines[0][:80]!r}")
+            raise ProtocolError("the upstream sent a bad status line")
         status = int(code)
         headers = Headers()
         lengths: list[bytes] = []
@@ -297,7 +339,9 @@ class _Exchange:
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
             if not colon or not _TOKEN.fullmatch(name):
-                raise ProtocolError(f"the upstream sent a malformed header line: {line[:80]!r}")
+                # A line folded onto the previous one (obs-fold) starts with
+                # a space or a tab, which no field name holds.
+                raise ProtocolError("the upstream sent a malformed header line")
             value = value.strip(b" \t")
             lower = name.lower()
             if lower == b"content-length":
@@ -318,26 +362,35 @@ class _Exchange:
                 self._head(rest)
             return
         length: Any
+        keepAlive = (
+            version == b"HTTP/1.1" and b"close" not in [t.strip() for t in connection.split(b",")]
+        )
+        codings = [c for c in codings if c]
         if self.method == b"HEAD" or status in (204, 304):
+            # The answer ends with its head (RFC 9112 6.3), but a faulty
+            # upstream may send a body anyway, in this read or any later
+            # one: the connection is not used again.
             if lengths:
-                headers.setRawHeaders(b"content-length", lengths[:1])
+                headers.setRawHeaders(b"content-length", [b"%d" % _length(lengths)])
             self.state, length = _DONE, 0
+            keepAlive = False
         elif codings:
+            # Transfer-Encoding overrides Content-Length (RFC 9112 6.3); a
+            # message with both is the shape of request smuggling, and only
+            # chunked alone is a framing sure enough to read another answer
+            # after.
             if codings[-1] == b"chunked":
                 self.state, length = _CHUNK_SIZE, UNKNOWN_LENGTH
             else:
                 self.state, length = _UNTIL_CLOSE, UNKNOWN_LENGTH
+            if lengths or codings != [b"chunked"]:
+                keepAlive = False
         elif lengths:
-            if len(set(lengths)) != 1 or not lengths[0].isdigit() or len(lengths[0]) > 18:
-                raise ProtocolError("the upstream sent a bad Content-Length")
-            self.remaining = length = int(lengths[0])
+            self.remaining = length = _length(lengths)
             self.state = _LENGTH if length else _DONE
         else:
             self.state, length = _UNTIL_CLOSE, UNKNOWN_LENGTH
-        self.keepAlive = (
-            version == b"HTTP/1.1" and self.state != _UNTIL_CLOSE
-            and b"close" not in [t.strip() for t in connection.split(b",")]
-        )
+        self.keepAlive = keepAlive and self.state != _UNTIL_CLOSE
         self.response = UpstreamResponse(status, phrase, headers, length, _BodyProducer(self))
         d, self.deferred = self.deferred, None
         if d is not None:
@@ -348,6 +401,14 @@ class _Exchange:
             self._parse(rest)
 
     def _chunked(self, data: bytes) -> None:
+        """
+        Undo chunked framing, strictly as RFC 9112 7.1 writes it: a size
+        that is not plain hexadecimal (or is over L{MAX_CHUNK}), a line over
+        L{MAX_CHUNK_LINE}, chunk data not followed by CRLF, a control
+        character in an extension, or a malformed or endless trailer
+        section fails the body with L{ProtocolError}.  Extensions and
+        trailer fields are passed over.
+        """
         buffer = self.buffer + data if self.buffer else data
         position = 0
         size = len(buffer)
@@ -366,15 +427,17 @@ class _Exchange:
                 if size - position < 2:
                     break
                 if buffer[position:position + 2] != b"\r\n":
-                    raise ProtocolError("the upstream's chunked body is malformed")
+                    raise ProtocolError("the upstream's chunked body has no CRLF after a chunk")
                 position += 2
                 state = _CHUNK_SIZE
                 continue
             end = buffer.find(b"\r\n", position)
             if end == -1:
-                if size - position > 4096:
-                    raise ProtocolError("the upstream's chunked body is malformed")
+                if size - position > MAX_CHUNK_LINE:
+                    raise ProtocolError("the upstream's chunked body has a line too long")
                 break
+            if end - position > MAX_CHUNK_LINE:
+                raise ProtocolError("the upstream's chunked body has a line too long")
             line = buffer[position:end]
             position = end + 2
             if state == _TRAILER:
@@ -385,11 +448,16 @@ class _Exchange:
                     self.buffer = b""
                     self._finish(buffer[position:])
                     return
+                self.trailer += len(line) + 2
+                if self.trailer > MAX_HEAD or not _FIELD_LINE.fullmatch(line):
+                    raise ProtocolError("the upstream's chunked body has a malformed trailer")
                 continue
-            sizeText = line.split(b";", 1)[0].strip()
-            if not _HEX.fullmatch(sizeText):
-                raise ProtocolError("the upstream's chunked body is malformed")
-            self.remaining = int(sizeText, 16)
+            match = _CHUNK_LINE.fullmatch(line)
+            if match is None:
+                raise ProtocolError("the upstream's chunked body has a malformed chunk size")
+            self.remaining = int(match.group(1), 16)
+            if self.remaining > MAX_CHUNK:
+                raise ProtocolError("the upstream's chunked body has a chunk too large")
             state = _CHUNK_DATA if self.remaining else _TRAILER
         self.state = state
         self.buffer = buffer[position:]
@@ -424,8 +492,12 @@ class _Exchange:
     def connectionLost(self, reason: Failure) -> None:
         self.connection = None
         if self.state == _UNTIL_CLOSE:
+            # Only a clean close is the end of such a body.
             self.state = _DONE
-            self.response._end(Failure(PotentialDataLoss()))  # type: ignore[union-attr]
+            if reason.check(ConnectionDone):
+                self.response._end(Failure(PotentialDataLoss()))  # type: ignore[union-attr]
+            else:
+                self.response._end(Failure(ResponseFailed([reason])))  # type: ignore[union-attr]
             return
         if (
             self.state == _HEAD and not self.received and self.reused and self.deferred is not None
@@ -455,7 +527,18 @@ class _Exchange:
         """
         if self.connection is not None:
             self.keepAlive = False
-            self.connection.transport.abortConnection()
+            self.connection.abort()
+
+
+def _length(values: list[bytes]) -> int:
+    """
+    The one length that the C{Content-Length} values given say.
+
+    @raise ProtocolError: when they differ or one is not a plain decimal.
+    """
+    if len(set(values)) != 1 or not _DIGITS.fullmatch(values[0]):
+        raise ProtocolError("the upstream sent a bad Content-Length")
+    return int(values[0])
 
 
 @implementer(IConsumer)
@@ -484,12 +567,18 @@ class _ChunkedConsumer:
 class _Connection(Protocol):
     """
     One connection to an origin, idle in its pool or carrying one exchange.
+
+    @ivar broken: the connection was dropped (bytes came that no request
+        asked for, the answer broke HTTP/1.1, or nobody wants the rest of
+        it): it never goes back to the pool, and nothing more it brings is
+        read.
     """
 
     def __init__(self, origin: "_Origin") -> None:
         self.origin = origin
         self.exchange: _Exchange | None = None
         self.lost: list[Deferred[None]] = []
+        self.broken = False
 
     def connectionMade(self) -> None:
         setTcpNoDelay = getattr(self.transport, "setTcpNoDelay", None)
@@ -497,11 +586,24 @@ class _Connection(Protocol):
             setTcpNoDelay(True)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.broken:
+            return
         if self.exchange is not None:
             self.exchange.dataReceived(data)
         else:
-            # Nothing was asked: an idle connection has no business talking.
-            self.transport.abortConnection()
+            # Nothing was asked (the connection is idle, or between the end
+            # of an answer and its return to the pool): these bytes are a
+            # body the upstream framed wrongly, or an answer to no one.
+            self.abort()
+
+    def abort(self) -> None:
+        """
+        Drop the connection.  It leaves the pool now, not once the abort
+        has closed it, so no request is sent on it in between.
+        """
+        self.broken = True
+        self.origin.forget(self)
+        self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         exchange, self.exchange = self.exchange, None
@@ -548,6 +650,8 @@ class _Origin:
         return None
 
     def release(self, connection: _Connection, now: float) -> None:
+        if connection.broken:
+            return
         idle = self.idle
         if len(idle) >= self.maxIdle:
             connection.transport.loseConnection()
@@ -593,7 +697,7 @@ class UpstreamAgent:
         try:
             origin, target = self._split(uri)
             if not _TOKEN.fullmatch(method):
-                raise ValueError(f"invalid method {method[:40]!r}")
+                raise ValueError("the method is not a token")
             head = [method, b" ", target, b" HTTP/1.1\r\n"]
             if headers is None or not headers.hasHeader(b"host"):
                 head += [b"Host: ", origin.host, b"\r\n"]
@@ -628,7 +732,7 @@ class UpstreamAgent:
         """
         scheme, separator, rest = uri.partition(b"://")
         if not separator:
-            raise ValueError(f"not an absolute URL: {uri[:80]!r}")
+            raise ValueError("not an absolute URL")
         end = len(rest)
         for mark in (b"/", b"?", b"#"):
             found = rest.find(mark, 0, end)

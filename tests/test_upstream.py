@@ -10,8 +10,9 @@ import json
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError, DNSLookupError
-from twisted.internet.protocol import Protocol
+from twisted.internet.error import (ConnectionAborted, ConnectionDone, ConnectionLost, ConnectionRefusedError,
+                                    DNSLookupError)
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -24,7 +25,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.server import Site
 
 from aigateway.fakellm import FakeLLM
-from aigateway.upstream import BytesBody, UpstreamAgent
+from aigateway.upstream import BytesBody, ProtocolError, UpstreamAgent
 
 
 def _selfSigned(name: str) -> bytes:
@@ -58,6 +59,8 @@ class _Endpoints:
     Connections made on demand, each to a L{StringTransport}.
     """
 
+    transportFactory = StringTransport
+
     def __init__(self) -> None:
         self.connections: list[tuple[StringTransport, Protocol]] = []
         self.failure: Failure | None = None
@@ -71,7 +74,8 @@ class _Endpoints:
         if self.failure is not None:
             return fail(self.failure)
         protocol = factory.buildProtocol(None)
-        transport = StringTransport()
+        transport = self.transportFactory()
+        transport.protocol = protocol
         protocol.makeConnection(transport)
         self.connections.append((transport, protocol))
         return succeed(protocol)
@@ -91,6 +95,21 @@ class _Reader(Protocol):
 
     def connectionLost(self, reason: Failure) -> None:
         self.reason = reason
+
+
+def _readToEnd(response) -> Deferred[_Reader]:
+    """
+    Read C{response}'s body; fires with the reader once the body ended.
+    """
+    done: Deferred[_Reader] = Deferred()
+
+    class Reader(_Reader):
+        def connectionLost(self, reason: Failure) -> None:
+            self.reason = reason
+            done.callback(self)
+
+    response.deliverBody(Reader())
+    return done
 
 
 class _Harness:
@@ -181,17 +200,20 @@ class RequestTests(SynchronousTestCase):
     def test_refused(self) -> None:
         """
         A bad method, a target with spaces, a relative URL or another scheme
-        fail at once, before any connection.
+        fail at once, before any connection, with a message that does not
+        repeat the URL (its query can hold a key).
         """
         h = _Harness()
         for method, uri, error in [
             (b"PO ST", b"http://up.example/", ValueError),
             (b"GET", b"http://up.example/a b", ValueError),
             (b"GET", b"http://up.example/a\r\nX: y", ValueError),
-            (b"GET", b"/relative", ValueError),
+            (b"GET", b"/relative?key=sk-1", ValueError),
             (b"GET", b"ftp://up.example/", SchemeNotSupported),
         ]:
-            self.failureResultOf(h.agent.request(method, uri), error)
+            message = str(self.failureResultOf(h.agent.request(method, uri), error).value)
+            self.assertNotIn(uri.decode("latin-1"), message)
+            self.assertNotIn(method.decode("latin-1"), message)
         self.assertEqual(h.endpoints.connections, [])
 
     def test_unknownLength(self) -> None:
@@ -293,10 +315,26 @@ class ResponseTests(SynchronousTestCase):
         self.assertEqual(b"".join(reader.chunks), b"some more")
         reader.reason.trap(PotentialDataLoss)
 
+    def test_untilCloseBroken(self) -> None:
+        """
+        A body that runs to the close ends as a failure, never as a
+        complete answer, when the connection is reset, aborted or broken by
+        TLS rather than closed cleanly.
+        """
+        from OpenSSL import SSL
+
+        for lost in (ConnectionLost(), ConnectionAborted(), SSL.Error([("SSL routines", "", "bad record mac")])):
+            h = _Harness()
+            reader = h.reading(self, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"a\":")
+            h.protocol().connectionLost(Failure(lost))
+            self.assertEqual(b"".join(reader.chunks), b'{"a":')
+            reader.reason.trap(ResponseFailed)
+            self.assertIs(reader.reason.value.reasons[0].value, lost)
+
     def test_noBody(self) -> None:
         """
         A HEAD answer, a 204 and a 304 have no body (a HEAD answer keeps
-        its Content-Length); the connection is reused.
+        its Content-Length); the connection is not reused.
         """
         for method, status in [(b"HEAD", b"200 OK"), (b"GET", b"204 No Content"), (b"GET", b"304 Not Modified")]:
             h = _Harness()
@@ -306,8 +344,9 @@ class ResponseTests(SynchronousTestCase):
             self.assertEqual(self.successResultOf(readBody(response)), b"")
             if method == b"HEAD":
                 self.assertEqual(response.headers.getRawHeaders(b"content-length"), [b"42"])
+            self.assertTrue(h.transport().disconnecting)
             h.agent.request(b"GET", b"http://up.example/")
-            self.assertEqual(len(h.endpoints.connections), 1)
+            self.assertEqual(len(h.endpoints.connections), 2)
 
     def test_emptyBody(self) -> None:
         """
@@ -355,6 +394,57 @@ class ResponseTests(SynchronousTestCase):
             h.answer(chunks)
             reader.reason.trap(ResponseFailed)
             self.assertTrue(h.transport().disconnecting, chunks)
+
+    def test_controlCharacters(self) -> None:
+        """
+        A control character (other than a tab) in a field value or the
+        reason phrase, a CR or LF alone among them, fails the whole
+        response, and says so without repeating the field.
+        """
+        for head in [
+            b"HTTP/1.1 200 OK\r\nX-Id: a\x00b\r\n",
+            b"HTTP/1.1 200 OK\r\nX-Id: a\rb\r\n",
+            b"HTTP/1.1 200 OK\r\nX-Id: a\r\r\n",
+            b"HTTP/1.1 200 OK\r\nX-Id: a\nSet-Cookie: session=stolen\r\n",
+            b"HTTP/1.1 200 OK\r\nX-Id: a\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-Id: \x1b[31mred\r\n",
+            b"HTTP/1.1 200 OK\r\nX-Id: a\x7f\r\n",
+            b"HTTP/1.1 200 OK\r\nX-Id: a\x01\r\n",
+            b"HTTP/1.1 200 OK\r\nX-Id: a\x0b\x0c\x1f\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\x00\r\n",
+            b"HTTP/1.1 200 O\x00K\r\n",
+            b"HTTP/1.1 200 OK\nX-Id: a\r\n",
+            b"HTTP/1.1 200 OK\r\nX-\x00Id: a\r\n",
+        ]:
+            h = _Harness()
+            d = h.request()
+            h.answer(head + b"Content-Length: 2\r\n\r\n{}")
+            failure = self.failureResultOf(d, ResponseFailed)
+            error = failure.value.reasons[0].value
+            self.assertIsInstance(error, ProtocolError, head)
+            self.assertNotIn("X-Id", str(error))
+            self.assertTrue(h.transport().disconnecting, head)
+
+    def test_obsFold(self) -> None:
+        """
+        A field line folded onto the next (a line starting with a space or
+        a tab) fails the response.
+        """
+        for folded in (b"X-Id: a\r\n b\r\n", b"X-Id: a\r\n\tb\r\n", b"X-Id: a\r\n  X-Other: b\r\n"):
+            h = _Harness()
+            d = h.request()
+            h.answer(b"HTTP/1.1 200 OK\r\n" + folded + b"Content-Length: 2\r\n\r\n{}")
+            self.assertIsInstance(self.failureResultOf(d, ResponseFailed).value.reasons[0].value, ProtocolError)
+
+    def test_valuesKept(self) -> None:
+        """
+        A tab, spaces and bytes above 0x7f inside a value are taken as
+        they are.
+        """
+        h = _Harness()
+        d = h.request()
+        h.answer(b"HTTP/1.1 200 OK\r\nX-Id: a\tb  c\xe9\xff\r\nContent-Length: 2\r\n\r\n{}")
+        self.assertEqual(self.successResultOf(d).headers.getRawHeaders(b"x-id"), [b"a\tb  c\xe9\xff"])
 
     def test_headTooLong(self) -> None:
         """
@@ -405,6 +495,98 @@ class ResponseTests(SynchronousTestCase):
         self.assertTrue(h.transport().disconnecting)
         h.request()
         self.assertEqual(len(h.endpoints.connections), 2)
+
+
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+class ChunkedTests(SynchronousTestCase):
+    """
+    A chunked body is taken only as RFC 9112 frames it; anything else ends
+    the body as a failure and drops the connection, whether it comes with
+    the head, in a read of its own, or a byte at a time.
+    """
+
+    def read(self, body: bytes) -> list[tuple[_Harness, _Reader]]:
+        """
+        The body read after C{CHUNKED_HEAD}, each way it may arrive.
+        """
+        results = []
+        for way in ("with the head", "after the head", "byte by byte"):
+            h = _Harness()
+            d = h.request()
+            if way == "with the head":
+                h.answer(CHUNKED_HEAD + body)
+            else:
+                h.answer(CHUNKED_HEAD)
+                h.answer(body, split=1 if way == "byte by byte" else 0)
+            reader = _Reader()
+            self.successResultOf(d).deliverBody(reader)
+            results.append((h, reader))
+        return results
+
+    def assertMalformed(self, body: bytes) -> None:
+        for h, reader in self.read(body):
+            self.assertIsNotNone(reader.reason, body[:40])
+            reader.reason.trap(ResponseFailed)
+            self.assertIsInstance(reader.reason.value.reasons[0].value, ProtocolError)
+            self.assertTrue(h.transport().disconnecting, body[:40])
+
+    def assertWhole(self, body: bytes, expected: bytes) -> None:
+        for h, reader in self.read(body):
+            self.assertEqual(b"".join(reader.chunks), expected)
+            reader.reason.trap(ResponseDone)
+
+    def test_badSize(self) -> None:
+        """
+        A chunk size that is not plain hexadecimal digits fails the body.
+        """
+        for line in (b"0x10", b"-1", b"+5", b"zz", b" 5", b"5 5", b"1_0", b"", b"5\x00", b"\xd9\xa5",
+                     b"5\x0b", b"5\nabcde"):
+            self.assertMalformed(line + b"\r\nhello\r\n0\r\n\r\n")
+
+    def test_sizeLineTooLong(self) -> None:
+        """
+        A size line longer than 4096 bytes fails the body, whether its end
+        has come or not.
+        """
+        self.assertMalformed(b"5;" + b"a" * 5000)
+        self.assertMalformed(b"5;" + b"a" * 5000 + b"\r\nhello\r\n0\r\n\r\n")
+        self.assertMalformed(b"0" * 5000 + b"5\r\nhello\r\n0\r\n\r\n")
+
+    def test_sizeOverLimit(self) -> None:
+        """
+        A chunk said to be 2 GiB or more is not waited for.
+        """
+        for size in (b"80000000", b"ffffffffffffffff", b"10000000000000000"):
+            self.assertMalformed(size + b"\r\nhello")
+
+    def test_noCRLFAfterData(self) -> None:
+        """
+        Chunk data not followed by CRLF fails the body.
+        """
+        for body in (b"3\r\nabcX\r\n0\r\n\r\n", b"3\r\nabc\n0\r\n\r\n", b"3\r\nabc\rX0\r\n\r\n",
+                     b"3\r\nabcde\r\n0\r\n\r\n"):
+            self.assertMalformed(body)
+
+    def test_extensions(self) -> None:
+        """
+        Chunk extensions are passed over; one holding a control character
+        fails the body.
+        """
+        self.assertWhole(b"5;name=value\r\nhello\r\n5 ; q=\"a b\"\r\nworld\r\n0;last\r\n\r\n", b"helloworld")
+        for extension in (b";a=\x00", b";a\nb", b";\x1b", b";\x7f"):
+            self.assertMalformed(b"5" + extension + b"\r\nhello\r\n0\r\n\r\n")
+
+    def test_trailers(self) -> None:
+        """
+        A trailer section is read and dropped; a malformed trailer line, or
+        a section that does not end within 64 KiB, fails the body.
+        """
+        self.assertWhole(b"5\r\nhello\r\n0\r\nX-Checksum: abc\r\nX-More: \r\n\r\n", b"hello")
+        for trailer in (b"no colon", b"Bad Name: x", b" folded: x", b"X-T: a\x00b", b"X-T: \x1b"):
+            self.assertMalformed(b"5\r\nhello\r\n0\r\n" + trailer + b"\r\n\r\n")
+        self.assertMalformed(b"5\r\nhello\r\n0\r\n" + b"X-T: a\r\n" * 20000)
 
 
 class ControlTests(SynchronousTestCase):
@@ -566,6 +748,233 @@ class PoolTests(SynchronousTestCase):
         self.failureResultOf(d, ResponseFailed)
 
 
+# An answer a faulty or hostile upstream sends where none was asked for.
+SMUGGLED = b"HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\nsomeone else's!!!"
+
+
+class _Resuming(StringTransport):
+    """
+    A transport that, like a TLS one with bytes already read, delivers
+    C{pending} as soon as it is resumed.
+    """
+
+    pending = b""
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        pending, self.pending = self.pending, b""
+        if pending:
+            self.protocol.dataReceived(pending)
+
+
+class ReuseTests(SynchronousTestCase):
+    """
+    One caller's answer never reaches another: a connection whose answer's
+    end is in doubt is not used again, and bytes that come when no request
+    is waiting close the connection.
+    """
+
+    def assertOwnAnswer(self, h: _Harness, second: Deferred, index: int = -1) -> None:
+        """
+        C{second} is still waiting; answered on connection C{index}, it gets
+        that answer and nothing else.
+        """
+        self.assertNoResult(second)
+        h.answer(OK, index=index)
+        self.assertEqual(self.successResultOf(readBody(self.successResultOf(second))), b"hello world")
+
+    def test_bodylessAnswerNotReused(self) -> None:
+        """
+        After an answer to HEAD, a 204 or a 304, with or without a length,
+        the next request goes on a new connection, so a body the upstream
+        sends late never becomes the next caller's answer.
+        """
+        for method, head in [
+            (b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n"),
+            (b"HEAD", b"HTTP/1.1 200 OK\r\n\r\n"),
+            (b"HEAD", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            (b"GET", b"HTTP/1.1 204 No Content\r\n\r\n"),
+            (b"GET", b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"),
+            (b"GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 42\r\n\r\n"),
+            (b"DELETE", b"HTTP/1.1 204 No Content\r\nContent-Type: application/json\r\n\r\n"),
+        ]:
+            for late in (SMUGGLED, b'{"id": "file-1"}'):
+                h = _Harness()
+                d = h.agent.request(method, b"http://up.example/")
+                h.answer(head)
+                self.assertEqual(self.successResultOf(readBody(self.successResultOf(d))), b"")
+                second = h.agent.request(b"GET", b"http://up.example/")
+                h.answer(late, index=0)
+                self.assertEqual(len(h.endpoints.connections), 2, (method, head))
+                self.assertOwnAnswer(h, second)
+
+    def test_bodylessAnswerWithBodyAtOnce(self) -> None:
+        """
+        A body sent in the same read as the head of a bodyless answer is
+        not taken as anything: the connection is closed.
+        """
+        for method, head in [(b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n"),
+                             (b"GET", b"HTTP/1.1 204 No Content\r\n\r\n")]:
+            h = _Harness()
+            d = h.agent.request(method, b"http://up.example/")
+            h.answer(head + SMUGGLED)
+            self.assertEqual(self.successResultOf(readBody(self.successResultOf(d))), b"")
+            self.assertTrue(h.transport(0).disconnecting)
+            second = h.agent.request(b"GET", b"http://up.example/")
+            self.assertEqual(len(h.endpoints.connections), 2)
+            self.assertOwnAnswer(h, second)
+
+    def test_lateBytesAfterAnswer(self) -> None:
+        """
+        Bytes after a whole answer (with a length, or chunked), in a later
+        read, close the connection and take it out of the pool at once,
+        before it has closed: the next request goes on a new one.
+        """
+        for answer in (OK, CHUNKED):
+            for late in (SMUGGLED, b"x"):
+                h = _Harness()
+                d = h.request()
+                h.answer(answer)
+                self.successResultOf(readBody(self.successResultOf(d)))
+                h.answer(late, index=0)
+                self.assertTrue(h.transport(0).disconnecting)
+                second = h.request()
+                self.assertEqual(len(h.endpoints.connections), 2)
+                self.assertEqual(h.transport(0).value().count(b"POST"), 1)
+                self.assertOwnAnswer(h, second)
+
+    def test_extraBytesSplitAnywhere(self) -> None:
+        """
+        However the answer and the bytes after it are split across reads,
+        the next caller gets its own answer on a new connection.
+        """
+        for answer, body in ((OK, b"hello world"), (CHUNKED, b"data: 0123456789")):
+            for split in range(1, len(answer + SMUGGLED) + 1):
+                h = _Harness()
+                d = h.request()
+                h.answer(answer + SMUGGLED, split=split)
+                self.assertEqual(self.successResultOf(readBody(self.successResultOf(d))), body)
+                second = h.request()
+                self.assertEqual(len(h.endpoints.connections), 2, split)
+                self.assertOwnAnswer(h, second)
+
+    def test_bytesWhileReturningToPool(self) -> None:
+        """
+        Bytes that come between the end of an answer and the connection's
+        return to the pool (here, as a paused transport is resumed) keep it
+        out of the pool.
+        """
+        h = _Harness()
+        h.endpoints.transportFactory = _Resuming
+        reader = h.reading(self, OK[:-5])
+        reader.transport.pauseProducing()
+        h.transport(0).pending = SMUGGLED
+        h.answer(b"world")
+        reader.reason.trap(ResponseDone)
+        self.assertTrue(h.transport(0).disconnecting)
+        second = h.request()
+        self.assertEqual(len(h.endpoints.connections), 2)
+        self.assertOwnAnswer(h, second)
+
+    def test_bytesAfterDropped(self) -> None:
+        """
+        Once a connection is dropped (its head broke HTTP/1.1, or its
+        request was cancelled), whatever comes on it before it has closed
+        is not read: a well-formed answer after it never puts the
+        connection back in the pool.
+        """
+        for first in (b"HTTP/1.1 200 OK\r\nX-Id: \x00\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+                      None):
+            h = _Harness()
+            d = h.request()
+            if first is None:
+                d.cancel()
+                self.failureResultOf(d, CancelledError)
+            else:
+                h.answer(first)
+                self.failureResultOf(d, ResponseFailed)
+            self.assertTrue(h.transport(0).disconnecting)
+            h.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", index=0)
+            second = h.request()
+            self.assertEqual(len(h.endpoints.connections), 2, first)
+            self.assertOwnAnswer(h, second)
+
+    def test_lengthAndChunked(self) -> None:
+        """
+        An answer with both C{Content-Length} and C{Transfer-Encoding:
+        chunked}, in either order, is read as chunked and its connection
+        is not used again.
+        """
+        for fields in (b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n",
+                       b"Transfer-Encoding: chunked\r\nContent-Length: 300\r\n",
+                       b"Content-Length: nonsense\r\nTransfer-Encoding: chunked\r\n"):
+            h = _Harness()
+            d = h.request()
+            h.answer(b"HTTP/1.1 200 OK\r\n" + fields + b"\r\n5\r\nhello\r\n0\r\n\r\n")
+            response = self.successResultOf(d)
+            self.assertIs(response.length, UNKNOWN_LENGTH)
+            self.assertEqual(self.successResultOf(readBody(response)), b"hello")
+            self.assertTrue(h.transport(0).disconnecting)
+            h.request()
+            self.assertEqual(len(h.endpoints.connections), 2, fields)
+
+    def test_transferCodings(self) -> None:
+        """
+        Chunked as the last transfer coding frames the body; after another
+        coding, the body runs to the close.  Only C{chunked} alone lets the
+        connection be used again.
+        """
+        for codings, body, kept in [
+            ([b"chunked"], b"hello", True),
+            ([b"Chunked"], b"hello", True),
+            ([b"gzip, chunked"], b"hello", False),
+            ([b"gzip", b"chunked"], b"hello", False),
+            ([b"chunked, gzip"], b"5\r\nhello\r\n0\r\n\r\n", False),
+            ([b"chunked", b"gzip"], b"5\r\nhello\r\n0\r\n\r\n", False),
+        ]:
+            h = _Harness()
+            d = h.request()
+            fields = b"".join(b"Transfer-Encoding: " + c + b"\r\n" for c in codings)
+            h.answer(b"HTTP/1.1 200 OK\r\n" + fields + b"\r\n5\r\nhello\r\n0\r\n\r\n")
+            reader = _Reader()
+            self.successResultOf(d).deliverBody(reader)
+            if reader.reason is None:
+                h.protocol(0).connectionLost(Failure(ConnectionDone()))
+            self.assertEqual(b"".join(reader.chunks), body, codings)
+            h.request()
+            self.assertEqual(len(h.endpoints.connections), 1 if kept else 2, codings)
+
+    def test_badLengths(self) -> None:
+        """
+        Differing, negative, signed, empty or non-digit lengths fail the
+        request and drop the connection; the same length twice is one
+        length.
+        """
+        for fields in [
+            b"Content-Length: 1, 2\r\n",
+            b"Content-Length: 5\r\nContent-Length: 6\r\n",
+            b"Content-Length: -1\r\n",
+            b"Content-Length: +5\r\n",
+            b"Content-Length: 0x5\r\n",
+            b"Content-Length: 5 5\r\n",
+            b"Content-Length: \r\n",
+            b"Content-Length: 1e3\r\n",
+            "Content-Length: \u0665\r\n".encode("utf-8"),
+            b"Content-Length: 1234567890123456789\r\n",
+        ]:
+            for method in (b"GET", b"HEAD"):
+                h = _Harness()
+                d = h.agent.request(method, b"http://up.example/")
+                h.answer(b"HTTP/1.1 200 OK\r\n" + fields + b"\r\n")
+                self.failureResultOf(d, ResponseFailed).value.args, (method, fields)
+                self.assertTrue(h.transport().disconnecting, fields)
+        for fields in (b"Content-Length: 5, 5\r\n", b"Content-Length: 5\r\nContent-Length: 5\r\n"):
+            h = _Harness()
+            d = h.request()
+            h.answer(b"HTTP/1.1 200 OK\r\n" + fields + b"\r\nhello")
+            self.assertEqual(self.successResultOf(readBody(self.successResultOf(d))), b"hello")
+
+
 class _Lookups:
     """
     A name resolver that records the names it is asked for and finds none.
@@ -678,6 +1087,60 @@ class RealSocketTests(TestCase):
         self.assertGreaterEqual(len(reader.chunks), 3)
         self.assertGreater(reader.chunks[-1][0] - reader.chunks[0][0], 0.05)
 
+    async def _cut(self, answer: bytes, reset: bool) -> _Reader:
+        """
+        Read the body of C{answer} from an upstream that writes it, then
+        closes the connection: with a reset (RST) when C{reset}, cleanly
+        otherwise.
+        """
+        import socket
+        import struct
+
+        class Cutting(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                if b"\r\n\r\n" in data:
+                    self.transport.write(answer)
+                    reactor.callLater(0.05, self.cut)
+
+            def cut(self) -> None:
+                if reset:
+                    self.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                          struct.pack("ii", 1, 0))
+                    self.transport.abortConnection()
+                else:
+                    self.transport.loseConnection()
+
+        factory = Factory.forProtocol(Cutting)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        response = await self.agent.request(b"GET", b"http://127.0.0.1:%d/v1/models" % port.getHost().port)
+        return await _readToEnd(response)
+
+    async def test_resetUntilClose(self) -> None:
+        """
+        A body framed by the close, cut by a reset, ends as a failure; the
+        same body ended by a clean close ends as L{PotentialDataLoss}.
+        """
+        answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + b"x" * 80
+        reader = await self._cut(answer, reset=True)
+        self.assertEqual(b"".join(reader.chunks), b"x" * 80)
+        reader.reason.trap(ResponseFailed)
+        reader = await self._cut(answer, reset=False)
+        self.assertEqual(b"".join(reader.chunks), b"x" * 80)
+        reader.reason.trap(PotentialDataLoss)
+
+    async def test_cutShort(self) -> None:
+        """
+        A body cut short of its length (80 bytes of 220) or of its last
+        chunk ends as a failure, whether by a reset or by a clean close.
+        """
+        for answer in (b"HTTP/1.1 200 OK\r\nContent-Length: 220\r\n\r\n" + b"x" * 80,
+                       b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n50\r\n" + b"x" * 80 + b"\r\n"):
+            for reset in (True, False):
+                reader = await self._cut(answer, reset)
+                self.assertEqual(b"".join(reader.chunks), b"x" * 80)
+                reader.reason.trap(ResponseFailed)
+
     async def test_tls(self) -> None:
         """
         An https origin: the certificate is checked against the trust root
@@ -703,3 +1166,35 @@ class RealSocketTests(TestCase):
             self.assertEqual(response.code, 200)
             self.assertEqual(json.loads(await readBody(response))["object"], "list")
         self.assertEqual(len(next(iter(agent._origins.values())).idle), 1)
+
+    async def test_tlsTruncated(self) -> None:
+        """
+        A body framed by the close over TLS, whose TCP connection closes
+        without TLS's own close, ends as a failure: it may have been cut.
+        """
+        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+        from twisted.internet.ssl import PrivateCertificate, optionsForClientTLS
+
+        certificate = PrivateCertificate.loadPEM(_selfSigned("localhost"))
+
+        class Truncating(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                if b"\r\n\r\n" in data:
+                    self.transport.write(b"HTTP/1.1 200 OK\r\n\r\npartial")
+                    # The TCP connection under TLS, closed with no close_notify.
+                    reactor.callLater(0.05, self.transport.transport.loseConnection)
+
+        port = reactor.listenSSL(0, Factory.forProtocol(Truncating), certificate.options(),
+                                 interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+
+        class Endpoints:
+            def endpointForURI(self, uri):
+                return wrapClientTLS(optionsForClientTLS("localhost", trustRoot=certificate),
+                                     HostnameEndpoint(reactor, "127.0.0.1", uri.port))
+
+        agent = UpstreamAgent(reactor, endpointFactory=Endpoints())
+        response = await agent.request(b"GET", b"https://localhost:%d/v1/models" % port.getHost().port)
+        reader = await _readToEnd(response)
+        self.assertEqual(b"".join(reader.chunks), b"partial")
+        reader.reason.trap(ResponseFailed)
