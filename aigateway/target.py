@@ -53,13 +53,13 @@ _PCHAR = rb"A-Za-z0-9\-._~!$&'()*+,=:@"
 # segment, no trailing slash, no fragment; an optional well-formed query.
 # A dot segment still matches, so a path holding "/." takes the slow path.
 _FAST = re.compile(
-    rb"((?:/[" + _PCHAR + rb"]+)+|/)"
-    rb"(?:\?((?:[\x21\x22\x24\x26-\x7e]|%[0-9A-Fa-f]{2})*))?"
+    rb"((?:/[" + _PCHAR + rb"]++)++|/)"
+    rb"(?:\?((?:[\x21\x22\x24\x26-\x7e]++|%[0-9A-Fa-f]{2})*+))?"
 )
 
 _ABSOLUTE = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://([^/?#]*)(.*)", re.DOTALL)
 _AUTHORITY = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,=:\[\]%]+")
-_QUERY = re.compile(rb"(?:[\x21\x22\x24\x26-\x7e]|%[0-9A-Fa-f]{2})*")
+_QUERY = re.compile(rb"(?:[\x21\x22\x24\x26-\x7e]++|%[0-9A-Fa-f]{2})*+")
 _QUERY_BYTE = re.compile(rb"[^\x21-\x7e]")
 _PATH = re.compile(rb"[" + _PCHAR + rb"/%]*")
 _PATH_BYTE = re.compile(rb"[^" + _PCHAR + rb"/%]")
