@@ -118,6 +118,9 @@ def _loneSurrogate(text: str) -> bool:
     return False
 
 
+_CONTAINERS = frozenset((dict, list))
+
+
 def _deeperThan(root: dict[str, Any] | list[Any], limit: int) -> bool:
     """
     Whether objects and arrays nest more than C{limit} deep, C{root}
@@ -129,7 +132,7 @@ def _deeperThan(root: dict[str, Any] | list[Any], limit: int) -> bool:
             child
             for node in level
             for child in (node.values() if type(node) is dict else node)
-            if type(child) is dict or type(child) is list
+            if type(child) in _CONTAINERS
         ]
         if not level:
             return False
