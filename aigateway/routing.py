@@ -1,7 +1,11 @@
 """
 The route table: the gateway's root resource.
 
-A request is matched on its path (an exact C{path} beats any C{pathPrefix};
+The request's target is read once into its normal form
+(L{aigateway.target.normalTarget}); the request's C{path} and C{uri} are set
+to that form, so that the routes, the guard, the rules and the upstream
+request all read the same thing, and a target with no safe normal form is a
+400 here.  A request is matched on its path (an exact C{path} beats any C{pathPrefix};
 among prefixes the longest wins, always on a segment boundary), then
 narrowed by C{methods} and C{headers}.  Lookup costs one dictionary probe
 per segment of the request's path, however many routes there are.
@@ -20,9 +24,10 @@ from twisted.web.resource import Resource
 
 from aigateway.config import Match, Route
 from aigateway.flush import sendNow
+from aigateway.target import TargetError, normalTarget
 from aigateway.telemetry import Exchange, Telemetry
 
-__all__ = ["Handler", "RouteTable", "hasDotSegment"]
+__all__ = ["Handler", "RouteTable"]
 
 
 class Handler(Protocol):
@@ -49,20 +54,6 @@ def _accepts(match: Match, request: IRequest) -> bool:
         if not raw or raw[-1] != value.encode("utf-8"):
             return False
     return True
-
-
-def hasDotSegment(path: bytes) -> bool:
-    """
-    Whether C{path} has a C{.} or C{..} segment, plainly or percent-encoded:
-    such paths could reach the provider as something the route did not
-    mean, so they are refused.
-    """
-    if b"." not in path and b"%" not in path:
-        return False
-    for segment in path.split(b"/"):
-        if segment.lower().replace(b"%2e", b".") in (b".", b".."):
-            return True
-    return False
 
 
 class RouteTable(Resource):
@@ -118,10 +109,12 @@ class RouteTable(Resource):
         request.notifyFinish().addBoth(self._finished, request, exchange).addErrback(
             lambda failure: log.failure("reporting {path}", failure, path=request.path)
         )
-        if hasDotSegment(request.path):
-            return exchange.refuse(
-                request, 400, "the request path has '.' or '..' segments", "invalid_path"
-            )
+        try:
+            path, query = normalTarget(request.uri)
+        except TargetError as e:
+            return exchange.refuse(request, 400, e.message, "invalid_path")
+        request.path = path
+        request.uri = path + b"?" + query if query else path
         found = self.find(request)
         if found is None:
             return exchange.refuse(

@@ -9,7 +9,7 @@ from twisted.web.resource import Resource
 from twisted.internet.task import Clock
 
 from aigateway.config import TracingConfig, loadConfig
-from aigateway.routing import RouteTable, hasDotSegment
+from aigateway.routing import RouteTable
 from aigateway.telemetry import Metrics, Telemetry
 
 
@@ -158,26 +158,6 @@ class ScaleTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(response.text()), "e300")
         response = self.successResultOf(client.get("http://gw/tenant1000/llm"))
         self.assertEqual(response.code, 404)
-
-
-class DotSegmentTests(SynchronousTestCase):
-    """
-    L{hasDotSegment} finds plain and encoded dot segments only.
-    """
-
-    def test_found(self) -> None:
-        """
-        C{.}, C{..} and their encodings.
-        """
-        for path in (b"/a/../b", b"/a/./b", b"/a/%2E%2e/b", b"/a/..", b"/%2e"):
-            self.assertTrue(hasDotSegment(path), path)
-
-    def test_notFound(self) -> None:
-        """
-        Dots inside names are fine.
-        """
-        for path in (b"/v1/models/gpt-4.1", b"/a/..b/c", b"/a/b.", b"/%41"):
-            self.assertFalse(hasDotSegment(path), path)
 
 
 class SendNowTests(TestCase):
