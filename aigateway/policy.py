@@ -310,6 +310,7 @@ class RoutePolicy:
         # Reading every header into the request variable is the dearest part
         # of it; only an expression that mentions headers gets them.
         self.readsHeaders = any("headers" in e.source for e in expressions)
+        self.readsModel = any("requestModel" in e.source for e in expressions)
         self._claimContexts = _PerClaims()
         self._decisions = _PerClaims()
 
@@ -340,6 +341,17 @@ class RoutePolicy:
         so each sets its own variables in the shared context before use.
         """
         return self._claimContexts.get(claims, (), lambda: cel.Context({"jwt": claims}), 1024)
+
+    def unknownModel(self) -> Refusal | None:
+        """
+        The refusal for a request whose model the gateway cannot read (a
+        body it does not parse): a rule or limit that reads
+        C{llm.requestModel} cannot judge it, so it fails closed.
+        """
+        if not self.readsModel:
+            return None
+        return Refusal(403, "authorization failed: a rule reads llm.requestModel, and this "
+                       "request's model cannot be read", "authorization_failed")
 
     def authorize(self, variables: Variables) -> Refusal | None:
         """

@@ -533,6 +533,10 @@ class ProxyResource(Resource):
         """
         policy = self.policy
         assert policy is not None
+        if call.modelUnknown:
+            refusal = policy.unknownModel()
+            if refusal is not None:
+                return refusal, None
         token = identity.token if identity is not None else None
 
         def headers() -> dict[str, str]:

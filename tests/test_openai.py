@@ -27,21 +27,32 @@ class PathTests(SynchronousTestCase):
         Nothing or C{/} after the prefix means chat completions.
         """
         provider = _provider()
-        self.assertEqual(provider.upstreamPath(b""), b"/v1/chat/completions")
-        self.assertEqual(provider.upstreamPath(b"/"), b"/v1/chat/completions")
+        self.assertEqual(provider.upstreamPath(b"")[0], b"/v1/chat/completions")
+        self.assertEqual(provider.upstreamPath(b"/")[0], b"/v1/chat/completions")
 
     def test_v1AsIs(self) -> None:
         """
         C{/v1/...} is forwarded as it is.
         """
-        self.assertEqual(_provider().upstreamPath(b"/v1/models"), b"/v1/models")
+        self.assertEqual(_provider().upstreamPath(b"/v1/models")[0], b"/v1/models")
+        self.assertEqual(_provider().upstreamPath(b"/v1/files/File-AbC")[0], b"/v1/files/File-AbC")
+
+    def test_knownEndpointsInOneSpelling(self) -> None:
+        """
+        The endpoints the gateway knows are recognised in any letter case
+        and forwarded in their one spelling; other paths keep theirs.
+        """
+        for remainder in (b"/V1/Chat/Completions", b"/v1/CHAT/completions", b"/Chat/Completions"):
+            self.assertEqual(_provider().upstreamPath(remainder),
+                             (b"/v1/chat/completions", b"/v1/chat/completions"))
+        self.assertEqual(_provider().upstreamPath(b"/V1/Files/X")[0], b"/v1/Files/X")
 
     def test_withoutV1(self) -> None:
         """
         Other paths get C{/v1} in front, for SDKs whose base URL is the prefix.
         """
-        self.assertEqual(_provider().upstreamPath(b"/chat/completions"), b"/v1/chat/completions")
-        self.assertEqual(_provider().upstreamPath(b"/v1x"), b"/v1/v1x")
+        self.assertEqual(_provider().upstreamPath(b"/chat/completions")[0], b"/v1/chat/completions")
+        self.assertEqual(_provider().upstreamPath(b"/v1x")[0], b"/v1/v1x")
 
     def test_basePath(self) -> None:
         """
@@ -49,7 +60,7 @@ class PathTests(SynchronousTestCase):
         """
         provider = _provider("http://127.0.0.1:8000/proxy/")
         self.assertEqual(provider.origin, b"http://127.0.0.1:8000")
-        self.assertEqual(provider.upstreamPath(b""), b"/proxy/v1/chat/completions")
+        self.assertEqual(provider.upstreamPath(b"")[0], b"/proxy/v1/chat/completions")
         call = provider.prepare(b"POST", b"", b"", CHAT)
         self.assertEqual(call.operation, "chat")
 

@@ -10,7 +10,6 @@ import json
 import socket
 import time
 
-from treq.testing import RequestTraversalAgent
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -18,11 +17,9 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from aigateway.config import loadConfig
-from aigateway.fakellm import FakeLLM
-from aigateway.service import buildGateway
-from aigateway.site import LINGER, GatewaySite, ListenerFactory
+from aigateway.site import LINGER, ListenerFactory
 from tests.lab import ALICE_TOKEN, CHAT, LAB_PEM, indented
+from tests.memory import MemoryConnection, MemorySite
 
 KEY = "sk-upstream-secret"
 CONFIG = f"""
@@ -50,73 +47,6 @@ BODY = json.dumps(CHAT).encode()
 TEN_GB = 10 * 1024 ** 3
 
 
-class _HalfClosing(StringTransport):
-    """
-    A memory transport that can stop sending and go on receiving, as TCP can.
-    """
-
-    writeClosed = False
-    aborted = False
-
-    def loseWriteConnection(self) -> None:
-        self.writeClosed = True
-
-    def abortConnection(self) -> None:
-        self.aborted = True
-        super().abortConnection()
-
-
-class _Recording:
-    """
-    An agent in front of the fake LLM that remembers what it was asked.
-    """
-
-    def __init__(self, agent: RequestTraversalAgent) -> None:
-        self.agent = agent
-        self.calls: list[bytes] = []
-
-    def request(self, method, uri, headers=None, bodyProducer=None):
-        self.calls.append(uri)
-        return self.agent.request(method, uri, headers, bodyProducer)
-
-
-class _Connection:
-    """
-    One client connection to a gateway site in memory.
-    """
-
-    def __init__(self, site: GatewaySite, clock: Clock, upstream: RequestTraversalAgent) -> None:
-        self.clock = clock
-        self.upstream = upstream
-        self.channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-        self.transport = _HalfClosing(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
-        self.channel.makeConnection(self.transport)
-
-    def send(self, data: bytes) -> None:
-        self.channel.dataReceived(data)
-        for _ in range(5):
-            self.upstream.flush()
-
-    def answer(self) -> bytes:
-        return self.transport.value()
-
-    def status(self) -> int:
-        return int(self.answer().split(b" ", 2)[1])
-
-
-class _Site:
-    def __init__(self, config: str = CONFIG, **siteOptions: object) -> None:
-        self.clock = Clock()
-        self.fakellm = FakeLLM(self.clock, key=KEY)
-        self.upstream = RequestTraversalAgent(self.fakellm)
-        self.agent = _Recording(self.upstream)
-        root = buildGateway(loadConfig(config), self.agent, self.clock, {}).root
-        self.site = GatewaySite(root, self.clock, **siteOptions)  # type: ignore[arg-type]
-
-    def connect(self) -> _Connection:
-        return _Connection(self.site, self.clock, self.upstream)
-
-
 def _head(path: bytes, length: int | None, *extra: bytes) -> bytes:
     framing = b"transfer-encoding: chunked" if length is None else b"content-length: %d" % length
     lines = [b"POST " + path + b" HTTP/1.1", b"host: gw", b"content-type: application/json", framing]
@@ -134,9 +64,9 @@ class BodyOnHeadTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.gateway = _Site()
+        self.gateway = MemorySite(CONFIG, KEY)
 
-    def assertRefusedNow(self, connection: _Connection, status: int, code: str) -> None:
+    def assertRefusedNow(self, connection: MemoryConnection, status: int, code: str) -> None:
         answer = connection.answer()
         self.assertEqual(connection.status(), status, answer)
         head, _, body = answer.partition(b"\r\n\r\n")
@@ -294,9 +224,9 @@ class HeadLimitTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.gateway = _Site(requestHeadTimeout=10.0)
+        self.gateway = MemorySite(CONFIG, KEY, requestHeadTimeout=10.0)
 
-    def assertAnswered(self, connection: _Connection, status: int, code: str) -> None:
+    def assertAnswered(self, connection: MemoryConnection, status: int, code: str) -> None:
         answer = connection.answer()
         self.assertEqual(connection.status(), status, answer)
         self.assertEqual(json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"], code)
@@ -390,7 +320,7 @@ class ConnectionLimitTests(SynchronousTestCase):
         The connection over the limit gets a 503 with Retry-After and is
         closed; once one closes, a new one is taken again.
         """
-        gateway = _Site()
+        gateway = MemorySite(CONFIG, KEY)
         factory = ListenerFactory(gateway.site, 2)
         address = IPv4Address("TCP", "127.0.0.1", 40000)
         channels = []
