@@ -115,6 +115,7 @@ class RouteTable(Resource):
             return exchange.refuse(request, 400, e.message, "invalid_path")
         request.path = path
         request.uri = path + b"?" + query if query else path
+        exchange.path = path.decode("ascii")
         found = self.find(request)
         if found is None:
             return exchange.refuse(

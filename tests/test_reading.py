@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.memory import MemorySite
@@ -124,6 +125,18 @@ class OneReadingTests(SynchronousTestCase):
             sent = self.gateway.agent.calls.pop()
             self.assertEqual(sent.split(b"?")[0], b"http://127.0.0.1:9000/v1/chat/completions", spelling)
             self.assertNotIn(b"#", sent)
+
+    def test_reportedAsForwarded(self) -> None:
+        """
+        The access log names the path in the form that was judged.
+        """
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.send(b"POST", b"/r//v1/chat/%63ompletions/#x", ALLOWED)
+        self.gateway.clock.advance(1)
+        paths = [e["path"] for e in events if e.get("log_namespace") == "aigateway.access"]
+        self.assertEqual(paths, ["/r/v1/chat/completions"])
 
     def test_absoluteForm(self) -> None:
         """
