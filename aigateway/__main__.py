@@ -13,8 +13,8 @@ from typing import Sequence
 from twisted.internet.task import Clock
 
 from aigateway.config import ConfigError, loadConfig
-from aigateway.service import buildGateway
-from aigateway.tap import fileReader
+from aigateway.app.service import buildGateway
+from aigateway.app.tap import fileReader
 
 
 def main(argv: Sequence[str] | None = None) -> int:

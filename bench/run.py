@@ -52,7 +52,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-from aigateway.token import publicJWK, sign  # noqa: E402
+from aigateway.auth.token import publicJWK, sign  # noqa: E402
 
 KEY = "sk-bench"
 # S3 starts its 50 streams this many seconds apart: over the 400 ms one of

@@ -16,10 +16,10 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from aigateway.config import loadConfig
-from aigateway.fakellm import FakeLLM
-from aigateway.service import buildGateway
-from aigateway.site import GatewaySite
-from aigateway.telemetry import Metrics, Telemetry
+from aigateway.testing.fakellm import FakeLLM
+from aigateway.app.service import buildGateway
+from aigateway.web.site import GatewaySite
+from aigateway.observe.report import Metrics, Telemetry
 
 __all__ = ["HalfClosingTransport", "MemoryConnection", "MemoryGateway", "MemorySite", "RecordingAgent"]
 

@@ -1,5 +1,5 @@
 """
-Tests for L{aigateway.body}: a body is read strictly, or refused with a
+Tests for L{aigateway.llm.body}: a body is read strictly, or refused with a
 short reason and a code.
 """
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from aigateway.body import MAX_DEPTH, BodyError, readJSONObject
+from aigateway.llm.body import MAX_DEPTH, BodyError, readJSONObject
 
 CHAT = {
     "model": "gpt-4o-mini",

@@ -1,5 +1,5 @@
 """
-Tests for L{aigateway.fakellm}, the fake LLM the demo, the tests and the
+Tests for L{aigateway.testing.fakellm}, the fake LLM the demo, the tests and the
 benchmarks rely on.
 """
 
@@ -22,7 +22,7 @@ from twisted.web.client import ResponseFailed
 from twisted.web.iweb import IResponse
 from twisted.web.server import Request, Site
 
-from aigateway.fakellm import POEM, FakeLLM, Options, SeenRequest, makeService
+from aigateway.testing.fakellm import POEM, FakeLLM, Options, SeenRequest, makeService
 
 KEY = "sk-fake"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one two three"}]}

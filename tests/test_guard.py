@@ -1,5 +1,5 @@
 """
-Tests for L{aigateway.guard}: the JWT policy on routes, in memory, with
+Tests for L{aigateway.web.guard}: the JWT policy on routes, in memory, with
 the lab's key and token.
 """
 
@@ -12,8 +12,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from aigateway.config import ConfigError, loadConfig
-from aigateway.fakellm import FakeLLM
-from aigateway.service import buildGateway
+from aigateway.testing.fakellm import FakeLLM
+from aigateway.app.service import buildGateway
 from tests.lab import ALICE_TOKEN, LAB_PEM, LAB_POLICY
 from tests.memory import MemoryGateway
 

@@ -1,14 +1,14 @@
 """
-Tests for the header rewriting in L{aigateway.proxy} and for
-L{aigateway.credentials}.
+Tests for the header rewriting in L{aigateway.web.relay} and for
+L{aigateway.llm.credentials}.
 """
 
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
 from aigateway.config import SecretRef
-from aigateway.credentials import Credential, resolveCredential
-from aigateway.proxy import downstreamHeaders, upstreamHeaders
+from aigateway.llm.credentials import Credential, resolveCredential
+from aigateway.web.relay import downstreamHeaders, upstreamHeaders
 
 KEY = Credential(header=b"Bearer sk-backend")
 

@@ -1,5 +1,5 @@
 """
-Tests for L{aigateway.heap}.
+Tests for L{aigateway.app.heap}.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import gc
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from aigateway.heap import HeapSettler
+from aigateway.app.heap import HeapSettler
 
 
 class _Cycle:
@@ -35,12 +35,12 @@ class HeapSettlerTests(SynchronousTestCase):
     def test_twistdService(self) -> None:
         """
         C{twistd aigateway} runs the gateway with a heap settler beside it,
-        and formats log text through L{aigateway.logformat}.
+        and formats log text through L{aigateway.observe.logformat}.
         """
         from twisted.logger import _format
 
-        from aigateway import logformat
-        from aigateway.tap import Options, makeService
+        from aigateway.observe import logformat
+        from aigateway.app.tap import Options, makeService
 
         self.addCleanup(logformat.uninstall)
 

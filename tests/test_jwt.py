@@ -1,5 +1,5 @@
 """
-Tests for L{aigateway.jwt}: the lab's token passes, every rule of the
+Tests for L{aigateway.auth.jwt}: the lab's token passes, every rule of the
 verifier holds, and the tokens an attacker would forge do not pass.
 """
 
@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from aigateway.jwt import (
+from aigateway.auth.jwt import (
     REASONS,
     JWTError,
     JWTProvider,
@@ -31,9 +31,9 @@ from aigateway.jwt import (
     parseToken,
     verifySignature,
 )
-from aigateway.keys import RemoteJWKS, StaticKeys, VerifyKey, keysFromText
-from aigateway.token import main as tokenMain
-from aigateway.token import publicJWK, sign
+from aigateway.auth.keys import RemoteJWKS, StaticKeys, VerifyKey, keysFromText
+from aigateway.auth.token import main as tokenMain
+from aigateway.auth.token import publicJWK, sign
 from tests.lab import ALICE_TOKEN, LAB_PEM
 
 # The RFC 7638 thumbprint of the lab's key: the kid the gateway gives it.
@@ -1185,7 +1185,7 @@ class FuzzTests(_Case):
 
 class TokenCommandTests(_Case):
     """
-    C{python -m aigateway.token}: keygen, jwk and mint, as the README uses
+    C{python -m aigateway.auth.token}: keygen, jwk and mint, as the README uses
     them.
     """
 
@@ -1266,4 +1266,4 @@ class TokenCommandTests(_Case):
             self.assertEqual(status, 2, argv)
             self.assertEqual(out, "", argv)
             self.assertEqual(err.count("\n"), 1, (argv, err))
-            self.assertTrue(err.startswith("python -m aigateway.token"), err)
+            self.assertTrue(err.startswith("python -m aigateway.auth.token"), err)

@@ -1,5 +1,5 @@
 """
-Tests for L{aigateway.keys}: loading key material, thumbprints, a remote
+Tests for L{aigateway.auth.keys}: loading key material, thumbprints, a remote
 key set kept fresh, and the treq fetch it uses in production.
 """
 
@@ -24,8 +24,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from aigateway.jwt import JWTError, JWTProvider, Verifier
-from aigateway.keys import (
+from aigateway.auth.jwt import JWTError, JWTProvider, Verifier
+from aigateway.auth.keys import (
     KeyLoadError,
     RemoteJWKS,
     StaticKeys,
@@ -35,7 +35,7 @@ from aigateway.keys import (
     thumbprint,
     treqFetch,
 )
-from aigateway.token import publicJWK, sign
+from aigateway.auth.token import publicJWK, sign
 from tests.test_jwt import (
     CLAIMS,
     EC_KEY,

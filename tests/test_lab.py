@@ -219,7 +219,7 @@ class RemoteKeySetTests(TestCase):
         While the key set URL is down the gateway is not ready and tokens
         get 401; once it answers, C{/readyz} is 200 and the token passes.
         """
-        from aigateway.token import publicJWK
+        from aigateway.auth.token import publicJWK
 
         keys = _KeySetServer()
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(keys))

@@ -1,5 +1,5 @@
 """
-Tests for L{aigateway.logformat}: log events read exactly as Twisted's own
+Tests for L{aigateway.observe.logformat}: log events read exactly as Twisted's own
 formatting writes them, and the patch still fits the Twisted installed.
 """
 
@@ -9,7 +9,7 @@ from twisted.logger import formatEvent
 from twisted.logger import _format
 from twisted.trial.unittest import SynchronousTestCase
 
-from aigateway import logformat
+from aigateway.observe import logformat
 
 
 class _Thing:

@@ -1,5 +1,5 @@
 """
-Tests for L{aigateway.providers.openai}: path mapping and body handling.
+Tests for L{aigateway.llm.openai}: path mapping and body handling.
 """
 
 import json
@@ -7,7 +7,7 @@ import json
 from twisted.trial.unittest import SynchronousTestCase
 
 from aigateway.config import Backend
-from aigateway.providers.openai import OpenAIProvider, ProviderError
+from aigateway.llm.openai import OpenAIProvider, ProviderError
 
 
 def _provider(url: str = "https://api.openai.com", model: str | None = None) -> OpenAIProvider:

@@ -1,5 +1,5 @@
 """
-Tests for L{aigateway.otlp}: the span encoding gives the message the
+Tests for L{aigateway.observe.otlp}: the span encoding gives the message the
 OpenTelemetry exporter's own encoding gives, for every kind of value.
 """
 
@@ -20,8 +20,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
-from aigateway.otlp import SpanSender, encodeSpans
-from aigateway.tracing import SendingTracerProvider
+from aigateway.observe.otlp import SpanSender, encodeSpans
+from aigateway.observe.tracing import SendingTracerProvider
 
 ATTRIBUTES = {
     "text": "héllo \u2603",

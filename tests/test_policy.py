@@ -1,5 +1,5 @@
 """
-Tests for L{aigateway.policy}: claim-based authorization and rate limits,
+Tests for L{aigateway.web.policy}: claim-based authorization and rate limits,
 on the lab's token and through the gateway in memory.
 """
 
@@ -11,8 +11,8 @@ from prometheus_client import generate_latest
 from twisted.trial.unittest import SynchronousTestCase
 
 from aigateway.config import ConfigError, loadConfig
-from aigateway.policy import Bucket, MemoryBuckets, Variables, compileExpression
-from aigateway.token import sign
+from aigateway.web.policy import Bucket, MemoryBuckets, Variables, compileExpression
+from aigateway.auth.token import sign
 from tests.lab import ALICE_TOKEN, LAB_POLICY, indented
 from tests.memory import MemoryGateway
 from tests.test_jwt import RSA_KEY, _pem
@@ -90,7 +90,7 @@ class RuleTests(SynchronousTestCase):
     """
 
     def policy(self, rules: str):
-        from aigateway.policy import RoutePolicy
+        from aigateway.web.policy import RoutePolicy
 
         config = loadConfig("backends: {}\nauthorization: {rules: [" + rules + "]}\n")
         return RoutePolicy("r", config.authorization.rules, (), MemoryBuckets())

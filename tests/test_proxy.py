@@ -1,5 +1,5 @@
 """
-Tests for L{aigateway.proxy}: the relay, in memory.
+Tests for L{aigateway.web.relay}: the relay, in memory.
 
 Two kinds of upstream: the real fake LLM resource behind treq's
 C{RequestTraversalAgent} (for what a client sees end to end), and an agent
@@ -28,11 +28,11 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
 from aigateway.config import loadConfig
-from aigateway.fakellm import FakeLLM
-from aigateway.service import buildGateway
-from aigateway.site import GatewaySite
-from aigateway.telemetry import Metrics, Telemetry
-from aigateway.upstream import UpstreamAgent
+from aigateway.testing.fakellm import FakeLLM
+from aigateway.app.service import buildGateway
+from aigateway.web.site import GatewaySite
+from aigateway.observe.report import Metrics, Telemetry
+from aigateway.http.client import UpstreamAgent
 from tests.lab import CHAT
 
 KEY = "sk-upstream-secret"
@@ -672,7 +672,7 @@ class LogTests(SynchronousTestCase):
         wire.ask(stream=False, path=b"/local?api-key=sk-caller-secret")
         self.assertEqual(wire.received()[0], 502)
         self.assertEqual(self.flushLoggedErrors(), [])
-        logged = [formatEvent(e) for e in events if e.get("log_namespace") == "aigateway.proxy"]
+        logged = [formatEvent(e) for e in events if e.get("log_namespace") == "aigateway.web.relay"]
         self.assertEqual(len(logged), 1)
         self.assertIn("local", logged[0])
         self.assertNotIn("sk-caller-secret", logged[0])

@@ -20,7 +20,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from aigateway.admin import redacted
+from aigateway.app.admin import redacted
 from tests.lab import CHAT
 from tests.processes import REPO, startFakeLLM, startGateway, writeFile
 

@@ -1,5 +1,5 @@
 """
-Tests for L{aigateway.routing}: which route takes a request.
+Tests for L{aigateway.web.routes}: which route takes a request.
 """
 
 from treq.testing import StubTreq
@@ -9,8 +9,8 @@ from twisted.web.resource import Resource
 from twisted.internet.task import Clock
 
 from aigateway.config import TracingConfig, loadConfig
-from aigateway.routing import RouteTable
-from aigateway.telemetry import Metrics, Telemetry
+from aigateway.web.routes import RouteTable
+from aigateway.observe.report import Metrics, Telemetry
 
 
 class _Named(Resource):
@@ -175,7 +175,7 @@ class SendNowTests(TestCase):
         from twisted.internet import reactor
         from twisted.internet.defer import Deferred
 
-        from aigateway.site import GatewaySite
+        from aigateway.web.site import GatewaySite
 
         seen: Deferred = Deferred()
 

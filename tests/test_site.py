@@ -1,5 +1,5 @@
 """
-Tests for L{aigateway.site}: what a client connection may send and hold
+Tests for L{aigateway.web.site}: what a client connection may send and hold
 before any route sees it, on a real L{GatewayChannel} over a memory
 transport with a fake clock, and through the real gateway over a socket.
 """
@@ -17,7 +17,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from aigateway.site import LINGER, ListenerFactory
+from aigateway.web.site import LINGER, ListenerFactory
 from tests.lab import ALICE_TOKEN, CHAT, LAB_PEM, indented
 from tests.memory import MemoryConnection, MemorySite
 

@@ -1,10 +1,10 @@
 """
-Tests for L{aigateway.sse}: events come out right however the stream is cut.
+Tests for L{aigateway.llm.sse}: events come out right however the stream is cut.
 """
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from aigateway.sse import Event, SSEParser
+from aigateway.llm.sse import Event, SSEParser
 
 # A recorded OpenAI chat stream, with usage, a comment and [DONE].
 RECORDED = (

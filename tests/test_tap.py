@@ -1,5 +1,5 @@
 """
-Tests for L{aigateway.tap}: the command line.
+Tests for L{aigateway.app.tap}: the command line.
 """
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from aigateway.config import ConfigError
-from aigateway.tap import Options, listenOverride
+from aigateway.app.tap import Options, listenOverride
 
 class OptionsTests(SynchronousTestCase):
     """

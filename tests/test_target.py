@@ -1,5 +1,5 @@
 """
-Tests for L{aigateway.target}: every target has one normal form, or none
+Tests for L{aigateway.web.target}: every target has one normal form, or none
 and a 400.
 """
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from aigateway.target import TargetError, normalTarget
+from aigateway.web.target import TargetError, normalTarget
 
 _UNRESERVED = frozenset(
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"

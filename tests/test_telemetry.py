@@ -1,5 +1,5 @@
 """
-Tests for L{aigateway.telemetry}: spans, metrics and access log events for
+Tests for L{aigateway.observe.report}: spans, metrics and access log events for
 requests through the gateway, in memory.
 """
 
@@ -18,9 +18,9 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from aigateway.config import TracingConfig, loadConfig
-from aigateway.fakellm import FakeLLM
-from aigateway.service import buildGateway
-from aigateway.telemetry import Exchange, Metrics, Telemetry
+from aigateway.testing.fakellm import FakeLLM
+from aigateway.app.service import buildGateway
+from aigateway.observe.report import Exchange, Metrics, Telemetry
 from tests.memory import MemoryGateway
 
 CONFIG = """

@@ -1,5 +1,5 @@
 """
-Tests for L{aigateway.tracing}: the gateway's spans reach the collector as
+Tests for L{aigateway.observe.tracing}: the gateway's spans reach the collector as
 the OpenTelemetry SDK's spans would, for the same calls.
 """
 
@@ -29,8 +29,8 @@ from opentelemetry.trace.status import Status, StatusCode
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from aigateway.otlp import SpanSender
-from aigateway.tracing import SendingTracerProvider
+from aigateway.observe.otlp import SpanSender
+from aigateway.observe.tracing import SendingTracerProvider
 from tests.test_otlp import ATTRIBUTES, _Agent
 
 REMOTE = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,

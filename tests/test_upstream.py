@@ -1,5 +1,5 @@
 """
-Tests for L{aigateway.upstream}: the request as written, the response as
+Tests for L{aigateway.http.client}: the request as written, the response as
 parsed (every framing, split anywhere), the pool, and the failures; then
 the agent against the fake LLM over real sockets.
 """
@@ -24,8 +24,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.server import Site
 
-from aigateway.fakellm import FakeLLM
-from aigateway.upstream import BytesBody, ProtocolError, UpstreamAgent
+from aigateway.testing.fakellm import FakeLLM
+from aigateway.http.client import BytesBody, ProtocolError, UpstreamAgent
 
 
 def _selfSigned(name: str) -> bytes:

@@ -1,5 +1,5 @@
 """
-Tests for L{aigateway.usage}: what an answer says about itself, read as it
+Tests for L{aigateway.llm.usage}: what an answer says about itself, read as it
 passes.
 """
 
@@ -9,7 +9,7 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from aigateway.usage import AnswerObserver
+from aigateway.llm.usage import AnswerObserver
 
 
 def _chunk(delta: dict, finish: str | None = None, usage: dict | None = None, compact: bool = True) -> bytes:

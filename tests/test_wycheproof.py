@@ -26,8 +26,8 @@ import os
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from aigateway.jwt import JWTError, parseToken, verifySignature
-from aigateway.keys import KeyLoadError, keysFromText
+from aigateway.auth.jwt import JWTError, parseToken, verifySignature
+from aigateway.auth.keys import KeyLoadError, keysFromText
 
 VECTORS = os.environ.get("AIGATEWAY_WYCHEPROOF") or os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "testdata", "wycheproof"

@@ -9,14 +9,14 @@ from twisted.application.service import ServiceMaker
 
 aigateway = ServiceMaker(
     "aigateway",
-    "aigateway.tap",
+    "aigateway.app.tap",
     "An AI gateway: routes, provider keys, JWT, streaming, telemetry.",
     "aigateway",
 )
 
 fakellm = ServiceMaker(
     "fakellm",
-    "aigateway.fakellm",
+    "aigateway.testing.fakellm",
     "An OpenAI-compatible fake LLM for demos, tests and benchmarks.",
     "fakellm",
 )

@@ -2,7 +2,7 @@
 Building the running gateway from a L{Config}: the route table with one
 resource chain per route, the HTTP site, the listeners and the admin
 listener, and serving it: reloads and a graceful drain.  Everything takes its reactor, agent and environment as
-arguments; only L{aigateway.tap} knows the global reactor.
+arguments; only L{aigateway.app.tap} knows the global reactor.
 """
 
 from __future__ import annotations
@@ -24,20 +24,20 @@ from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
-from aigateway.admin import AdminRoot
-from aigateway.site import GatewaySite, ListenerFactory
+from aigateway.app.admin import AdminRoot
+from aigateway.web.site import GatewaySite, ListenerFactory
 from aigateway.config import Config, ConfigError, JWTPolicy, JWTProviderConfig, Route, loadConfig
-from aigateway.credentials import resolveCredential
-from aigateway.guard import JWTGuard
-from aigateway.jwt import JWTProvider, Verifier
-from aigateway.keys import KeyLoadError, RemoteJWKS, StaticKeys, keysFromText, treqFetch
-from aigateway.providers.openai import OpenAIProvider
-from aigateway.proxy import ProxyResource
-from aigateway.routing import RouteTable
-from aigateway.policy import BucketStore, MemoryBuckets, RoutePolicy
-from aigateway.reload import ConfigWatcher
-from aigateway.telemetry import InFlight, Metrics, Telemetry, buildTracerProvider
-from aigateway.upstream import UpstreamAgent
+from aigateway.llm.credentials import resolveCredential
+from aigateway.web.guard import JWTGuard
+from aigateway.auth.jwt import JWTProvider, Verifier
+from aigateway.auth.keys import KeyLoadError, RemoteJWKS, StaticKeys, keysFromText, treqFetch
+from aigateway.llm.openai import OpenAIProvider
+from aigateway.web.relay import ProxyResource
+from aigateway.web.routes import RouteTable
+from aigateway.web.policy import BucketStore, MemoryBuckets, RoutePolicy
+from aigateway.app.watch import ConfigWatcher
+from aigateway.observe.report import InFlight, Metrics, Telemetry, buildTracerProvider
+from aigateway.http.client import UpstreamAgent
 
 __all__ = [
     "Gateway",

@@ -3,7 +3,7 @@ JWT verification: strict parsing, key selection, signature and claims.
 
 Everything here is pure: no reactor, no I/O, and the time is an argument.
 python-jose checks signatures with keys this module selected and
-L{aigateway.keys} built; the strict parts are ours, in this order:
+L{aigateway.auth.keys} built; the strict parts are ours, in this order:
 
   1. the token's shape and encoding, before any cryptography: ASCII, at
      most C{maxTokenBytes}, exactly three canonical unpadded base64url
@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import attrs
 
-from aigateway.keys import MIN_RSA_BITS, VerifyKey, b64urlDecode, strictJSON
+from aigateway.auth.keys import MIN_RSA_BITS, VerifyKey, b64urlDecode, strictJSON
 
 __all__ = [
     "REASONS",
@@ -288,7 +288,7 @@ class JWTProvider:
     @ivar audiences: at least one must be in a token's C{aud}; empty, and
         C{aud} is not checked.
     @ivar keys: returns the current keys (a remote key set changes); read
-        at each verification.  L{aigateway.keys.StaticKeys} for fixed keys.
+        at each verification.  L{aigateway.auth.keys.StaticKeys} for fixed keys.
     @ivar clockSkew: seconds of leeway for C{exp}, C{nbf} and C{iat}.
     @ivar requireExp: refuse tokens without C{exp}.
     @ivar maxLifetime: when set, tokens need C{exp}, and C{exp} may be at

@@ -20,10 +20,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from aigateway.errors import writeError
+from aigateway.web.errors import writeError
 
 if TYPE_CHECKING:
-    from aigateway.service import GatewayService
+    from aigateway.app.service import GatewayService
 
 __all__ = ["AdminRoot", "redacted"]
 

@@ -2,7 +2,7 @@
 The OpenAI provider (and every OpenAI-compatible server).
 
 Path mapping, after the route's prefix has been taken off (the path is in
-the normal form of L{aigateway.target} by then):
+the normal form of L{aigateway.web.target} by then):
   - empty or C{/}: C{/v1/chat/completions}, as in C{POST /openai};
   - C{/v1/...}: forwarded as it is, so an SDK whose C{base_url} ends in
     C{/openai/v1} works for chat, models, embeddings and responses;
@@ -12,7 +12,7 @@ forwarded in their one spelling, and a method they do not take is a 405
 here: what the gateway judged is what the provider gets.
 
 JSON bodies of the endpoints that take a C{model} are read strictly
-(L{aigateway.body}: a duplicate key, a non-string model or bad UTF-8 is a
+(L{aigateway.llm.body}: a duplicate key, a non-string model or bad UTF-8 is a
 400 here) and rewritten only where the backend says so: its C{model}
 replaces the one asked for, and a stream that did not ask for usage gets
 C{stream_options.include_usage} so that its token counts are known.  A body
@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from aigateway.body import BodyError, readJSONObject
+from aigateway.llm.body import BodyError, readJSONObject
 from aigateway.config import Backend
 
 __all__ = ["OpenAIProvider", "ProviderError", "UpstreamCall"]

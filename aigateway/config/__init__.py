@@ -190,7 +190,7 @@ class JWTPolicy:
 @attrs.frozen
 class AuthorizationPolicy:
     """
-    Authorization rules, compiled: see L{aigateway.policy}.
+    Authorization rules, compiled: see L{aigateway.web.policy}.
     """
 
     rules: tuple
@@ -205,7 +205,7 @@ class Route:
     @ivar maxRequestBody: the largest request body accepted, in bytes.
     @ivar jwt: the route's JWT policy, or L{None} when it has none.
     @ivar authorization: the route's rules, or L{None}.
-    @ivar rateLimits: the route's limits (L{aigateway.policy.Limit}).
+    @ivar rateLimits: the route's limits (L{aigateway.web.policy.Limit}).
     """
 
     name: str
@@ -566,7 +566,7 @@ def _override(gatewayValue: T | None, parse: Callable[[object, str], T], section
 
 
 def _expression(value: object, path: str) -> Any:
-    from aigateway.policy import ExpressionError, compileExpression
+    from aigateway.web.policy import ExpressionError, compileExpression
 
     try:
         return compileExpression(_string(value, path))
@@ -578,7 +578,7 @@ RULE_KINDS = ("allow", "deny", "require")
 
 
 def _authorization(value: object, path: str) -> AuthorizationPolicy:
-    from aigateway.policy import Rule
+    from aigateway.web.policy import Rule
 
     fields = _Fields(value, path)
 
@@ -601,7 +601,7 @@ def _authorization(value: object, path: str) -> AuthorizationPolicy:
 
 
 def _bucket(value: object, path: str) -> Any:
-    from aigateway.policy import Bucket
+    from aigateway.web.policy import Bucket
 
     fields = _Fields(value, path)
 
@@ -621,7 +621,7 @@ def _bucket(value: object, path: str) -> Any:
 
 
 def _rateLimits(value: object, path: str) -> tuple:
-    from aigateway.policy import Limit
+    from aigateway.web.policy import Limit
 
     if not isinstance(value, list):
         raise ConfigError(path, f"must be a list of limits, not {_kind(value)}")
@@ -697,7 +697,7 @@ def _stringList(value: object, path: str) -> tuple[str, ...]:
 
 
 def _jwks(value: object, path: str) -> JWKSSource:
-    from aigateway.keys import KeyLoadError, keysFromText
+    from aigateway.auth.keys import KeyLoadError, keysFromText
 
     fields = _Fields(value, path)
     kind = fields.oneOf("local", "file", "remote")

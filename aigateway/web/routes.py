@@ -2,7 +2,7 @@
 The route table: the gateway's root resource.
 
 The request's target is read once into its normal form
-(L{aigateway.target.normalTarget}); the request's C{path} and C{uri} are set
+(L{aigateway.web.target.normalTarget}); the request's C{path} and C{uri} are set
 to that form, so that the routes, the guard, the rules and the upstream
 request all read the same thing, and a target with no safe normal form is a
 400 here.  A request is matched on its path (an exact C{path} beats any C{pathPrefix};
@@ -23,9 +23,9 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
 from aigateway.config import Match, Route
-from aigateway.flush import sendNow
-from aigateway.target import TargetError, normalTarget
-from aigateway.telemetry import Exchange, Telemetry
+from aigateway.web.flush import sendNow
+from aigateway.web.target import TargetError, normalTarget
+from aigateway.observe.report import Exchange, Telemetry
 
 __all__ = ["Handler", "RouteTable"]
 

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from aigateway.config import TracingConfig
-from aigateway.errors import writeError
+from aigateway.web.errors import writeError
 
 __all__ = ["Exchange", "InFlight", "Metrics", "Telemetry", "buildTracerProvider"]
 
@@ -239,8 +239,8 @@ def buildTracerProvider(config: TracingConfig, reactor: Any, agent: Any,
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
     from opentelemetry.util.re import parse_env_headers
 
-    from aigateway.otlp import SpanSender
-    from aigateway.tracing import SendingTracerProvider
+    from aigateway.observe.otlp import SpanSender
+    from aigateway.observe.tracing import SendingTracerProvider
 
     headers = dict(config.otlpHeaders) or parse_env_headers(
         environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or environ.get("OTEL_EXPORTER_OTLP_HEADERS", ""),

@@ -67,13 +67,13 @@ def makeService(options: Options) -> IService:
     Load the configuration and build the gateway; a broken configuration is
     reported on one line and the process exits with status 1.  C{SIGHUP}
     reloads the configuration.  Log events' text is formatted by
-    L{aigateway.logformat} from then on.
+    L{aigateway.observe.logformat} from then on.
     """
     from twisted.internet import reactor
 
-    from aigateway import logformat
-    from aigateway.heap import HeapSettler
-    from aigateway.service import GatewayService
+    from aigateway.observe import logformat
+    from aigateway.app.heap import HeapSettler
+    from aigateway.app.service import GatewayService
 
     path = options["config"]
     try:

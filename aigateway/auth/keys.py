@@ -246,7 +246,7 @@ class KeyLoad:
 @attrs.frozen
 class StaticKeys:
     """
-    A key source that never changes, for L{aigateway.jwt.JWTProvider.keys}.
+    A key source that never changes, for L{aigateway.auth.jwt.JWTProvider.keys}.
     """
 
     keys: tuple[VerifyKey, ...]

@@ -46,7 +46,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IBod
 from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
 from zope.interface import implementer
 
-from aigateway.flush import sendNow
+from aigateway.web.flush import sendNow
 
 __all__ = ["BytesBody", "UpstreamAgent", "UpstreamResponse"]
 

@@ -21,9 +21,9 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
 from aigateway.config import JWTPolicy, TokenSource
-from aigateway.jwt import JWTError, VerifiedToken, Verifier
-from aigateway.routing import Handler
-from aigateway.telemetry import Exchange
+from aigateway.auth.jwt import JWTError, VerifiedToken, Verifier
+from aigateway.web.routes import Handler
+from aigateway.observe.report import Exchange
 
 __all__ = ["AmbiguousToken", "Identity", "JWTGuard", "TokenLocation", "claimHeaders"]
 

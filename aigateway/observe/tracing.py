@@ -1,6 +1,6 @@
 """
 The gateway's tracer provider: OpenTelemetry spans made for one purpose,
-to be encoded to OTLP as they end (L{aigateway.otlp}).
+to be encoded to OTLP as they end (L{aigateway.observe.otlp}).
 
 The SDK's spans guard every field with a lock, check each attribute
 against its limits as it is set and run the span processors' hooks at
@@ -32,7 +32,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace.status import Status, StatusCode
 from twisted.internet.defer import Deferred
 
-from aigateway.otlp import SpanSender
+from aigateway.observe.otlp import SpanSender
 
 __all__ = ["SendingTracerProvider"]
 
@@ -59,7 +59,7 @@ def _linkable(context: api.SpanContext | None, attributes: Mapping[str, Any] | N
 
 class _Span(api.Span):
     """
-    A recording span: what L{aigateway.otlp.encodeSpan} reads, and the
+    A recording span: what L{aigateway.observe.otlp.encodeSpan} reads, and the
     OpenTelemetry API's methods to fill it in.
     """
 

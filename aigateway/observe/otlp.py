@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 
-from aigateway.upstream import BytesBody
+from aigateway.http.client import BytesBody
 
 __all__ = ["SpanSender", "encodeSpan", "encodeSpans"]
 

@@ -34,7 +34,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from aigateway.config import DEFAULT_MAX_REQUEST_BODY, DEFAULT_REQUEST_HEAD_TIMEOUT
-from aigateway.errors import errorBody
+from aigateway.web.errors import errorBody
 
 __all__ = [
     "BodyTooLarge",

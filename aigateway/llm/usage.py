@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 
-from aigateway.sse import SSEParser
+from aigateway.llm.sse import SSEParser
 
 __all__ = ["AnswerObserver", "MAX_OBSERVED_BODY"]
 

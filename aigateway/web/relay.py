@@ -39,16 +39,16 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from aigateway.config import Route
-from aigateway.credentials import Credential
-from aigateway.errors import errorBody
-from aigateway.flush import sendNow
-from aigateway.guard import Identity
-from aigateway.policy import Refusal, RoutePolicy
-from aigateway.providers.openai import OpenAIProvider, ProviderError, UpstreamCall
-from aigateway.site import BodyTooLarge, requestBody
-from aigateway.telemetry import Exchange, Telemetry
-from aigateway.upstream import BytesBody, ProtocolError
-from aigateway.usage import AnswerObserver
+from aigateway.llm.credentials import Credential
+from aigateway.web.errors import errorBody
+from aigateway.web.flush import sendNow
+from aigateway.web.guard import Identity
+from aigateway.web.policy import Refusal, RoutePolicy
+from aigateway.llm.openai import OpenAIProvider, ProviderError, UpstreamCall
+from aigateway.web.site import BodyTooLarge, requestBody
+from aigateway.observe.report import Exchange, Telemetry
+from aigateway.http.client import BytesBody, ProtocolError
+from aigateway.llm.usage import AnswerObserver
 
 __all__ = ["ProxyResource", "downstreamHeaders", "upstreamHeaders"]
 

@@ -1,5 +1,5 @@
 """
-C{python -m aigateway.token}: make keys and tokens for your own issuer.
+C{python -m aigateway.auth.token}: make keys and tokens for your own issuer.
 
   - C{keygen --type rsa|ec --out PREFIX}: writes C{PREFIX.key} (the private
     key, PKCS#8 PEM, mode 0600) and C{PREFIX.pub} (the public key, PEM);
@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from aigateway.config import ConfigError, parseDuration
-from aigateway.keys import KeyLoadError, b64urlEncode, publicKeyFromPEM, thumbprint
+from aigateway.auth.keys import KeyLoadError, b64urlEncode, publicKeyFromPEM, thumbprint
 
 __all__ = ["defaultAlg", "main", "publicJWK", "sign"]
 
@@ -228,7 +228,7 @@ def main(
         pass
 
     Parser.stderr = err
-    parser = Parser(prog="python -m aigateway.token", description="Make keys and tokens.")
+    parser = Parser(prog="python -m aigateway.auth.token", description="Make keys and tokens.")
     commands = parser.add_subparsers(dest="command", required=True)
     keygen = commands.add_parser("keygen", help="make a key pair")
     keygen.add_argument("--type", choices=["rsa", "ec"], default="rsa")

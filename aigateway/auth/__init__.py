@@ -1,0 +1,3 @@
+"""
+JWT parsing and verification, key sets, the token helper.
+"""

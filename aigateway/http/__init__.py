@@ -1,0 +1,3 @@
+"""
+The upstream HTTP client.
+"""

@@ -1,0 +1,3 @@
+"""
+Provider knowledge: path mapping, request bodies, streams, usage, backend credentials.
+"""

@@ -1,0 +1,3 @@
+"""
+The request's record, metrics, the access log, tracing and OTLP export.
+"""

@@ -1,3 +1,0 @@
-"""
-Provider adapters: how a route's request is rewritten for one kind of LLM API.
-"""

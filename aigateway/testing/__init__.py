@@ -1,0 +1,3 @@
+"""
+Fakes shipped for demos, tests and benchmarks: the fake LLM.
+"""

@@ -1,0 +1,3 @@
+"""
+The request path, top to bottom: site, routes, guard, policy, relay, errors.
+"""
