@@ -13,7 +13,7 @@ from typing import Sequence
 from twisted.internet.task import Clock
 
 from aigateway.config import ConfigError, loadConfig
-from aigateway.app.service import buildGateway
+from aigateway.build import buildGateway
 from aigateway.app.tap import fileReader
 
 

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from aigateway.config import loadConfig
 from aigateway.testing.fakellm import FakeLLM
-from aigateway.app.service import buildGateway
+from aigateway.build import buildGateway
 from aigateway.web.site import GatewaySite
 from aigateway.observe.report import Metrics, Telemetry
 

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from aigateway.config import ConfigError, loadConfig
 from aigateway.testing.fakellm import FakeLLM
-from aigateway.app.service import buildGateway
+from aigateway.build import buildGateway
 from tests.lab import ALICE_TOKEN, LAB_PEM, LAB_POLICY
 from tests.memory import MemoryGateway
 

@@ -29,7 +29,7 @@ from twisted.web.resource import Resource
 
 from aigateway.config import loadConfig
 from aigateway.testing.fakellm import FakeLLM
-from aigateway.app.service import buildGateway
+from aigateway.build import buildGateway
 from aigateway.web.site import GatewaySite
 from aigateway.observe.report import Metrics, Telemetry
 from aigateway.http.client import UpstreamAgent

@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from aigateway.config import TracingConfig, loadConfig
 from aigateway.testing.fakellm import FakeLLM
-from aigateway.app.service import buildGateway
+from aigateway.build import buildGateway
 from aigateway.observe.report import Exchange, Metrics, Telemetry
 from tests.memory import MemoryGateway
 
