@@ -24,8 +24,8 @@ from aigateway.llm.credentials import resolveCredential
 from aigateway.llm.openai import OpenAIProvider
 from aigateway.observe.report import Metrics, Telemetry
 from aigateway.web.guard import JWTGuard
-from aigateway.web.policy import BucketStore, MemoryBuckets, RoutePolicy
-from aigateway.web.relay import ProxyResource
+from aigateway.web.policy import BucketStore, MemoryBuckets, PolicyResource, RoutePolicy
+from aigateway.web.relay import RelayResource
 from aigateway.web.routes import RouteTable
 
 __all__ = ["Gateway", "buildGateway", "readFile"]
@@ -132,19 +132,20 @@ class _Builder:
         if route.authorization is not None or route.rateLimits:
             rules = route.authorization.rules if route.authorization is not None else ()
             policy = RoutePolicy(route.name, rules, route.rateLimits, self.buckets)
-        proxy = ProxyResource(
+        relay = RelayResource(
             route,
             self.providers[backend],
             self.credentials[backend],
             self.agent,
             self.clock,
             self.telemetry,
-            policy,
         )
+        judged = PolicyResource(route.name, route.maxRequestBody, route.match.pathPrefix,
+                                self.providers[backend], policy, relay, self.clock)
         if route.jwt is None:
-            return proxy
+            return judged
         where = "jwt" if route.jwt is self.config.jwt else f"routes[{index}].jwt"
-        return JWTGuard(route.jwt, self.verifier(route.jwt, where), proxy.withIdentity, self.clock)
+        return JWTGuard(route.jwt, self.verifier(route.jwt, where), judged, self.clock)
 
     def build(self) -> Gateway:
         for name, credential in self.credentials.items():

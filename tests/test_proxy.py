@@ -678,46 +678,6 @@ class LogTests(SynchronousTestCase):
         self.assertNotIn("sk-caller-secret", logged[0])
 
 
-class SentAtOnceTests(TestCase):
-    """
-    Over a real socket, a stream's events leave as they are relayed.
-    """
-
-    async def test_eventOnTheWire(self) -> None:
-        """
-        When an upstream event has been relayed, the client can read it from
-        its socket at once, not after the reactor's turn is over.
-        """
-        import socket
-
-        from twisted.internet import reactor
-        from twisted.internet.task import deferLater
-
-        upstream = _Upstream()
-        site = GatewaySite(buildGateway(loadConfig(CONFIG), upstream, reactor, {}).root, reactor)
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.addCleanup(site.closeChannels)
-        client = socket.create_connection(("127.0.0.1", port.getHost().port))
-        self.addCleanup(client.close)
-        body = json.dumps(dict(CHAT, stream=True)).encode()
-        client.sendall(b"POST /local HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
-                       b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        client.setblocking(False)
-        for _ in range(100):
-            if upstream.calls:
-                break
-            await deferLater(reactor, 0.01, lambda: None)
-        response = upstream.respond()
-        response._bodyDataReceived(b"data: one\n\n")
-        try:
-            received = client.recv(65536)
-        except BlockingIOError:
-            received = b""
-        self.assertIn(b"data: one\n\n", received)
-        response._bodyDataFinished(Failure(ResponseDone()))
-
-
 class SecretsStayOutOfLogsTests(SynchronousTestCase):
     """
     A bug while rendering is one line in the log that names no URI, query

@@ -20,7 +20,7 @@ class _Named(Resource):
         super().__init__()
         self.name = name
 
-    def handle(self, request, exchange) -> bytes:
+    def render(self, request) -> bytes:
         return self.name.encode("utf-8")
 
 
@@ -160,7 +160,7 @@ class ScaleTests(SynchronousTestCase):
         self.assertEqual(response.code, 404)
 
 
-class SendNowTests(TestCase):
+class AnswerFirstTests(TestCase):
     """
     The answer leaves for the client before the request is reported.
     """
@@ -180,14 +180,15 @@ class SendNowTests(TestCase):
         seen: Deferred = Deferred()
 
         class Recording(Telemetry):
-            def finish(self, exchange, status, completed):
-                try:
-                    seen.callback(client.recv(65536))
-                except BlockingIOError:
-                    seen.callback(b"")
-                super().finish(exchange, status, completed)
+            def flushReports(self):
+                if not seen.called:
+                    try:
+                        seen.callback(client.recv(65536))
+                    except BlockingIOError:
+                        seen.callback(b"")
+                super().flushReports()
 
-        telemetry = Recording(TracingConfig(), Metrics(), reactor, accessLog=False)
+        telemetry = Recording(TracingConfig(), Metrics(), reactor, accessLog=False, reportDelay=0.001)
         site = GatewaySite(RouteTable([], telemetry), reactor)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)

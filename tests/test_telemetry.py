@@ -320,20 +320,6 @@ class ReportDelayTests(SynchronousTestCase):
         access = [e for e in events if e.get("log_namespace") == "aigateway.access"]
         self.assertEqual([(e["path"], e["durationMs"]) for e in access], [("/a", 250.0), ("/b", 250.0)])
 
-    def test_nextGoesUpstream(self) -> None:
-        """
-        Once another request has gone upstream, what waits is reported: the
-        gateway is waiting on the network then.
-        """
-        traced = _Traced(reportDelay=5.0)
-        traced.observe(self)
-        earlier = Exchange(started=0.0, method="GET", path="/earlier")
-        traced.telemetry.inFlight.started()
-        traced.telemetry.finish(earlier, 200, True)
-        self.assertEqual(traced.events, [])
-        traced.send(self, "/local", CHAT)
-        self.assertEqual(traced.events[0]["path"], "/earlier")
-
     def test_flush(self) -> None:
         """
         A flush reports what waits at once.

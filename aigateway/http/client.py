@@ -46,7 +46,6 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IBod
 from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
 from zope.interface import implementer
 
-from aigateway.web.flush import sendNow
 
 __all__ = ["BytesBody", "UpstreamAgent", "UpstreamResponse"]
 
@@ -171,6 +170,13 @@ class _BodyProducer:
     def stopProducing(self) -> None:
         self.exchange.abandon()
 
+    def abortConnection(self) -> None:
+        """
+        What treq's body readers call to give up on a body: the same as
+        L{stopProducing}.
+        """
+        self.exchange.abandon()
+
 
 # Parser states.
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_CLOSE, _DONE = range(8)
@@ -234,7 +240,6 @@ class _Exchange:
         self.reused = reused
         connection.exchange = self
         connection.transport.write(self.head)
-        sendNow(connection.transport)
         producer = self.producer
         if not self.produced and producer is not None:
             consumer: IConsumer = connection.transport

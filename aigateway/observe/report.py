@@ -24,7 +24,6 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from aigateway.config import TracingConfig
-from aigateway.web.errors import writeError
 
 __all__ = ["Exchange", "InFlight", "Metrics", "Telemetry", "buildTracerProvider"]
 
@@ -90,29 +89,6 @@ class Exchange:
     endedNs: int | None = None
     serverAttributes: dict[str, Any] | None = None
     completed: bool = True
-
-    @classmethod
-    def standalone(cls, request: IRequest) -> "Exchange":
-        """
-        A record for a resource rendered outside the route table, which
-        nobody reports.
-        """
-        return cls(0.0, request.method.decode("latin-1"), request.path.decode("latin-1"))
-
-    def refuse(
-        self,
-        request: IRequest,
-        status: int,
-        message: str,
-        code: str | None = None,
-        headers: Iterable[tuple[bytes, bytes]] = (),
-    ) -> bytes:
-        """
-        Answer with an error the gateway decided on, and remember why.
-        """
-        self.reason = message
-        self.errorCode = code
-        return writeError(request, status, message, code, headers)
 
 
 class Metrics:

@@ -1,6 +1,10 @@
 """
 Error answers in the OpenAI error envelope, so SDKs show them as they
 show the provider's own: C{{"error": {"message", "type", "code"}}}.
+
+A stage that refuses a request does so with L{refuse} (or returns an
+L{ErrorResource}), which also writes why on the request's record, so the
+report says it.
 """
 
 from __future__ import annotations
@@ -8,9 +12,13 @@ from __future__ import annotations
 import json
 from typing import Iterable
 
-from twisted.web.server import Request
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
 
-__all__ = ["errorBody", "writeError"]
+from aigateway.observe.record import IExchange
+
+__all__ = ["ErrorResource", "errorBody", "finishWith", "refuse", "writeError"]
 
 # The envelope's "type" for each status the gateway itself answers with.
 _TYPES = {
@@ -61,3 +69,55 @@ def writeError(
     for name, value in headers:
         request.responseHeaders.setRawHeaders(name, [value])
     return body
+
+
+def refuse(
+    request: IRequest,
+    status: int,
+    message: str,
+    code: str | None = None,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> bytes:
+    """
+    Answer with an error the gateway decided on, and write why on the
+    request's record.
+
+    @return: the body, for a C{render} method to return.
+    """
+    exchange = request.getComponent(IExchange)
+    if exchange is not None:
+        exchange.reason = message
+        exchange.errorCode = code
+    return writeError(request, status, message, code, headers)
+
+
+def finishWith(request: IRequest, body: bytes | int) -> None:
+    """
+    Send what a C{render} method returned, for a request rendered after its
+    first C{render} call had returned C{NOT_DONE_YET}.
+    """
+    if body is NOT_DONE_YET:
+        return
+    assert isinstance(body, bytes)
+    request.setHeader(b"content-length", b"%d" % (len(body),))
+    request.write(body)
+    request.finish()
+
+
+class ErrorResource(Resource):
+    """
+    A small resource that refuses every request it is given.
+    """
+
+    isLeaf = True
+
+    def __init__(self, status: int, message: str, code: str | None = None,
+                 headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+        super().__init__()
+        self.status = status
+        self.message = message
+        self.code = code
+        self.headers = tuple(headers)
+
+    def render(self, request: IRequest) -> bytes:
+        return refuse(request, self.status, self.message, self.code, self.headers)

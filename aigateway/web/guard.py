@@ -3,29 +3,33 @@ The JWT guard: a transparent resource in front of a route's chain.
 
 It finds the caller's token (a header, a query parameter or a cookie, as the
 policy says), verifies it with the route's L{Verifier}, and then either
-answers 401 itself or hands the request to the protected resource built for
-what it learned, an L{Identity}, the way cred hands over an avatar.  In every
-case the token is kept from the provider.
+answers 401 itself or hands the request to the protected resource with what
+it learned, an L{Identity}, as the request's L{IIdentity} component.  It
+consumes no path segment.  In every case the token is kept from the
+provider.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Callable, Mapping
+from typing import Mapping
 from urllib.parse import unquote_plus
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
+from zope.interface import Interface
 
-from aigateway.config import JWTPolicy, TokenSource
 from aigateway.auth.jwt import JWTError, VerifiedToken, Verifier
-from aigateway.web.routes import Handler
+from aigateway.config import JWTPolicy, TokenSource
+from aigateway.observe.record import IExchange
 from aigateway.observe.report import Exchange
+from aigateway.web.errors import refuse
+from aigateway.web.routes import renderChild
 
-__all__ = ["AmbiguousToken", "Identity", "JWTGuard", "TokenLocation", "claimHeaders"]
+__all__ = ["AmbiguousToken", "IIdentity", "Identity", "JWTGuard", "TokenLocation", "claimHeaders"]
 
 _REALM = b'Bearer realm="aigateway"'
 # Query parameters are split on both separators some servers know: a
@@ -184,12 +188,21 @@ def claimHeaders(
     return tuple(headers)
 
 
+class IIdentity(Interface):
+    """
+    What the JWT guard learned about the caller, as a request component
+    (an L{Identity}).
+    """
+
+
 class JWTGuard(Resource):
     """
-    Authenticates, then delegates to C{protected(identity)}.
+    Authenticates on the request's head, then hands the request to the
+    protected resource with what it learned as the request's L{IIdentity}
+    component; or answers 401 itself.
 
-    @ivar protected: builds the resource that serves an authenticated (or,
-        where the mode allows, anonymous) caller.
+    @ivar protected: the resource that serves an authenticated (or, where
+        the mode allows, anonymous) caller.
     """
 
     isLeaf = True
@@ -198,7 +211,7 @@ class JWTGuard(Resource):
         self,
         policy: JWTPolicy,
         verifier: Verifier,
-        protected: Callable[[Identity], Handler],
+        protected: IResource,
         clock: IReactorTime,
     ) -> None:
         super().__init__()
@@ -214,31 +227,29 @@ class JWTGuard(Resource):
         self._anonymous = Identity(self.location)
 
     def render(self, request: IRequest) -> bytes | int:
-        return self.handle(request, Exchange.standalone(request))
-
-    def handle(self, request: IRequest, exchange: Exchange) -> bytes | int:
+        exchange = request.getComponent(IExchange)
         try:
             token = self.location.find(request)
         except AmbiguousToken as e:
             if self.mode == "permissive":
-                return self.protected(self._anonymous).handle(request, exchange)
+                return self._pass(request, self._anonymous)
             return self._refuse(request, exchange, e)
         if token is None:
             if self.mode == "strict":
                 exchange.authFailure = "no bearer token found"
-                return exchange.refuse(
+                return refuse(
                     request,
                     401,
                     "authentication failure: no bearer token found",
                     "missing_token",
                     [(b"www-authenticate", _REALM)],
                 )
-            return self.protected(self._anonymous).handle(request, exchange)
+            return self._pass(request, self._anonymous)
         try:
             verified = self.verifier.verify(token, self.clock.seconds())
         except JWTError as e:
             if self.mode == "permissive":
-                return self.protected(self._anonymous).handle(request, exchange)
+                return self._pass(request, self._anonymous)
             return self._refuse(request, exchange, e)
         exchange.subject = verified.subject
         identity = Identity(
@@ -246,12 +257,16 @@ class JWTGuard(Resource):
             verified,
             claimHeaders(verified.claims, self._claimsToHeaders.get(verified.provider, ())),
         )
-        return self.protected(identity).handle(request, exchange)
+        return self._pass(request, identity)
+
+    def _pass(self, request: IRequest, identity: Identity) -> bytes | int:
+        request.setComponent(IIdentity, identity)
+        return renderChild(self.protected, request)
 
     def _refuse(self, request: IRequest, exchange: Exchange, e: JWTError) -> bytes:
         exchange.authFailure = e.reason
         description = e.reason.replace('"', "'").encode("ascii", "replace")
-        return exchange.refuse(
+        return refuse(
             request,
             401,
             f"authentication failure: {e.reason}",

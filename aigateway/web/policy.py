@@ -25,8 +25,25 @@ from typing import Any, Callable, Mapping, Sequence
 
 import attrs
 import cel
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import Interface
+
+from aigateway.llm.openai import OpenAIProvider, ProviderError, UpstreamCall
+from aigateway.observe.record import IExchange
+from aigateway.web.errors import finishWith, refuse
+from aigateway.web.guard import IIdentity
+from aigateway.web.routes import renderChild
+from aigateway.web.site import BodyTooLarge, requestBody
 
 __all__ = [
+    "Admission",
+    "IAdmission",
+    "PolicyResource",
     "Bucket",
     "BucketStore",
     "Expression",
@@ -436,3 +453,143 @@ class RoutePolicy:
 
 def _nothing(tokens: int, at: float | None = None) -> None:
     pass
+
+
+log = Logger()
+
+
+class IAdmission(Interface):
+    """
+    What the policy admitted, as a request component (an L{Admission}).
+    """
+
+
+@attrs.frozen
+class Admission:
+    """
+    A request the policy let through, as it is to go upstream.
+
+    @ivar call: the upstream call, judged as it will be sent.
+    @ivar charge: takes the tokens the answer used from the route's token
+        buckets, or L{None} when the route has none.
+    """
+
+    call: UpstreamCall
+    charge: Callable[[int, float], None] | None = None
+
+
+class PolicyResource(Resource):
+    """
+    The stage that judges a request: it reads the body (up to the route's
+    limit), has the provider prepare the upstream call (so that what is
+    judged is what is sent), applies the route's authorization rules and
+    rate limits, and hands what it admitted to the relay as the request's
+    L{IAdmission}.
+
+    @ivar relay: the resource that sends an admitted request upstream.
+    """
+
+    isLeaf = True
+
+    def __init__(self, routeName: str, maxRequestBody: int, prefix: str | None,
+                 provider: OpenAIProvider, policy: RoutePolicy | None, relay: Any,
+                 clock: IReactorTime) -> None:
+        super().__init__()
+        self.routeName = routeName
+        self.maxRequestBody = maxRequestBody
+        self.provider = provider
+        self.policy = policy
+        self.relay = relay
+        self.clock = clock
+        self._prefixLength = len(prefix.rstrip("/").encode("utf-8")) if prefix else None
+
+    def render(self, request: IRequest) -> bytes | int:
+        exchange = request.getComponent(IExchange)
+        exchange.provider = self.provider.name
+        problem = self.relay.unavailable()
+        if problem is not None:
+            return refuse(request, 503, problem, "backend_credential_missing")
+        reading = requestBody(request, self.maxRequestBody)
+        reading.addCallbacks(self._judge, self._noBody, (request,), None, (request,))
+        reading.addErrback(self._bug, request)
+        return NOT_DONE_YET
+
+    def _noBody(self, failure: Failure, request: IRequest) -> None:
+        """
+        The body is over the route's limit, or the client left while sending
+        it (and so has nobody to answer).
+        """
+        if failure.check(BodyTooLarge) and request.channel is not None:
+            error = failure.value
+            request.getComponent(IExchange).bytesIn = error.size
+            finishWith(request, refuse(request, 413, error.message, "request_too_large"))
+
+    def _bug(self, failure: Failure, request: IRequest) -> None:
+        log.error("unexpected {error} on route {route} before relaying",
+                  error=failure.type.__name__, route=self.routeName)
+        if not request.finished and request.channel is not None:
+            finishWith(request, refuse(request, 502, "the gateway failed to relay this request",
+                                       "gateway_error"))
+
+    def _judge(self, body: bytes, request: IRequest) -> None:
+        """
+        The whole body is in: prepare the upstream call and judge it.
+        """
+        exchange = request.getComponent(IExchange)
+        exchange.bytesIn = len(body)
+        identity = request.getComponent(IIdentity)
+        path = request.path
+        remainder = path[self._prefixLength:] if self._prefixLength is not None else b""
+        query = request.uri.partition(b"?")[2]
+        if identity is not None:
+            query = identity.location.upstreamQuery(query)
+        try:
+            call = self.provider.prepare(request.method, remainder, query, body)
+        except ProviderError as e:
+            finishWith(request, refuse(request, e.status, e.message, e.code, e.headers))
+            return
+        charge = None
+        if self.policy is not None:
+            token = identity.token if identity is not None else None
+            refusal, charge = self._admit(request, token.claims if token is not None else None, call)
+            if refusal is not None:
+                if refusal.status == 403:
+                    exchange.authFailure = "authorization failed"
+                finishWith(request, refuse(request, refusal.status, refusal.message, refusal.code,
+                                           refusal.headers))
+                return
+        request.setComponent(IAdmission, Admission(call, charge))
+        finishWith(request, renderChild(self.relay, request))
+
+    def _admit(
+        self, request: IRequest, claims: Mapping[str, Any] | None, call: UpstreamCall
+    ) -> tuple[Refusal | None, Callable[[int, float], None] | None]:
+        """
+        The route's authorization rules, then its rate limits.
+        """
+        policy = self.policy
+        assert policy is not None
+        if call.modelUnknown:
+            refusal = policy.unknownModel()
+            if refusal is not None:
+                return refusal, None
+
+        def headers() -> dict[str, str]:
+            return {
+                name.decode("latin-1").lower(): b", ".join(values).decode("latin-1")
+                for name, values in request.requestHeaders.getAllRawHeaders()
+            }
+
+        variables = policy.variables(
+            claims,
+            request.method.decode("latin-1"),
+            request.path.decode("latin-1"),
+            headers,
+            call.requestModel,
+            call.stream,
+            self.provider.name,
+        )
+        refusal = policy.authorize(variables)
+        if refusal is not None:
+            return refusal, None
+        return policy.admit(variables, self.clock.seconds())

@@ -39,18 +39,17 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from aigateway.config import Route
-from aigateway.llm.credentials import Credential
-from aigateway.web.errors import errorBody
-from aigateway.web.flush import sendNow
-from aigateway.web.guard import Identity
-from aigateway.web.policy import Refusal, RoutePolicy
-from aigateway.llm.openai import OpenAIProvider, ProviderError, UpstreamCall
-from aigateway.web.site import BodyTooLarge, requestBody
-from aigateway.observe.report import Exchange, Telemetry
 from aigateway.http.client import BytesBody, ProtocolError
+from aigateway.llm.credentials import Credential
+from aigateway.llm.openai import OpenAIProvider, UpstreamCall
 from aigateway.llm.usage import AnswerObserver
+from aigateway.observe.record import IExchange
+from aigateway.observe.report import Exchange, Telemetry
+from aigateway.web.errors import errorBody, finishWith, refuse
+from aigateway.web.guard import IIdentity, Identity
+from aigateway.web.policy import IAdmission
 
-__all__ = ["ProxyResource", "downstreamHeaders", "upstreamHeaders"]
+__all__ = ["RelayResource", "downstreamHeaders", "upstreamHeaders"]
 
 log = Logger()
 
@@ -261,7 +260,7 @@ class _Relay:
 
     def _fail(self, status: int, message: str, code: str) -> None:
         if not self.done:
-            _answer(self.request, self.exchange.refuse(self.request, status, message, code))
+            finishWith(self.request, refuse(self.request, status, message, code))
 
     def _failed(self, failure: Failure) -> None:
         self._pending = None
@@ -331,10 +330,6 @@ class _Relay:
             exchange.firstChunk = self.clock.seconds()
         exchange.bytesOut += len(data)
         self.request.write(data)
-        if self.stream:
-            # An event goes to the client now, not after whatever else
-            # this turn of the reactor has to do.
-            sendNow(self.request.transport)
         if self.observer is not None:
             self.observer.data(data)
 
@@ -388,12 +383,13 @@ class _Relay:
             transport.loseConnection()
 
 
-class ProxyResource(Resource):
+class RelayResource(Resource):
     """
-    Sends the request to the route's backend and relays the answer.
+    The last stage of a route: sends the request the policy admitted (the
+    request's L{IAdmission}) to the route's backend and relays the answer.
 
     Everything that does not depend on the request (the provider, the
-    credential, the prefix) is fixed when the route table is built.
+    credential) is fixed when the route table is built.
     """
 
     isLeaf = True
@@ -406,10 +402,8 @@ class ProxyResource(Resource):
         agent: IAgent,
         clock: IReactorTime,
         telemetry: Telemetry,
-        policy: RoutePolicy | None = None,
     ) -> None:
         super().__init__()
-        self.policy = policy
         self.route = route
         self.provider = provider
         self.credential = credential
@@ -417,83 +411,21 @@ class ProxyResource(Resource):
         self.clock = clock
         self.telemetry = telemetry
         self.capture = telemetry.config.captureContent
-        prefix = route.match.pathPrefix
-        self._prefixLength = len(prefix.rstrip("/").encode("utf-8")) if prefix else None
 
-    def withIdentity(self, identity: Identity) -> "_Identified":
+    def unavailable(self) -> str | None:
         """
-        This resource, for a caller the JWT guard has identified.
+        Why this backend cannot be called at all, or L{None}.
         """
-        return _Identified(self, identity)
+        if self.credential.problem is None:
+            return None
+        return f"backend '{self.route.backend.name}' has no credential: {self.credential.problem}"
 
     def render(self, request: Request) -> bytes | int:
-        return self.handle(request, Exchange.standalone(request))
-
-    def handle(
-        self, request: Request, exchange: Exchange, identity: Identity | None = None
-    ) -> bytes | int:
-        """
-        Relay C{request}; C{identity}, when the route is guarded, says what
-        of the caller's token must be kept from the provider and which
-        claims go upstream as headers.
-        """
-        exchange.provider = self.provider.name
-        if self.credential.problem is not None:
-            return exchange.refuse(
-                request,
-                503,
-                f"backend '{self.route.backend.name}' has no credential: {self.credential.problem}",
-                "backend_credential_missing",
-            )
-        reading = requestBody(request, self.route.maxRequestBody)
-        reading.addCallbacks(self._relay, self._noBody, (request, exchange, identity), None,
-                             (request, exchange))
-        reading.addErrback(self._bug, request, exchange)
-        return NOT_DONE_YET
-
-    def _noBody(self, failure: Failure, request: Request, exchange: Exchange) -> None:
-        """
-        The body is over the route's limit, or the client left while sending
-        it (and so has nobody to answer).
-        """
-        if failure.check(BodyTooLarge) and request.channel is not None:
-            error = failure.value
-            exchange.bytesIn = error.size
-            _answer(request, exchange.refuse(request, 413, error.message, "request_too_large"))
-
-    def _bug(self, failure: Failure, request: Request, exchange: Exchange) -> None:
-        log.error("unexpected {error} on route {route} before relaying",
-                  error=failure.type.__name__, route=self.route.name)
-        if not request.finished and request.channel is not None:
-            _answer(request, exchange.refuse(request, 502, "the gateway failed to relay this request",
-                                             "gateway_error"))
-
-    def _relay(self, body: bytes, request: Request, exchange: Exchange,
-               identity: Identity | None) -> None:
-        """
-        The whole body is in: judge the request and send it upstream.
-        """
-        exchange.bytesIn = len(body)
+        exchange = request.getComponent(IExchange)
+        admission = request.getComponent(IAdmission)
+        identity = request.getComponent(IIdentity)
+        call = admission.call
         provider = self.provider
-        path = request.path
-        remainder = path[self._prefixLength:] if self._prefixLength is not None else b""
-        query = request.uri.partition(b"?")[2]
-        if identity is not None:
-            query = identity.location.upstreamQuery(query)
-        try:
-            call = provider.prepare(request.method, remainder, query, body)
-        except ProviderError as e:
-            _answer(request, exchange.refuse(request, e.status, e.message, e.code, e.headers))
-            return
-        charge = None
-        if self.policy is not None:
-            refusal, charge = self._admit(request, identity, call)
-            if refusal is not None:
-                if refusal.status == 403:
-                    exchange.authFailure = "authorization failed"
-                _answer(request, exchange.refuse(request, refusal.status, refusal.message, refusal.code,
-                                                 refusal.headers))
-                return
         headers = upstreamHeaders(
             request.requestHeaders,
             self.credential,
@@ -519,54 +451,10 @@ class ProxyResource(Resource):
         exchange.serverPort = provider.serverPort
         for name, value in self.telemetry.upstreamHeaders(exchange):
             headers.setRawHeaders(name, [value])
-        relay = _Relay(request, exchange, self.agent, self.clock, self.route.timeout, observer, charge)
+        relay = _Relay(request, exchange, self.agent, self.clock, self.route.timeout, observer,
+                       admission.charge)
         relay.start(provider.origin + call.path, call, headers)
-        # The request is on its way upstream; while the gateway waits for
-        # the answer, the requests that ended are reported.
-        self.telemetry.flushReports()
-
-    def _admit(
-        self, request: Request, identity: Identity | None, call: UpstreamCall
-    ) -> tuple[Refusal | None, Callable[[int, float], None] | None]:
-        """
-        The route's authorization rules, then its rate limits.
-        """
-        policy = self.policy
-        assert policy is not None
-        if call.modelUnknown:
-            refusal = policy.unknownModel()
-            if refusal is not None:
-                return refusal, None
-        token = identity.token if identity is not None else None
-
-        def headers() -> dict[str, str]:
-            return {
-                name.decode("latin-1").lower(): b", ".join(values).decode("latin-1")
-                for name, values in request.requestHeaders.getAllRawHeaders()
-            }
-
-        variables = policy.variables(
-            token.claims if token is not None else None,
-            request.method.decode("latin-1"),
-            request.path.decode("latin-1"),
-            headers,
-            call.requestModel,
-            call.stream,
-            self.provider.name,
-        )
-        refusal = policy.authorize(variables)
-        if refusal is not None:
-            return refusal, None
-        return policy.admit(variables, self.clock.seconds())
-
-
-def _answer(request: Request, body: bytes) -> None:
-    """
-    Send a whole answer that was decided after rendering returned.
-    """
-    request.setHeader(b"content-length", b"%d" % (len(body),))
-    request.write(body)
-    request.finish()
+        return NOT_DONE_YET
 
 
 def _applyIdentity(headers: Headers, identity: Identity) -> None:
@@ -583,16 +471,3 @@ def _applyIdentity(headers: Headers, identity: Identity) -> None:
             headers.setRawHeaders(b"cookie", [kept])
     for name, value in identity.addHeaders:
         headers.setRawHeaders(name, [value])
-
-
-class _Identified:
-    """
-    A route's proxy as seen by one identified caller.
-    """
-
-    def __init__(self, proxy: ProxyResource, identity: Identity) -> None:
-        self.proxy = proxy
-        self.identity = identity
-
-    def handle(self, request: Request, exchange: Exchange) -> bytes | int:
-        return self.proxy.handle(request, exchange, self.identity)

@@ -15,32 +15,20 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from typing import Protocol
-
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource, getChildForRequest
 
 from aigateway.config import Match, Route
-from aigateway.web.flush import sendNow
-from aigateway.web.target import TargetError, normalTarget
+from aigateway.observe.record import IExchange
 from aigateway.observe.report import Exchange, Telemetry
+from aigateway.web.errors import refuse
+from aigateway.web.target import TargetError, normalTarget
 
-__all__ = ["Handler", "RouteTable"]
+__all__ = ["RouteTable", "renderChild"]
 
-
-class Handler(Protocol):
-    """
-    A route's resource chain, as the route table calls it: like
-    C{IResource.render}, with the request's L{Exchange} alongside.
-    """
-
-    def handle(self, request: IRequest, exchange: Exchange) -> bytes | int:
-        ...
-
-
-_Entry = tuple[Route, Handler]
+_Entry = tuple[Route, IResource]
 log = Logger()
 
 
@@ -58,8 +46,10 @@ def _accepts(match: Match, request: IRequest) -> bool:
 
 class RouteTable(Resource):
     """
-    The root resource: finds the route for a request and lets that route's
-    resource chain render it.
+    The root resource: reads the request's target into its normal form,
+    starts the request's record (as its L{IExchange} component), finds the
+    route and hands the request to that route's resource, with the route's
+    prefix in C{prepath} and the rest of the path in C{postpath}.
 
     @ivar routes: the routes in configuration order.
     """
@@ -72,16 +62,17 @@ class RouteTable(Resource):
         self.routes = tuple(route for route, _ in entries)
         self._exact: dict[bytes, list[_Entry]] = {}
         self._prefix: dict[bytes, list[_Entry]] = {}
+        self._depth: dict[str, int] = {}
         for route, resource in entries:
             match = route.match
             if match.path is not None:
-                self._exact.setdefault(match.path.encode("utf-8"), []).append(
-                    (route, resource)
-                )
+                key = match.path.encode("utf-8")
+                self._exact.setdefault(key, []).append((route, resource))
             else:
                 assert match.pathPrefix is not None
                 key = match.pathPrefix.rstrip("/").encode("utf-8")
                 self._prefix.setdefault(key, []).append((route, resource))
+            self._depth[route.name] = key.count(b"/")
 
     def find(self, request: IRequest) -> _Entry | None:
         """
@@ -106,30 +97,40 @@ class RouteTable(Resource):
 
     def render(self, request: IRequest) -> bytes | int:
         exchange = self.telemetry.begin(request)
+        request.setComponent(IExchange, exchange)
         request.notifyFinish().addBoth(self._finished, request, exchange).addErrback(
             lambda failure: log.failure("reporting {path}", failure, path=request.path)
         )
         try:
             path, query = normalTarget(request.uri)
         except TargetError as e:
-            return exchange.refuse(request, 400, e.message, "invalid_path")
+            return refuse(request, 400, e.message, "invalid_path")
         request.path = path
         request.uri = path + b"?" + query if query else path
         exchange.path = path.decode("ascii")
         found = self.find(request)
         if found is None:
-            return exchange.refuse(
+            return refuse(
                 request,
                 404,
                 f"no route for {request.method.decode('latin-1')} "
                 f"{request.path[:200].decode('latin-1')}",
                 "route_not_found",
             )
-        route, handler = found
+        route, resource = found
         exchange.route = route.name
-        return handler.handle(request, exchange)
+        segments = path[1:].split(b"/")
+        depth = self._depth[route.name]
+        request.prepath, request.postpath = segments[:depth], segments[depth:]
+        return renderChild(resource, request)
 
     def _finished(self, result: object, request: IRequest, exchange: Exchange) -> None:
-        # The answer leaves now, not after the report.
-        sendNow(getattr(request, "transport", None))
         self.telemetry.finish(exchange, request.code, not isinstance(result, Failure))
+
+
+def renderChild(resource: IResource, request: IRequest) -> bytes | int:
+    """
+    Render C{request} with C{resource}, or with the child of it that the
+    rest of the request's path names: how a stage hands a request on.
+    """
+    return getChildForRequest(resource, request).render(request)
