@@ -141,7 +141,8 @@ class _Builder:
             self.telemetry,
         )
         judged = PolicyResource(route.name, route.maxRequestBody, route.match.pathPrefix,
-                                self.providers[backend], policy, relay, self.clock)
+                                self.providers[backend], policy, relay, self.clock,
+                                guarded=route.jwt is not None)
         if route.jwt is None:
             return judged
         where = "jwt" if route.jwt is self.config.jwt else f"routes[{index}].jwt"

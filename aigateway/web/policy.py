@@ -470,11 +470,14 @@ class Admission:
     A request the policy let through, as it is to go upstream.
 
     @ivar call: the upstream call, judged as it will be sent.
+    @ivar identity: what the JWT guard learned, or L{None} on a route
+        without one.
     @ivar charge: takes the tokens the answer used from the route's token
         buckets, or L{None} when the route has none.
     """
 
     call: UpstreamCall
+    identity: Any = None
     charge: Callable[[int, float], None] | None = None
 
 
@@ -487,14 +490,17 @@ class PolicyResource(Resource):
     L{IAdmission}.
 
     @ivar relay: the resource that sends an admitted request upstream.
+    @ivar guarded: whether a JWT guard stands before this stage and so has
+        given the request an L{IIdentity}.
     """
 
     isLeaf = True
 
     def __init__(self, routeName: str, maxRequestBody: int, prefix: str | None,
                  provider: OpenAIProvider, policy: RoutePolicy | None, relay: Any,
-                 clock: IReactorTime) -> None:
+                 clock: IReactorTime, guarded: bool = False) -> None:
         super().__init__()
+        self.guarded = guarded
         self.routeName = routeName
         self.maxRequestBody = maxRequestBody
         self.provider = provider
@@ -537,7 +543,7 @@ class PolicyResource(Resource):
         """
         exchange = request.getComponent(IExchange)
         exchange.bytesIn = len(body)
-        identity = request.getComponent(IIdentity)
+        identity = request.getComponent(IIdentity) if self.guarded else None
         path = request.path
         remainder = path[self._prefixLength:] if self._prefixLength is not None else b""
         query = request.uri.partition(b"?")[2]
@@ -558,7 +564,7 @@ class PolicyResource(Resource):
                 finishWith(request, refuse(request, refusal.status, refusal.message, refusal.code,
                                            refusal.headers))
                 return
-        request.setComponent(IAdmission, Admission(call, charge))
+        request.setComponent(IAdmission, Admission(call, identity, charge))
         finishWith(request, renderChild(self.relay, request))
 
     def _admit(

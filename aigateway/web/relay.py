@@ -46,7 +46,7 @@ from aigateway.llm.usage import AnswerObserver
 from aigateway.observe.record import IExchange
 from aigateway.observe.report import Exchange, Telemetry
 from aigateway.web.errors import errorBody, finishWith, refuse
-from aigateway.web.guard import IIdentity, Identity
+from aigateway.web.guard import Identity
 from aigateway.web.policy import IAdmission
 
 __all__ = ["RelayResource", "downstreamHeaders", "upstreamHeaders"]
@@ -423,7 +423,7 @@ class RelayResource(Resource):
     def render(self, request: Request) -> bytes | int:
         exchange = request.getComponent(IExchange)
         admission = request.getComponent(IAdmission)
-        identity = request.getComponent(IIdentity)
+        identity = admission.identity
         call = admission.call
         provider = self.provider
         headers = upstreamHeaders(
