@@ -22,13 +22,17 @@ from aigateway.config.schema import (
     AdminConfig,
     AuthorizationPolicy,
     Backend,
+    Bucket,
     Config,
     ConfigError,
+    ExpressionSource,
     JWKSSource,
     JWTPolicy,
     JWTProviderConfig,
+    LimitConfig,
     Match,
     Route,
+    RuleConfig,
     SecretRef,
     TokenSource,
     TracingConfig,
@@ -339,24 +343,17 @@ def _override(gatewayValue: T | None, parse: Callable[[object, str], T], section
     return parseOverride
 
 
-def _expression(value: object, path: str) -> Any:
-    from aigateway.web.policy import ExpressionError, compileExpression
-
-    try:
-        return compileExpression(_string(value, path))
-    except ExpressionError as e:
-        raise ConfigError(path, str(e)) from None
+def _expression(value: object, path: str) -> ExpressionSource:
+    return ExpressionSource(_string(value, path), path)
 
 
 RULE_KINDS = ("allow", "deny", "require")
 
 
 def _authorization(value: object, path: str) -> AuthorizationPolicy:
-    from aigateway.web.policy import Rule
-
     fields = _Fields(value, path)
 
-    def rules(v: object, p: str) -> tuple:
+    def rules(v: object, p: str) -> tuple[RuleConfig, ...]:
         if not isinstance(v, list) or not v:
             raise ConfigError(p, "must be a non-empty list of rules")
         parsed = []
@@ -366,7 +363,8 @@ def _authorization(value: object, path: str) -> AuthorizationPolicy:
             kind = inner.oneOf(*RULE_KINDS)
             expression = inner.take(kind, _expression)
             inner.done()
-            parsed.append(Rule(kind, expression, f"rules[{i}]"))
+            assert expression is not None
+            parsed.append(RuleConfig(kind, expression, f"rules[{i}]"))
         return tuple(parsed)
 
     policy = AuthorizationPolicy(rules=fields.take("rules", rules, required=True) or ())
@@ -374,9 +372,7 @@ def _authorization(value: object, path: str) -> AuthorizationPolicy:
     return policy
 
 
-def _bucket(value: object, path: str) -> Any:
-    from aigateway.web.policy import Bucket
-
+def _bucket(value: object, path: str) -> Bucket:
     fields = _Fields(value, path)
 
     def positive(v: object, p: str) -> float:
@@ -394,16 +390,14 @@ def _bucket(value: object, path: str) -> Any:
     return bucket
 
 
-def _rateLimits(value: object, path: str) -> tuple:
-    from aigateway.web.policy import Limit
-
+def _rateLimits(value: object, path: str) -> tuple[LimitConfig, ...]:
     if not isinstance(value, list):
         raise ConfigError(path, f"must be a list of limits, not {_kind(value)}")
     limits = []
     for i, item in enumerate(value):
         where = f"{path}[{i}]"
         fields = _Fields(item, where)
-        limit = Limit(
+        limit = LimitConfig(
             key=fields.take("key", _expression),
             requests=fields.take("requests", _bucket),
             tokens=fields.take("tokens", _bucket),
@@ -471,22 +465,17 @@ def _stringList(value: object, path: str) -> tuple[str, ...]:
 
 
 def _jwks(value: object, path: str) -> JWKSSource:
-    from aigateway.auth.keys import KeyLoadError, keysFromText
-
     fields = _Fields(value, path)
     kind = fields.oneOf("local", "file", "remote")
     if kind == "local":
 
-        def local(v: object, p: str) -> tuple:
+        def local(v: object, p: str) -> str | None:
             inner = _Fields(v, p)
             text = inner.take("key", _string, required=True)
             inner.done()
-            try:
-                return keysFromText(text or "")
-            except KeyLoadError as e:
-                raise ConfigError(f"{p}.key", str(e)) from None
+            return text
 
-        source = JWKSSource("local", keys=fields.take(kind, local) or ())
+        source = JWKSSource("local", key=fields.take(kind, local))
     elif kind == "file":
         source = JWKSSource("file", path=fields.take(kind, _string))
     else:

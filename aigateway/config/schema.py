@@ -18,13 +18,17 @@ __all__ = [
     "AdminConfig",
     "AuthorizationPolicy",
     "Backend",
+    "Bucket",
     "Config",
     "ConfigError",
+    "ExpressionSource",
     "JWKSSource",
     "JWTPolicy",
     "JWTProviderConfig",
+    "LimitConfig",
     "Match",
     "Route",
+    "RuleConfig",
     "SecretRef",
     "TokenSource",
     "TracingConfig",
@@ -113,13 +117,15 @@ class Match:
 class JWKSSource:
     """
     Where a JWT provider's keys come from: exactly one of inline text
-    (C{local}), a file, or a remote JWKS URL.
+    (C{local}), a file, or a remote JWKS URL.  The keys themselves are
+    loaded when the gateway is built (L{aigateway.build}).
 
-    @ivar keys: for C{local}, the keys parsed from the text.
+    @ivar key: for C{local}, the key text as written (PEM, a JWK or a JWKS
+        document).
     """
 
     kind: str
-    keys: tuple = ()
+    key: str | None = attrs.field(default=None, repr=False)
     path: str | None = None
     url: str | None = None
     cacheDuration: float = 300.0
@@ -170,12 +176,70 @@ class JWTPolicy:
 
 
 @attrs.frozen
-class AuthorizationPolicy:
+class ExpressionSource:
     """
-    Authorization rules, compiled: see L{aigateway.web.policy}.
+    A CEL expression as written; it is compiled when the gateway is built
+    (L{aigateway.build}), and a broken one is reported at C{path}.
+
+    @ivar path: where the expression is in the document, e.g.
+        C{routes[0].rateLimits[0].key}.
     """
 
-    rules: tuple
+    source: str
+    path: str
+
+
+@attrs.frozen
+class RuleConfig:
+    """
+    One authorization rule: C{allow}, C{deny} or C{require}, and its
+    expression.
+
+    @ivar where: how refusals name the rule, e.g. C{rules[0]}.
+    """
+
+    kind: str
+    expression: ExpressionSource
+    where: str
+
+
+@attrs.frozen
+class AuthorizationPolicy:
+    """
+    Authorization rules, in order: see L{aigateway.web.policy}.
+    """
+
+    rules: tuple[RuleConfig, ...]
+
+
+@attrs.frozen
+class Bucket:
+    """
+    A token bucket's parameters: C{limit} tokens, refilled over C{per}
+    seconds.
+    """
+
+    limit: float
+    per: float
+
+    @property
+    def rate(self) -> float:
+        return self.limit / self.per
+
+
+@attrs.frozen
+class LimitConfig:
+    """
+    A rate limit: requests and/or tokens per window, one bucket per value
+    of C{key} (one bucket for all without a key).
+
+    @ivar where: the limit's path, e.g. C{routes[0].rateLimits[0]}.
+    """
+
+    key: ExpressionSource | None
+    requests: Bucket | None
+    tokens: Bucket | None
+    where: str
 
 
 @attrs.frozen
@@ -187,7 +251,7 @@ class Route:
     @ivar maxRequestBody: the largest request body accepted, in bytes.
     @ivar jwt: the route's JWT policy, or L{None} when it has none.
     @ivar authorization: the route's rules, or L{None}.
-    @ivar rateLimits: the route's limits (L{aigateway.web.policy.Limit}).
+    @ivar rateLimits: the route's limits.
     """
 
     name: str
@@ -197,7 +261,7 @@ class Route:
     maxRequestBody: int
     jwt: JWTPolicy | None = None
     authorization: AuthorizationPolicy | None = None
-    rateLimits: tuple = ()
+    rateLimits: tuple[LimitConfig, ...] = ()
 
 
 @attrs.frozen

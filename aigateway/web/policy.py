@@ -26,10 +26,13 @@ from typing import Any, Callable, Mapping, Sequence
 import attrs
 import cel
 
+from aigateway.config import Bucket
+
 __all__ = [
     "Bucket",
     "BucketStore",
     "Expression",
+    "ExpressionError",
     "Limit",
     "MemoryBuckets",
     "Refusal",
@@ -156,21 +159,6 @@ class Rule:
     kind: str
     expression: Expression
     where: str
-
-
-@attrs.frozen
-class Bucket:
-    """
-    A token bucket's parameters: C{limit} tokens, refilled over C{per}
-    seconds.
-    """
-
-    limit: float
-    per: float
-
-    @property
-    def rate(self) -> float:
-        return self.limit / self.per
 
 
 @attrs.frozen
