@@ -1,9 +1,15 @@
 """
 Tests for L{aigateway.build}: where the CEL expressions and keys a
-configuration describes are compiled and loaded.
+configuration describes are compiled and loaded, and the layering that
+keeps L{aigateway.config} pure data.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -12,6 +18,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from aigateway.build import buildGateway
 from aigateway.config import ConfigError, loadConfig
 from tests.lab import LAB_PEM, LAB_POLICY
+from tests.processes import REPO
 
 BASE = (
     "backends: {local: {provider: openai, url: 'http://127.0.0.1:9000'}}\n"
@@ -23,6 +30,37 @@ ROUTE_KEY = ", jwt: {providers: {q: {issuer: y, jwks: {local: {key: 'not a key'}
 
 def _build(text: str):
     return buildGateway(loadConfig(text), None, Clock(), {})
+
+
+class LayerTests(SynchronousTestCase):
+    """
+    Imports point one way: the configuration needs no other layer.
+    """
+
+    def test_configImportsNoOtherLayer(self) -> None:
+        """
+        Importing L{aigateway.config} in a fresh interpreter, and loading a
+        configuration with rules, limits and keys, loads no other part of
+        the gateway (web, auth, llm, http, observe...).
+        """
+        text = (
+            BASE % ", rateLimits: [{key: jwt.sub, requests: {limit: 1, per: 1m}}]"
+            + "authorization: {rules: [{allow: 'true'}]}\n" + LAB_POLICY
+        )
+        script = (
+            "import json, sys, aigateway.config\n"
+            "aigateway.config.loadConfig(sys.stdin.read())\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('aigateway'))))\n"
+        )
+        output = subprocess.check_output(
+            [sys.executable, "-c", script], input=text.encode(), env=dict(os.environ, PYTHONPATH=REPO),
+            cwd=REPO,
+        )
+        loaded = json.loads(output)
+        self.assertIn("aigateway.config.parse", loaded)
+        self.assertEqual(
+            [m for m in loaded if m != "aigateway" and not m.startswith("aigateway.config")], []
+        )
 
 
 class BuildErrorTests(SynchronousTestCase):
