@@ -5,8 +5,9 @@ L{parseConfig} is a pure function from the loaded YAML document to a
 L{Config}; every problem it finds is a L{ConfigError} whose message starts
 with the path of the offending field (C{routes[0].backend: no backend named
 'openai-all-model'}).  Nothing here reads the environment, the clock or a
-file; L{loadConfig} takes the text of one.  Secrets are described
-(L{SecretRef}) and resolved later, when the service is built.
+file; L{loadConfig} takes the text of one.  Secrets, CEL expressions and
+keys are described (L{SecretRef}, L{ExpressionSource}, L{JWKSSource}) and
+resolved, compiled and loaded later, by L{aigateway.build}.
 
 The package is pure data and imports no other part of the gateway:
   - L{aigateway.config.schema}: the values and L{ConfigError};
