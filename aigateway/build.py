@@ -3,12 +3,16 @@ From a L{Config} to the resource tree that serves it: one resource chain
 per route, built once per configuration load.  This is the one place that
 compiles what the configuration describes into working objects: backend
 providers and credentials, JWT verifiers and key sets, route policies.
+
+The configuration only describes CEL expressions and keys; they are
+compiled and loaded here, and one that is broken is a L{ConfigError} naming
+its field, as any other mistake in the file is.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -18,17 +22,37 @@ from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
 
 from aigateway.auth.jwt import JWTProvider, Verifier
-from aigateway.auth.keys import KeyLoadError, RemoteJWKS, StaticKeys, keysFromText
-from aigateway.config import Config, ConfigError, JWTPolicy, JWTProviderConfig, Route
+from aigateway.auth.keys import KeyLoadError, RemoteJWKS, StaticKeys, VerifyKey, keysFromText
+from aigateway.config import (
+    AuthorizationPolicy,
+    Config,
+    ConfigError,
+    ExpressionSource,
+    JWKSSource,
+    JWTPolicy,
+    JWTProviderConfig,
+    LimitConfig,
+    Route,
+)
 from aigateway.llm.credentials import resolveCredential
 from aigateway.llm.openai import OpenAIProvider
 from aigateway.observe.report import Metrics, Telemetry
 from aigateway.web.guard import JWTGuard
-from aigateway.web.policy import BucketStore, MemoryBuckets, PolicyResource, RoutePolicy
+from aigateway.web.policy import (
+    BucketStore,
+    Expression,
+    ExpressionError,
+    Limit,
+    MemoryBuckets,
+    PolicyResource,
+    RoutePolicy,
+    Rule,
+    compileExpression,
+)
 from aigateway.web.relay import RelayResource
 from aigateway.web.routes import RouteTable
 
-__all__ = ["Gateway", "buildGateway", "readFile"]
+__all__ = ["Gateway", "buildGateway", "compileLimits", "compileRules", "readFile"]
 
 log = Logger()
 
@@ -36,6 +60,51 @@ log = Logger()
 def readFile(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+def _compile(expression: ExpressionSource) -> Expression:
+    try:
+        return compileExpression(expression.source)
+    except ExpressionError as e:
+        raise ConfigError(expression.path, str(e)) from None
+
+
+def compileRules(policy: AuthorizationPolicy) -> tuple[Rule, ...]:
+    """
+    Compile an authorization policy's rules, in order.
+
+    @raise ConfigError: naming the first expression that does not compile.
+    """
+    return tuple(Rule(r.kind, _compile(r.expression), r.where) for r in policy.rules)
+
+
+def compileLimits(limits: Sequence[LimitConfig]) -> tuple[Limit, ...]:
+    """
+    Compile rate limits' keys, in order.
+
+    @raise ConfigError: naming the first key that does not compile.
+    """
+    return tuple(
+        Limit(
+            key=_compile(limit.key) if limit.key is not None else None,
+            requests=limit.requests,
+            tokens=limit.tokens,
+            where=limit.where,
+        )
+        for limit in limits
+    )
+
+
+def _localKeys(jwks: JWKSSource, path: str) -> tuple[VerifyKey, ...]:
+    """
+    The keys of a C{local} key source, from their text.
+
+    @param path: the key source's path, e.g. C{jwt.providers.p.jwks}.
+    """
+    try:
+        return keysFromText(jwks.key or "")
+    except KeyLoadError as e:
+        raise ConfigError(f"{path}.local.key", str(e)) from None
 
 
 @attrs.frozen
@@ -81,11 +150,40 @@ class _Builder:
         }
         self.verifiers: dict[int, Verifier] = {}
         self.keySets: dict[tuple[str, float], RemoteJWKS] = {}
+        self.localKeys: dict[JWKSSource, tuple[VerifyKey, ...]] = {}
+        self.rules: dict[AuthorizationPolicy, tuple[Rule, ...]] = {}
+        self.limits: dict[tuple[LimitConfig, ...], tuple[Limit, ...]] = {}
+        self.compile()
+
+    def compile(self) -> None:
+        """
+        Compile every expression and load every inline key the
+        configuration describes, in the order the file gives them, so that
+        the first broken one is the one reported.  Gateway-wide sections
+        are checked even when no route uses them.
+        """
+
+        def jwt(policy: JWTPolicy | None, path: str) -> None:
+            for p in policy.providers if policy is not None else ():
+                if p.jwks.kind == "local" and p.jwks not in self.localKeys:
+                    self.localKeys[p.jwks] = _localKeys(p.jwks, f"{path}.providers.{p.name}.jwks")
+
+        def authorization(policy: AuthorizationPolicy | None) -> None:
+            if policy is not None and policy not in self.rules:
+                self.rules[policy] = compileRules(policy)
+
+        jwt(self.config.jwt, "jwt")
+        authorization(self.config.authorization)
+        for i, route in enumerate(self.config.routes):
+            jwt(route.jwt, f"routes[{i}].jwt")
+            authorization(route.authorization)
+            if route.rateLimits not in self.limits:
+                self.limits[route.rateLimits] = compileLimits(route.rateLimits)
 
     def keySource(self, provider: JWTProviderConfig, path: str) -> tuple[Callable[[], tuple], Callable[[], None] | None]:
         jwks = provider.jwks
         if jwks.kind == "local":
-            return StaticKeys(tuple(jwks.keys)), None
+            return StaticKeys(self.localKeys[jwks]), None
         if jwks.kind == "file":
             assert jwks.path is not None
             try:
@@ -130,8 +228,8 @@ class _Builder:
         backend = route.backend.name
         policy = None
         if route.authorization is not None or route.rateLimits:
-            rules = route.authorization.rules if route.authorization is not None else ()
-            policy = RoutePolicy(route.name, rules, route.rateLimits, self.buckets)
+            rules = self.rules[route.authorization] if route.authorization is not None else ()
+            policy = RoutePolicy(route.name, rules, self.limits[route.rateLimits], self.buckets)
         relay = RelayResource(
             route,
             self.providers[backend],
@@ -183,7 +281,8 @@ def buildGateway(
         registry of their own and no traces.
     @param buckets: where rate limits keep their buckets (across reloads);
         by default, new ones in memory.
-    @raise ConfigError: when a file the configuration names is unusable.
+    @raise ConfigError: when an expression does not compile, a key does not
+        load or a file the configuration names is unusable.
     """
     if telemetry is None:
         telemetry = Telemetry(config.tracing, Metrics(), clock, accessLog=config.accessLog)

@@ -5,7 +5,7 @@ Tests for L{aigateway.config}: the YAML contract and its error messages.
 from twisted.trial.unittest import SynchronousTestCase
 
 from aigateway.config import ConfigError, loadConfig, parseDuration, parseSize
-from tests.lab import LAB_POLICY
+from tests.lab import LAB_PEM, LAB_POLICY
 
 LAB = """
 listen: tcp:8080
@@ -328,7 +328,7 @@ class JWTConfigTests(SynchronousTestCase):
         self.assertEqual(policy.mode, "strict")
         provider = policy.providers[0]
         self.assertEqual((provider.issuer, provider.clockSkew, provider.requireExp), ("solo.io", 60.0, False))
-        self.assertEqual(len(provider.jwks.keys), 1)
+        self.assertEqual((provider.jwks.kind, provider.jwks.key), ("local", LAB_PEM))
         self.assertEqual(policy.tokenFrom.header, "authorization")
 
     def test_routeOff(self) -> None:
@@ -338,16 +338,22 @@ class JWTConfigTests(SynchronousTestCase):
         config = loadConfig(JWT.replace("timeout: 120s", "timeout: 120s\n    jwt: off"))
         self.assertIsNone(config.routes[0].jwt)
 
-    def test_badKey(self) -> None:
+    def test_keyText(self) -> None:
         """
-        A key that does not parse is named by its field path.
+        An inline key is kept as text, out of the repr: it is loaded (and
+        refused) when the gateway is built.
+        """
+        config = loadConfig(JWT.replace(LAB_PEM.splitlines()[1], "garbage"))
+        self.assertIn("garbage", config.jwt.providers[0].jwks.key)
+        self.assertNotIn("garbage", repr(config))
+
+    def test_keyRequired(self) -> None:
+        """
+        C{local} needs its C{key}.
         """
         with self.assertRaises(ConfigError) as caught:
-            loadConfig(JWT.replace("MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAskFAGESgB22iOsGk/UgX", "garbage"))
-        self.assertEqual(
-            str(caught.exception),
-            "jwt.providers.selfminted.jwks.local.key: PEM block 1 (PUBLIC KEY) is not a valid key",
-        )
+            loadConfig(JWT[: JWT.index("        local:")] + "        local: {}\n")
+        self.assertEqual(str(caught.exception), "jwt.providers.selfminted.jwks.local.key: is required")
 
     def test_badMode(self) -> None:
         """
@@ -387,3 +393,30 @@ class JWTConfigTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as caught:
             loadConfig(LAB + "tracing: {sampleRatio: 2}\n")
         self.assertEqual(str(caught.exception), "tracing.sampleRatio: must be a number from 0 to 1, not 2")
+
+
+class PolicyConfigTests(SynchronousTestCase):
+    """
+    Authorization rules and rate limits are kept as written, with where
+    they are in the file: they are compiled when the gateway is built.
+    """
+
+    def test_sources(self) -> None:
+        """
+        Each expression keeps its source and its field path, even one that
+        would not compile.
+        """
+        config = loadConfig(
+            LAB.replace("timeout: 120s", "timeout: 120s\n    authorization: {rules: [{allow: 'true'}, "
+                        "{deny: 'jwt.team =='}]}\n    rateLimits: [{key: jwt.sub, tokens: {limit: 5, per: 1m}}]")
+        )
+        route = config.routes[0]
+        self.assertEqual(
+            [(r.kind, r.expression.source, r.expression.path, r.where) for r in route.authorization.rules],
+            [("allow", "true", "routes[0].authorization.rules[0].allow", "rules[0]"),
+             ("deny", "jwt.team ==", "routes[0].authorization.rules[1].deny", "rules[1]")],
+        )
+        [limit] = route.rateLimits
+        self.assertEqual((limit.key.source, limit.key.path, limit.where),
+                         ("jwt.sub", "routes[0].rateLimits[0].key", "routes[0].rateLimits[0]"))
+        self.assertEqual((limit.requests, limit.tokens.limit, limit.tokens.per), (None, 5.0, 60.0))

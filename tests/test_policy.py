@@ -10,6 +10,7 @@ import json
 from prometheus_client import generate_latest
 from twisted.trial.unittest import SynchronousTestCase
 
+from aigateway.build import compileRules
 from aigateway.config import ConfigError, loadConfig
 from aigateway.web.policy import Bucket, MemoryBuckets, Variables, compileExpression
 from aigateway.auth.token import sign
@@ -93,7 +94,7 @@ class RuleTests(SynchronousTestCase):
         from aigateway.web.policy import RoutePolicy
 
         config = loadConfig("backends: {}\nauthorization: {rules: [" + rules + "]}\n")
-        return RoutePolicy("r", config.authorization.rules, (), MemoryBuckets())
+        return RoutePolicy("r", compileRules(config.authorization), (), MemoryBuckets())
 
     def verdict(self, rules: str, claims: dict, **kwargs) -> str:
         refusal = self.policy(rules).authorize(_variables(claims, **kwargs))

@@ -40,6 +40,8 @@ from aigateway.web.guard import IIdentity
 from aigateway.web.routes import renderChild
 from aigateway.web.site import BodyTooLarge, requestBody
 
+from aigateway.config import Bucket
+
 __all__ = [
     "Admission",
     "IAdmission",
@@ -47,6 +49,7 @@ __all__ = [
     "Bucket",
     "BucketStore",
     "Expression",
+    "ExpressionError",
     "Limit",
     "MemoryBuckets",
     "Refusal",
@@ -173,21 +176,6 @@ class Rule:
     kind: str
     expression: Expression
     where: str
-
-
-@attrs.frozen
-class Bucket:
-    """
-    A token bucket's parameters: C{limit} tokens, refilled over C{per}
-    seconds.
-    """
-
-    limit: float
-    per: float
-
-    @property
-    def rate(self) -> float:
-        return self.limit / self.per
 
 
 @attrs.frozen

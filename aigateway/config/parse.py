@@ -1,0 +1,661 @@
+"""
+From a loaded YAML document to a L{Config}: L{parseConfig} and the parsers
+of its fields.
+
+Every parser is a pure function C{(value, path)} that returns a value or
+raises a L{ConfigError} whose message starts with the path of the offending
+field (C{routes[0].backend: no backend named 'openai-all-model'}).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+from twisted.internet.endpoints import serverFromString
+
+from aigateway.config.schema import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_REQUEST_BODY,
+    DEFAULT_REQUEST_HEAD_TIMEOUT,
+    AdminConfig,
+    AuthorizationPolicy,
+    Backend,
+    Bucket,
+    Config,
+    ConfigError,
+    ExpressionSource,
+    JWKSSource,
+    JWTPolicy,
+    JWTProviderConfig,
+    LimitConfig,
+    Match,
+    Route,
+    RuleConfig,
+    SecretRef,
+    TokenSource,
+    TracingConfig,
+)
+
+__all__ = ["PROVIDERS", "parseConfig", "parseDuration", "parseEndpoint", "parseSize"]
+
+PROVIDERS: Mapping[str, str] = {
+    "openai": "https://api.openai.com",
+}
+HTTP_METHODS = frozenset(
+    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+)
+
+T = TypeVar("T")
+
+
+class _Fields:
+    """
+    The keys of one mapping in the document, taken one by one; whatever is
+    left over at the end is an unknown key.
+    """
+
+    def __init__(self, value: object, path: str) -> None:
+        if not isinstance(value, dict):
+            raise ConfigError(path, f"must be a mapping, not {_kind(value)}")
+        self._values: dict[Any, Any] = dict(value)
+        self._known: list[str] = []
+        self.path = path
+
+    def at(self, key: str) -> str:
+        """
+        The path of C{key} in this mapping.
+        """
+        return f"{self.path}.{key}" if self.path else key
+
+    def has(self, key: str) -> bool:
+        return key in self._values
+
+    def oneOf(self, *keys: str) -> str:
+        """
+        The one of C{keys} this mapping has; having none or several is an
+        error.
+        """
+        given = [key for key in keys if key in self._values]
+        if len(given) != 1:
+            raise ConfigError(self.path, f"must have exactly one of {', '.join(keys)}")
+        return given[0]
+
+    def take(
+        self,
+        key: str,
+        parse: Callable[[object, str], T],
+        default: T | None = None,
+        required: bool = False,
+    ) -> T | None:
+        """
+        Remove C{key} and parse its value with C{parse(value, path)}.
+        """
+        self._known.append(key)
+        if key not in self._values:
+            if required:
+                raise ConfigError(self.at(key), "is required")
+            return default
+        return parse(self._values.pop(key), self.at(key))
+
+    def done(self) -> None:
+        """
+        Fail on the first key nobody took.
+        """
+        for key in self._values:
+            hint = difflib.get_close_matches(str(key), self._known, n=1)
+            extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise ConfigError(self.at(str(key)), f"unknown key{extra}")
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+    }.get(type(value), type(value).__name__)
+
+
+def _string(value: object, path: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(path, f"must be a non-empty string, not {_kind(value)}")
+    return value
+
+
+def _oneOf(choices: Sequence[str], known: bool = False) -> Callable[[object, str], str]:
+    """
+    A parser for a string that must be one of C{choices}.
+    """
+
+    def parse(value: object, path: str) -> str:
+        text = _string(value, path)
+        if text not in choices:
+            if known:
+                raise ConfigError(path, f"unknown {path.rsplit('.', 1)[-1]} {text!r} "
+                                        f"(known: {', '.join(choices)})")
+            raise ConfigError(path, f"must be one of {', '.join(choices)}, not {text!r}")
+        return text
+
+    return parse
+
+
+def _boolean(value: object, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(path, f"must be true or false, not {_kind(value)}")
+    return value
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parseDuration(value: object, path: str = "") -> float:
+    """
+    Parse a duration such as C{250ms}, C{30s}, C{5m}, C{1h} or C{1m30s}.
+
+    @return: seconds.
+    @raise ConfigError: for anything else, including bare numbers.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        parts = _DURATION.findall(text)
+        if parts and "".join(n + u for n, u in parts) == text:
+            return sum(float(n) * _UNITS[u] for n, u in parts)
+    raise ConfigError(
+        path, f"must be a duration like '250ms', '30s', '5m' or '1h', not {value!r}"
+    )
+
+
+def _positiveDuration(value: object, path: str) -> float:
+    seconds = parseDuration(value, path)
+    if seconds <= 0:
+        raise ConfigError(path, "must be longer than zero")
+    return seconds
+
+
+def _positiveInteger(value: object, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(path, f"must be a whole number above zero, not {value!r}")
+    return value
+
+
+_SIZE = re.compile(r"(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?")
+_SIZE_UNITS = {
+    None: 1,
+    "B": 1,
+    "KB": 1000,
+    "KiB": 1024,
+    "MB": 1000**2,
+    "MiB": 1024**2,
+    "GB": 1000**3,
+    "GiB": 1024**3,
+}
+
+
+def parseSize(value: object, path: str = "") -> int:
+    """
+    Parse a size in bytes: a whole number, or C{512KiB}, C{10MiB}, C{1MB}...
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        found = _SIZE.fullmatch(value.strip())
+        if found and int(found.group(1)) > 0:
+            return int(found.group(1)) * _SIZE_UNITS[found.group(2)]
+    raise ConfigError(path, f"must be a size like 1048576, '512KiB' or '10MiB', not {value!r}")
+
+
+def parseEndpoint(value: object, path: str) -> str:
+    description = _string(value, path)
+    if description.isdigit():
+        raise ConfigError(
+            path, f"{description!r} is not an endpoint (did you mean 'tcp:{description}'?)"
+        )
+    try:
+        # Endpoints are only described here; nothing listens until the
+        # service starts, so no reactor is needed to check the string.
+        serverFromString(None, description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(path, f"invalid endpoint {description!r}: {e}") from None
+    port = re.match(r"(?:tcp6?:)(?:port=)?(\d+)", description)
+    if port and int(port.group(1)) > 65535:
+        raise ConfigError(path, f"invalid endpoint {description!r}: port out of range")
+    return description
+
+
+def _endpoints(value: object, path: str) -> tuple[str, ...]:
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError(path, "must name at least one endpoint")
+        return tuple(parseEndpoint(v, f"{path}[{i}]") for i, v in enumerate(value))
+    return (parseEndpoint(value, path),)
+
+
+def _secret(value: object, path: str) -> SecretRef:
+    fields = _Fields(value, path)
+    kind = fields.oneOf("env", "file", "value", "passthrough")
+    if kind == "passthrough":
+        if not fields.take(kind, _boolean):
+            raise ConfigError(fields.at(kind), "can only be true (omit authToken instead)")
+        ref = ""
+    else:
+        ref = fields.take(kind, _string) or ""
+    fields.done()
+    return SecretRef(kind, ref)
+
+
+def _url(value: object, path: str) -> str:
+    url = _string(value, path)
+    if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", url):
+        raise ConfigError(path, f"must be an http:// or https:// URL, not {url!r}")
+    return url.rstrip("/")
+
+
+def _backend(name: str, value: object, path: str) -> Backend:
+    fields = _Fields(value, path)
+    kind = fields.take("provider", _oneOf(list(PROVIDERS), known=True), required=True)
+    assert kind is not None
+    backend = Backend(
+        name=name,
+        provider=kind,
+        url=fields.take("url", _url, PROVIDERS[kind]) or PROVIDERS[kind],
+        model=fields.take("model", _string),
+        authToken=fields.take("authToken", _secret),
+        streamUsage=fields.take("streamUsage", _boolean, True),  # type: ignore[arg-type]
+    )
+    fields.done()
+    return backend
+
+
+def _path(value: object, path: str) -> str:
+    text = _string(value, path)
+    if not text.startswith("/"):
+        raise ConfigError(path, f"must start with '/', not {text!r}")
+    if any(c in text for c in "?# \t"):
+        raise ConfigError(path, f"must be a plain path, not {text!r}")
+    return text
+
+
+def _methods(value: object, path: str) -> frozenset[str]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(path, "must be a non-empty list of HTTP methods")
+    methods = set()
+    for i, m in enumerate(value):
+        m = _string(m, f"{path}[{i}]").upper()
+        if m not in HTTP_METHODS:
+            raise ConfigError(f"{path}[{i}]", f"unknown HTTP method {m!r}")
+        methods.add(m)
+    return frozenset(methods)
+
+
+def _headers(value: object, path: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(path, "must be a mapping of header name to exact value")
+    pairs = []
+    for name, v in value.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+            raise ConfigError(path, f"invalid header name {name!r}")
+        if not isinstance(v, (str, int)) or isinstance(v, bool):
+            raise ConfigError(f"{path}.{name}", f"must be a string, not {_kind(v)}")
+        pairs.append((name.lower(), str(v)))
+    return tuple(sorted(pairs))
+
+
+def _match(value: object, path: str) -> Match:
+    fields = _Fields(value, path)
+    exact = fields.take("path", _path)
+    prefix = fields.take("pathPrefix", _path)
+    if (exact is None) == (prefix is None):
+        raise ConfigError(path, "must have exactly one of path, pathPrefix")
+    if prefix is not None and prefix != "/":
+        prefix = prefix.rstrip("/")
+    match = Match(
+        path=exact,
+        pathPrefix=prefix,
+        methods=fields.take("methods", _methods),
+        headers=fields.take("headers", _headers, ()) or (),
+    )
+    fields.done()
+    return match
+
+
+def _override(gatewayValue: T | None, parse: Callable[[object, str], T], section: str) -> Callable[[object, str], T | None]:
+    """
+    A route's own setting for a gateway-wide section: C{off}, C{on} (the
+    gateway-wide one), or a block of its own.
+    """
+
+    def parseOverride(value: object, path: str) -> T | None:
+        if value is False or value == "off":
+            return None
+        if value is True or value == "on":
+            if gatewayValue is None:
+                raise ConfigError(path, f"there is no gateway-wide {section} to turn on")
+            return gatewayValue
+        return parse(value, path)
+
+    return parseOverride
+
+
+def _expression(value: object, path: str) -> ExpressionSource:
+    return ExpressionSource(_string(value, path), path)
+
+
+RULE_KINDS = ("allow", "deny", "require")
+
+
+def _authorization(value: object, path: str) -> AuthorizationPolicy:
+    fields = _Fields(value, path)
+
+    def rules(v: object, p: str) -> tuple[RuleConfig, ...]:
+        if not isinstance(v, list) or not v:
+            raise ConfigError(p, "must be a non-empty list of rules")
+        parsed = []
+        for i, item in enumerate(v):
+            where = f"{p}[{i}]"
+            inner = _Fields(item, where)
+            kind = inner.oneOf(*RULE_KINDS)
+            expression = inner.take(kind, _expression)
+            inner.done()
+            assert expression is not None
+            parsed.append(RuleConfig(kind, expression, f"rules[{i}]"))
+        return tuple(parsed)
+
+    policy = AuthorizationPolicy(rules=fields.take("rules", rules, required=True) or ())
+    fields.done()
+    return policy
+
+
+def _bucket(value: object, path: str) -> Bucket:
+    fields = _Fields(value, path)
+
+    def positive(v: object, p: str) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+            raise ConfigError(p, f"must be a positive number, not {v!r}")
+        return float(v)
+
+    bucket = Bucket(
+        limit=fields.take("limit", positive, required=True),  # type: ignore[arg-type]
+        per=fields.take("per", parseDuration, required=True),  # type: ignore[arg-type]
+    )
+    fields.done()
+    if bucket.per <= 0:
+        raise ConfigError(f"{path}.per", "must be longer than zero")
+    return bucket
+
+
+def _rateLimits(value: object, path: str) -> tuple[LimitConfig, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(path, f"must be a list of limits, not {_kind(value)}")
+    limits = []
+    for i, item in enumerate(value):
+        where = f"{path}[{i}]"
+        fields = _Fields(item, where)
+        limit = LimitConfig(
+            key=fields.take("key", _expression),
+            requests=fields.take("requests", _bucket),
+            tokens=fields.take("tokens", _bucket),
+            where=where,
+        )
+        fields.done()
+        if limit.requests is None and limit.tokens is None:
+            raise ConfigError(where, "must have requests, tokens or both")
+        limits.append(limit)
+    return tuple(limits)
+
+
+def _route(
+    value: object,
+    path: str,
+    backends: Mapping[str, Backend],
+    maxRequestBody: int,
+    gatewayPolicy: JWTPolicy | None,
+    gatewayAuthorization: AuthorizationPolicy | None = None,
+) -> Route:
+    fields = _Fields(value, path)
+    name = fields.take("name", _string, required=True)
+    match = fields.take("match", _match, required=True)
+    backendName = fields.take("backend", _string, required=True)
+    assert name is not None and match is not None and backendName is not None
+    if backendName not in backends:
+        hint = difflib.get_close_matches(backendName, list(backends), n=1)
+        extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+        raise ConfigError(fields.at("backend"), f"no backend named {backendName!r}{extra}")
+    route = Route(
+        name=name,
+        match=match,
+        backend=backends[backendName],
+        timeout=fields.take("timeout", _positiveDuration),
+        maxRequestBody=fields.take("maxRequestBody", parseSize, maxRequestBody)
+        or maxRequestBody,
+        jwt=fields.take("jwt", _override(gatewayPolicy, _jwtPolicy, "jwt policy"), gatewayPolicy),
+        authorization=fields.take(
+            "authorization",
+            _override(gatewayAuthorization, _authorization, "authorization"),
+            gatewayAuthorization,
+        ),
+        rateLimits=fields.take("rateLimits", _rateLimits, ()) or (),
+    )
+    fields.done()
+    return route
+
+
+def _admin(value: object, path: str) -> AdminConfig:
+    fields = _Fields(value, path)
+    admin = AdminConfig(listen=fields.take("listen", _endpoints, required=True) or ())
+    fields.done()
+    return admin
+
+
+JWT_MODES = ("strict", "optional", "permissive")
+
+
+def _stringList(value: object, path: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list):
+        raise ConfigError(path, f"must be a list of strings, not {_kind(value)}")
+    return tuple(_string(v, f"{path}[{i}]") for i, v in enumerate(value))
+
+
+def _jwks(value: object, path: str) -> JWKSSource:
+    fields = _Fields(value, path)
+    kind = fields.oneOf("local", "file", "remote")
+    if kind == "local":
+
+        def local(v: object, p: str) -> str | None:
+            inner = _Fields(v, p)
+            text = inner.take("key", _string, required=True)
+            inner.done()
+            return text
+
+        source = JWKSSource("local", key=fields.take(kind, local))
+    elif kind == "file":
+        source = JWKSSource("file", path=fields.take(kind, _string))
+    else:
+
+        def remote(v: object, p: str) -> JWKSSource:
+            inner = _Fields(v, p)
+            url = inner.take("url", _url, required=True)
+            cacheDuration = inner.take("cacheDuration", _positiveDuration, 300.0)
+            inner.done()
+            return JWKSSource("remote", url=url, cacheDuration=cacheDuration or 300.0)
+
+        source = fields.take(kind, remote)  # type: ignore[assignment]
+    fields.done()
+    assert source is not None
+    return source
+
+
+def _claimsToHeaders(value: object, path: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(path, "must be a mapping of claim to header name")
+    pairs = []
+    for claim, header in value.items():
+        claim = _string(claim, path)
+        header = _string(header, f"{path}.{claim}")
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", header):
+            raise ConfigError(f"{path}.{claim}", f"invalid header name {header!r}")
+        pairs.append((claim, header.lower()))
+    return tuple(pairs)
+
+
+def _jwtProvider(name: str, value: object, path: str) -> JWTProviderConfig:
+    fields = _Fields(value, path)
+    issuer = fields.take("issuer", _string, required=True)
+    audiences = fields.take("audiences", _stringList, ()) or ()
+    jwks = fields.take("jwks", _jwks, required=True)
+    assert issuer is not None and jwks is not None
+    provider = JWTProviderConfig(
+        name=name,
+        issuer=issuer,
+        audiences=audiences,
+        jwks=jwks,
+        clockSkew=fields.take("clockSkew", parseDuration, 60.0),  # type: ignore[arg-type]
+        requireExp=fields.take("requireExp", _boolean, False),  # type: ignore[arg-type]
+        maxLifetime=fields.take("maxLifetime", parseDuration),
+        claimsToHeaders=fields.take("claimsToHeaders", _claimsToHeaders, ()) or (),
+    )
+    fields.done()
+    return provider
+
+
+def _tokenSource(value: object, path: str) -> TokenSource:
+    fields = _Fields(value, path)
+
+    def header(v: object, p: str) -> tuple[str, str]:
+        inner = _Fields(v, p)
+        name = inner.take("name", _string, required=True)
+        prefix = inner.take("prefix", lambda x, q: x if isinstance(x, str) else _string(x, q), "")
+        inner.done()
+        assert name is not None and prefix is not None
+        return name.lower(), prefix
+
+    named = fields.take("header", header)
+    source = TokenSource(
+        header=named[0] if named else None,
+        prefix=named[1] if named else "",
+        queryParam=fields.take("queryParam", _string),
+        cookie=fields.take("cookie", _string),
+    )
+    fields.done()
+    if source == TokenSource(header=None, prefix=""):
+        raise ConfigError(path, "must name at least one of header, queryParam, cookie")
+    return source
+
+
+def _jwtPolicy(value: object, path: str) -> JWTPolicy:
+    fields = _Fields(value, path)
+
+    def providers(v: object, p: str) -> tuple[JWTProviderConfig, ...]:
+        if not isinstance(v, dict) or not v:
+            raise ConfigError(p, "must be a mapping of provider name to provider")
+        return tuple(_jwtProvider(str(n), pv, f"{p}.{n}") for n, pv in v.items())
+
+    policy = JWTPolicy(
+        mode=fields.take("mode", _oneOf(JWT_MODES), "strict") or "strict",
+        providers=fields.take("providers", providers, required=True) or (),
+        tokenFrom=fields.take("tokenFrom", _tokenSource, TokenSource()) or TokenSource(),
+    )
+    fields.done()
+    return policy
+
+
+def _tracing(value: object, path: str) -> TracingConfig:
+    fields = _Fields(value, path)
+
+    def otlp(v: object, p: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+        inner = _Fields(v, p)
+        endpoint = inner.take("endpoint", _url, required=True)
+
+        def headers(h: object, q: str) -> tuple[tuple[str, str], ...]:
+            if not isinstance(h, dict):
+                raise ConfigError(q, "must be a mapping of header name to value")
+            return tuple((str(k), _string(x, f"{q}.{k}")) for k, x in h.items())
+
+        extra = inner.take("headers", headers, ()) or ()
+        inner.done()
+        assert endpoint is not None
+        return endpoint, extra
+
+    def ratio(v: object, p: str) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise ConfigError(p, f"must be a number from 0 to 1, not {v!r}")
+        return float(v)
+
+    endpoint, headers = fields.take("otlp", otlp) or (None, ())
+    config = TracingConfig(
+        otlpEndpoint=endpoint,
+        otlpHeaders=headers,
+        sampleRatio=fields.take("sampleRatio", ratio, 1.0),  # type: ignore[arg-type]
+        captureContent=fields.take("captureContent", _boolean, False),  # type: ignore[arg-type]
+        legacyAttributes=fields.take("legacyAttributes", _boolean, False),  # type: ignore[arg-type]
+        serviceName=fields.take("serviceName", _string, "aigateway"),  # type: ignore[arg-type]
+    )
+    fields.done()
+    return config
+
+
+def parseConfig(document: object) -> Config:
+    """
+    Validate a loaded YAML document and turn it into a L{Config}.
+
+    @raise ConfigError: naming the first field that is wrong.
+    """
+    fields = _Fields(document, "")
+    listen = fields.take("listen", _endpoints, ("tcp:8080",)) or ("tcp:8080",)
+    admin = fields.take("admin", _admin)
+    maxRequestBody = fields.take("maxRequestBody", parseSize, DEFAULT_MAX_REQUEST_BODY)
+    assert maxRequestBody is not None
+    gatewayPolicy = fields.take("jwt", _jwtPolicy)
+    gatewayAuthorization = fields.take("authorization", _authorization)
+
+    def backends(value: object, path: str) -> dict[str, Backend]:
+        if not isinstance(value, dict):
+            raise ConfigError(path, f"must be a mapping of name to backend, not {_kind(value)}")
+        return {
+            str(name): _backend(str(name), v, f"{path}.{name}") for name, v in value.items()
+        }
+
+    byName = fields.take("backends", backends, {}) or {}
+
+    def routes(value: object, path: str) -> tuple[Route, ...]:
+        if not isinstance(value, list):
+            raise ConfigError(path, f"must be a list of routes, not {_kind(value)}")
+        parsed: list[Route] = []
+        seen: dict[str, int] = {}
+        for i, v in enumerate(value):
+            route = _route(
+                v, f"{path}[{i}]", byName, maxRequestBody, gatewayPolicy, gatewayAuthorization
+            )
+            if route.name in seen:
+                raise ConfigError(
+                    f"{path}[{i}].name",
+                    f"duplicate route name {route.name!r} (also routes[{seen[route.name]}])",
+                )
+            seen[route.name] = i
+            parsed.append(route)
+        return tuple(parsed)
+
+    config = Config(
+        listen=listen,
+        admin=admin,
+        backends=byName,
+        routes=fields.take("routes", routes, ()) or (),
+        jwt=gatewayPolicy,
+        authorization=gatewayAuthorization,
+        tracing=fields.take("tracing", _tracing, TracingConfig()) or TracingConfig(),
+        shutdownTimeout=fields.take("shutdownTimeout", _positiveDuration, 30.0),  # type: ignore[arg-type]
+        accessLog=fields.take("accessLog", _boolean, True),  # type: ignore[arg-type]
+        maxRequestBody=maxRequestBody,
+        maxConnections=fields.take("maxConnections", _positiveInteger, DEFAULT_MAX_CONNECTIONS),  # type: ignore[arg-type]
+        requestHeadTimeout=fields.take("requestHeadTimeout", _positiveDuration, DEFAULT_REQUEST_HEAD_TIMEOUT),  # type: ignore[arg-type]
+    )
+    fields.done()
+    return config
