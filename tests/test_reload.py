@@ -20,7 +20,6 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from aigateway.app.admin import redacted
 from tests.lab import CHAT
 from tests.processes import REPO, startFakeLLM, startGateway, writeFile
 
@@ -295,21 +294,3 @@ class CheckTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 1)
         self.assertIn("routes[0].backend: no backend named 'locl' (did you mean 'local'?)", result.stderr.decode())
 
-
-class RedactionTests(SynchronousTestCase):
-    """
-    L{redacted} hides what is secret and nothing else.
-    """
-
-    def test_secrets(self) -> None:
-        """
-        Inline keys and collector headers are replaced.
-        """
-        document = {
-            "backends": {"b": {"authToken": {"value": "sk-1"}}, "c": {"authToken": {"env": "K"}}},
-            "tracing": {"otlp": {"endpoint": "http://x", "headers": {"authorization": "t"}}},
-        }
-        self.assertEqual(redacted(document), {
-            "backends": {"b": {"authToken": {"value": "<redacted>"}}, "c": {"authToken": {"env": "K"}}},
-            "tracing": {"otlp": {"endpoint": "http://x", "headers": {"authorization": "<redacted>"}}},
-        })

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IAgent
 from twisted.web.server import Site
 
-from aigateway.app.admin import AdminRoot
+from aigateway.app.admin import AdminRoot, AdminSite
 from aigateway.app.watch import ConfigWatcher
 from aigateway.auth.keys import treqFetch
 from aigateway.build import Gateway, buildGateway, readFile as _readFile
@@ -119,9 +119,7 @@ class GatewayService(Service):
         self.site = GatewaySite(self.gateway.root, reactor)
         self._configureSite(config)
         self.listeners = _Listeners(reactor, self.site)
-        adminSite = Site(AdminRoot(self))
-        adminSite.log = lambda request: None  # type: ignore[method-assign]
-        adminSite.noisy = False
+        adminSite = AdminSite(AdminRoot(self, self.metrics.registry))
         self.adminListeners = _Listeners(reactor, adminSite)
         self.watcher = (
             ConfigWatcher(reactor, self._watchedFiles(config), lambda: self.reload("file changed"))
