@@ -27,11 +27,13 @@ class FakeNotifier:
     """
 
     def __init__(self, reactor: object = None) -> None:
+        self.made = 0
         self.reading = False
         self.closed = False
         self.watches: dict[str, tuple[int, list]] = {}
 
     def __call__(self, reactor: object) -> "FakeNotifier":
+        self.made += 1
         return self
 
     def startReading(self) -> None:
@@ -81,6 +83,19 @@ class ConfigWatcherTests(SynchronousTestCase):
         mask = self.notifier.watches[self.directory][0]
         for event in (inotify.IN_CLOSE_WRITE, inotify.IN_MOVED_TO, inotify.IN_CREATE, inotify.IN_DELETE):
             self.assertTrue(mask & event)
+
+    def test_watchesFromThePrivilegedStart(self) -> None:
+        """
+        The watch begins in the privileged start, before listeners open
+        their ports in theirs, and the start after it keeps that watch.
+        """
+        notifier = FakeNotifier()
+        watcher = ConfigWatcher(self.clock, [self.config], lambda: None, notifier=notifier)
+        watcher.privilegedStartService()
+        self.assertEqual((notifier.made, list(notifier.watches)), (1, [self.directory]))
+        watcher.startService()
+        self.assertEqual(notifier.made, 1)
+        watcher.stopService()
 
     def test_debounce(self) -> None:
         """

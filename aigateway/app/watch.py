@@ -81,8 +81,21 @@ class ConfigWatcher(Service):
                 self._notifier.watch(FilePath(directory), mask=_MASK, callbacks=[self._event])
                 self._watched.add(directory)
 
+    def privilegedStartService(self) -> None:
+        """
+        Start watching already, before the listeners beside this service
+        open their ports in theirs: a change made as soon as a port is open
+        is not missed.
+        """
+        super().privilegedStartService()
+        self._startWatching()
+
     def startService(self) -> None:
         super().startService()
+        if self._notifier is None:
+            self._startWatching()
+
+    def _startWatching(self) -> None:
         self._notifier = self.notifier(self.reactor)
         self._notifier.startReading()
         self._addWatches()
