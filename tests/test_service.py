@@ -214,6 +214,14 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(answer.status(), 422)
         self.assertEqual(json.loads(answer.body())["reloaded"], False)
 
+    def test_adminOnTheGivenReactor(self) -> None:
+        """
+        The admin site's connections time out on the reactor the service was
+        given, not the global one.
+        """
+        self.gateway.connect(9090)
+        self.assertEqual(len(self.gateway.reactor.getDelayedCalls()), 1)
+
 
 class ListenerTests(SynchronousTestCase):
     """

@@ -112,7 +112,7 @@ class GatewayService(MultiService):
         self.drain = Drain(self.site, self.inFlight, reactor, lambda: self.current.config.shutdownTimeout)
         self.listeners.setServiceParent(self.drain)
         self.drain.setServiceParent(self)
-        adminSite = AdminSite(AdminRoot(self, self.metrics.registry))
+        adminSite = AdminSite(AdminRoot(self, self.metrics.registry), reactor=reactor)
         self.adminListeners = Listeners(reactor, lambda: adminSite)
         self.adminListeners.setServiceParent(self)
         self.reloader = Reloader(
