@@ -8,24 +8,23 @@ The admin listener, loopback by default:
   - C{GET /config}: the configuration being served, secrets redacted, with
     its SHA-256, when it was loaded and why the last reload failed;
   - C{POST /reload}: load the configuration again now.
+
+The admin knows the gateway only through L{GatewayControl}.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import yaml
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import Request, Site
 
 from aigateway.web.errors import writeError
 
-if TYPE_CHECKING:
-    from aigateway.app.service import GatewayService
-
-__all__ = ["AdminRoot", "redacted"]
+__all__ = ["AdminRoot", "AdminSite", "GatewayControl", "redacted"]
 
 REDACTED = "<redacted>"
 
@@ -56,16 +55,61 @@ def _json(request: Request, document: object, status: int = 200) -> bytes:
     return json.dumps(document, indent=2, default=str).encode("utf-8") + b"\n"
 
 
+class GatewayControl(Protocol):
+    """
+    What the admin shows of the gateway, and the one thing it does.
+    """
+
+    @property
+    def text(self) -> bytes:
+        """
+        The text of the configuration being served.
+        """
+
+    @property
+    def digest(self) -> str:
+        """
+        Its SHA-256, in hex.
+        """
+
+    @property
+    def loadedAt(self) -> float:
+        """
+        When it was loaded (POSIX time).
+        """
+
+    @property
+    def lastError(self) -> str | None:
+        """
+        Why the last reload failed, or L{None}.
+        """
+
+    @property
+    def ready(self) -> list[str]:
+        """
+        What the gateway still waits for before it can serve.
+        """
+
+    def reload(self, reason: str) -> str | None:
+        """
+        Load the configuration again; L{None}, or why it was not taken.
+        """
+
+
 class AdminRoot(Resource):
     """
     The admin site's root resource.
+
+    @ivar gateway: what is shown and reloaded.
+    @ivar registry: the metrics shown at C{/metrics}.
     """
 
     isLeaf = True
 
-    def __init__(self, gateway: "GatewayService") -> None:
+    def __init__(self, gateway: GatewayControl, registry: CollectorRegistry) -> None:
         super().__init__()
         self.gateway = gateway
+        self.registry = registry
 
     def render_GET(self, request: Request) -> bytes:
         gateway = self.gateway
@@ -78,7 +122,7 @@ class AdminRoot(Resource):
             return _json(request, {"ready": not pending, "pending": pending}, 503 if pending else 200)
         if path == b"/metrics":
             request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
-            return generate_latest(gateway.metrics.registry)
+            return generate_latest(self.registry)
         if path == b"/config":
             return _json(request, {
                 "sha256": gateway.digest,
@@ -95,3 +139,19 @@ class AdminRoot(Resource):
                 return _json(request, {"reloaded": False, "error": error}, 422)
             return _json(request, {"reloaded": True, "sha256": self.gateway.digest})
         return writeError(request, 404, f"no admin endpoint {request.path.decode('latin-1')}")
+
+
+class AdminSite(Site):
+    """
+    The admin listener's site: probes and scrapes are not access-logged.
+    """
+
+    noisy = False
+
+    def log(self, request: Request) -> None:
+        pass
+
+    def logPrefix(self) -> str:
+        # The admin port's log lines read as they always have
+        # ("Site starting on ...").
+        return "Site"

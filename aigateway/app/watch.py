@@ -14,7 +14,7 @@ for one reload, a short while after the last such event.
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from twisted.application.service import Service
 from twisted.internet import inotify
@@ -35,6 +35,9 @@ class ConfigWatcher(Service):
     any of the watched files.
 
     @ivar paths: the files that matter, absolute.
+    @ivar notifier: makes the inotify reader from the reactor when the
+        service starts (L{inotify.INotify}; tests give a fake with its
+        C{startReading}, C{watch} and C{loseConnection}).
     """
 
     def __init__(
@@ -43,12 +46,14 @@ class ConfigWatcher(Service):
         paths: Iterable[str],
         changed: Callable[[], None],
         debounce: float = 0.1,
+        notifier: Callable[[Any], Any] = inotify.INotify,
     ) -> None:
         self.reactor = reactor
         self.changed = changed
         self.debounce = debounce
+        self.notifier = notifier
         self.paths: frozenset[str] = frozenset()
-        self._notifier: inotify.INotify | None = None
+        self._notifier: Any = None
         self._watched: set[str] = set()
         self._pending: IDelayedCall | None = None
         self.watch(paths)
@@ -76,9 +81,22 @@ class ConfigWatcher(Service):
                 self._notifier.watch(FilePath(directory), mask=_MASK, callbacks=[self._event])
                 self._watched.add(directory)
 
+    def privilegedStartService(self) -> None:
+        """
+        Start watching already, before the listeners beside this service
+        open their ports in theirs: a change made as soon as a port is open
+        is not missed.
+        """
+        super().privilegedStartService()
+        self._startWatching()
+
     def startService(self) -> None:
         super().startService()
-        self._notifier = inotify.INotify(self.reactor)
+        if self._notifier is None:
+            self._startWatching()
+
+    def _startWatching(self) -> None:
+        self._notifier = self.notifier(self.reactor)
         self._notifier.startReading()
         self._addWatches()
 
