@@ -21,7 +21,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web._newclient import Response, ResponseFailed, TransportProxyProducer
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers

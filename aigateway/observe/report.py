@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
