@@ -254,8 +254,11 @@ class GatewayChannel(HTTPChannel):
             return
         if not self._inHead and not self._inRequest and data:
             self._inHead = True
-            self._headTimer = self.callLater(self.factory.requestHeadTimeout, self._headTooSlow)
         super().dataReceived(data)
+        if self._inHead and self._headTimer is None and not self._closing:
+            # A head that did not come whole in one read: its time runs
+            # from its first byte, which came just now.
+            self._headTimer = self.callLater(self.factory.requestHeadTimeout, self._headTooSlow)
 
     def lineReceived(self, line: bytes) -> Any:
         if self._closing:
