@@ -223,12 +223,12 @@ class InFlight:
 def buildTracerProvider(config: TracingConfig, reactor: Any, agent: Any,
                         environ: Mapping[str, str] = os.environ) -> Any:
     """
-    An OpenTelemetry tracer provider whose spans are posted over OTLP/HTTP
-    in batches through C{agent}, from the reactor (L{SpanSender}), or
-    L{None} when no endpoint is configured, in which case no span is ever
-    made.  Without headers in the configuration, those of
-    C{OTEL_EXPORTER_OTLP_TRACES_HEADERS} or C{OTEL_EXPORTER_OTLP_HEADERS}
-    are sent.
+    The OpenTelemetry SDK's tracer provider, its spans posted over
+    OTLP/HTTP in batches through C{agent}, from the reactor
+    (L{aigateway.observe.otlp.SpanSender}), or L{None} when no endpoint is
+    configured, in which case no span is ever made.  Without headers in
+    the configuration, those of C{OTEL_EXPORTER_OTLP_TRACES_HEADERS} or
+    C{OTEL_EXPORTER_OTLP_HEADERS} are sent.
     """
     endpoint = config.otlpEndpoint or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     if endpoint is None and environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
