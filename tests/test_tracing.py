@@ -1,6 +1,7 @@
 """
 Tests for L{aigateway.observe.tracing}: the SDK's tracer provider, its spans
-posted from the reactor as the OpenTelemetry exporter would encode them.
+posted from the reactor as the OpenTelemetry exporter would encode them, and
+their attributes bounded.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace import SpanLimits
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -29,8 +31,10 @@ from opentelemetry.trace.status import Status, StatusCode
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from aigateway.config import TracingConfig
 from aigateway.observe.otlp import SpanSender
-from aigateway.observe.tracing import SendingTracerProvider
+from aigateway.observe.report import buildTracerProvider
+from aigateway.observe.tracing import MAX_ATTRIBUTE_LENGTH, SendingTracerProvider, spanLimits
 from tests.test_otlp import ATTRIBUTES, _Agent
 
 REMOTE = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
@@ -192,3 +196,65 @@ class SentAsExportedTests(SynchronousTestCase):
         self.successResultOf(provider.flush())
         self.assertEqual([span.name for span in _sent(agent)], ["one", "two"])
         self.assertEqual(provider.sender.sent, 2)
+
+
+class LimitTests(SynchronousTestCase):
+    """
+    Span attributes are bounded: 8 KiB per value and 128 per span, unless
+    the OpenTelemetry environment variables say otherwise.
+    """
+
+    def setUp(self) -> None:
+        quiet = logging.getLogger("opentelemetry")
+        self.addCleanup(quiet.setLevel, quiet.level)
+        quiet.setLevel(logging.CRITICAL)
+
+    def spans(self, environ: dict[str, str]) -> list:
+        agent = _Agent()
+        config = TracingConfig(otlpEndpoint="http://collector/v1/traces")
+        provider = buildTracerProvider(config, Clock(), agent, environ)
+        span = provider.get_tracer("aigateway").start_span("POST")
+        # The SDK keeps the newest attributes, and warns of those it drops.
+        span.set_attributes({f"a{i}": i for i in range(200)})
+        span.set_attributes({"gen_ai.input.messages": "x" * 20000, "gen_ai.response.finish_reasons": ("y" * 9000,)})
+        span.end()
+        provider.flush()
+        return _sent(agent)
+
+    def test_defaults(self) -> None:
+        """
+        A long value is cut at L{MAX_ATTRIBUTE_LENGTH} characters, in
+        sequences too; attributes beyond 128 are dropped and counted.
+        """
+        [span] = self.spans({})
+        values = {a.key: a.value for a in span.attributes}
+        self.assertEqual(values["gen_ai.input.messages"].string_value, "x" * MAX_ATTRIBUTE_LENGTH)
+        self.assertEqual(values["gen_ai.response.finish_reasons"].array_value.values[0].string_value,
+                         "y" * MAX_ATTRIBUTE_LENGTH)
+        self.assertEqual(len(span.attributes), 128)
+        self.assertEqual(span.dropped_attributes_count, 202 - 128)
+
+    def test_environment(self) -> None:
+        """
+        The span-specific variables win over the general ones; C{unset}
+        lifts a limit.
+        """
+        [span] = self.spans({"OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT": "10", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "5",
+                             "OTEL_ATTRIBUTE_COUNT_LIMIT": "unset"})
+        values = {a.key: a.value for a in span.attributes}
+        self.assertEqual(values["gen_ai.input.messages"].string_value, "x" * 10)
+        self.assertEqual(len(span.attributes), 202)
+        [span] = self.spans({"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "unset", "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "3"})
+        values = {a.key: a.value for a in span.attributes}
+        self.assertEqual(len(values["gen_ai.input.messages"].string_value), 20000)
+        self.assertEqual(len(span.attributes), 3)
+
+    def test_badVariable(self) -> None:
+        """
+        A limit that is not a whole number is an error naming the variable.
+        """
+        e = self.assertRaises(ValueError, spanLimits, {"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "8k"})
+        self.assertIn("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", str(e))
+        limits = spanLimits({})
+        self.assertIsInstance(limits, SpanLimits)
+        self.assertEqual((limits.max_span_attribute_length, limits.max_span_attributes), (8192, 128))

@@ -228,7 +228,8 @@ def buildTracerProvider(config: TracingConfig, reactor: Any, agent: Any,
     (L{aigateway.observe.otlp.SpanSender}), or L{None} when no endpoint is
     configured, in which case no span is ever made.  Without headers in
     the configuration, those of C{OTEL_EXPORTER_OTLP_TRACES_HEADERS} or
-    C{OTEL_EXPORTER_OTLP_HEADERS} are sent.
+    C{OTEL_EXPORTER_OTLP_HEADERS} are sent.  Span attributes are bounded
+    as L{aigateway.observe.tracing.spanLimits} says.
     """
     endpoint = config.otlpEndpoint or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     if endpoint is None and environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
@@ -240,7 +241,7 @@ def buildTracerProvider(config: TracingConfig, reactor: Any, agent: Any,
     from opentelemetry.util.re import parse_env_headers
 
     from aigateway.observe.otlp import SpanSender
-    from aigateway.observe.tracing import SendingTracerProvider
+    from aigateway.observe.tracing import SendingTracerProvider, spanLimits
 
     headers = dict(config.otlpHeaders) or parse_env_headers(
         environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or environ.get("OTEL_EXPORTER_OTLP_HEADERS", ""),
@@ -250,6 +251,7 @@ def buildTracerProvider(config: TracingConfig, reactor: Any, agent: Any,
         SpanSender(reactor, agent, endpoint, headers),
         resource=Resource.create({"service.name": config.serviceName}),
         sampler=ParentBased(TraceIdRatioBased(config.sampleRatio)),
+        limits=spanLimits(environ),
     )
 
 
