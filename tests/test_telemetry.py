@@ -303,6 +303,8 @@ class AccessLogTests(SynchronousTestCase):
             formatEvent(event),
             r"^POST /local/v1/chat/completions local -> 200 in \d+\.\d ms model=gpt-4o-mini tokens=4/8 sub=None$",
         )
+        # The event carries that text, for every observer to write as it is.
+        self.assertEqual(event["log_format"], formatEvent(event))
 
     def test_off(self) -> None:
         """
