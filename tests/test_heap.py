@@ -34,15 +34,9 @@ class HeapSettlerTests(SynchronousTestCase):
 
     def test_twistdService(self) -> None:
         """
-        C{twistd aigateway} runs the gateway with a heap settler beside it,
-        and formats log text through L{aigateway.observe.logformat}.
+        C{twistd aigateway} runs the gateway with a heap settler beside it.
         """
-        from twisted.logger import _format
-
-        from aigateway.observe import logformat
         from aigateway.app.tap import Options, makeService
-
-        self.addCleanup(logformat.uninstall)
 
         path = self.mktemp()
         with open(path, "w") as f:
@@ -51,4 +45,3 @@ class HeapSettlerTests(SynchronousTestCase):
         options.parseOptions(["-c", path])
         top = makeService(options)
         self.assertEqual(sorted(type(s).__name__ for s in top), ["GatewayService", "HeapSettler"])
-        self.assertIs(_format.formatWithCall, logformat.formatWithCall)

@@ -1,6 +1,7 @@
 """
 Tests for L{aigateway.observe.otlp}: the span encoding gives the message the
-OpenTelemetry exporter's own encoding gives, for every kind of value.
+OpenTelemetry exporter's own encoding gives, for every kind of value and for
+the gateway's own spans, and the span processor posts them in batches.
 """
 
 from __future__ import annotations
@@ -85,6 +86,29 @@ class EncodingTests(SynchronousTestCase):
         self.assertEqual(ours, encode_spans(spans))
         self.assertEqual(len(ours.resource_spans), 2)
         self.assertEqual(ours.resource_spans[0].scope_spans[0].spans[0].name, "chat gpt-4o")
+
+    def test_gatewaySpans(self) -> None:
+        """
+        The spans of a request through the gateway, content captured and
+        continuing a caller's trace, are posted as the exporter's encoder
+        gives them.
+        """
+        from tests.memory import MemoryGateway
+        from tests.test_telemetry import CHAT, CONFIG
+
+        agent = _Agent()
+        sender = SpanSender(Clock(), agent, "http://collector/v1/traces")
+        provider = _provider(sender)
+        kept = InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(kept))
+        gateway = MemoryGateway(CONFIG % {"capture": "true"}, tracerProvider=provider)
+        gateway.post(self, "/local", CHAT, {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                                            "user-agent": "lab/1"})
+        sender.flush()
+        [(_, _, body, _)] = agent.posts
+        spans = kept.get_finished_spans()
+        self.assertEqual([span.name for span in spans], ["chat gpt-4o-mini", "POST local"])
+        self.assertEqual(ExportTraceServiceRequest.FromString(body), encode_spans(spans))
 
     def test_empty(self) -> None:
         """

@@ -178,6 +178,30 @@ class SpanTests(SynchronousTestCase):
         span = traced.spans.get_finished_spans()[0]
         self.assertEqual((span.name, span.attributes["error.type"]), ("POST", "route_not_found"))
 
+    def test_contentBounded(self) -> None:
+        """
+        With content capture, a long prompt's attributes are cut at 8 KiB
+        in the spans the gateway's tracer provider sends.
+        """
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        from aigateway.observe.report import buildTracerProvider
+        from tests.test_otlp import _Agent
+
+        agent = _Agent()
+        config = TracingConfig(otlpEndpoint="http://collector/v1/traces", captureContent=True)
+        provider = buildTracerProvider(config, Clock(), agent, {})
+        gateway = MemoryGateway(CONFIG % {"capture": "true"}, tracerProvider=provider)
+        prompt = "Whats your favorite poem? " * 1000
+        gateway.post(self, "/local", dict(CHAT, messages=[{"role": "user", "content": prompt}]))
+        provider.flush()
+        [(_, _, body, _)] = agent.posts
+        [client, _] = ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans
+        values = {a.key: a.value.string_value for a in client.attributes}
+        self.assertEqual(len(values["gen_ai.input.messages"]), 8192)
+        self.assertEqual(len(values["gen_ai.prompt"]), 8192)
+        self.assertTrue(values["gen_ai.input.messages"].startswith('[{"role":"user","content":"Whats'))
+
 
 class NoTracingTests(SynchronousTestCase):
     """
@@ -279,6 +303,8 @@ class AccessLogTests(SynchronousTestCase):
             formatEvent(event),
             r"^POST /local/v1/chat/completions local -> 200 in \d+\.\d ms model=gpt-4o-mini tokens=4/8 sub=None$",
         )
+        # The event carries that text, for every observer to write as it is.
+        self.assertEqual(event["log_format"], formatEvent(event))
 
     def test_off(self) -> None:
         """

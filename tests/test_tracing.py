@@ -1,12 +1,13 @@
 """
-Tests for L{aigateway.observe.tracing}: the gateway's spans reach the collector as
-the OpenTelemetry SDK's spans would, for the same calls.
+Tests for L{aigateway.observe.tracing}: the SDK's tracer provider, its spans
+posted from the reactor as the OpenTelemetry exporter would encode them, and
+their attributes bounded.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -16,6 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace import SpanLimits
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -29,8 +31,10 @@ from opentelemetry.trace.status import Status, StatusCode
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from aigateway.config import TracingConfig
 from aigateway.observe.otlp import SpanSender
-from aigateway.observe.tracing import SendingTracerProvider
+from aigateway.observe.report import buildTracerProvider
+from aigateway.observe.tracing import MAX_ATTRIBUTE_LENGTH, SendingTracerProvider, spanLimits
 from tests.test_otlp import ATTRIBUTES, _Agent
 
 REMOTE = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
@@ -102,14 +106,23 @@ def _story(provider: Any) -> None:
     root.end(6000)
 
 
-class SameAsSDKTests(SynchronousTestCase):
+def _sent(agent: _Agent) -> list:
     """
-    For the same calls, the spans posted are those the SDK's own spans and
-    OTLP encoder give.
+    The spans of every post C{agent} was sent, in order.
+    """
+    return [span for _, _, body, _ in agent.posts
+            for resource in ExportTraceServiceRequest.FromString(body).resource_spans
+            for scope in resource.scope_spans for span in scope.spans]
+
+
+class SentAsExportedTests(SynchronousTestCase):
+    """
+    The SDK's spans, posted by a L{SpanSender}, are the message the OTLP
+    exporter's own encoder gives for them.
     """
 
     def setUp(self) -> None:
-        # Both warn, through the standard library, of the values they drop.
+        # The SDK warns, through the standard library, of the values it drops.
         quiet = logging.getLogger("opentelemetry")
         self.addCleanup(quiet.setLevel, quiet.level)
         quiet.setLevel(logging.CRITICAL)
@@ -119,21 +132,20 @@ class SameAsSDKTests(SynchronousTestCase):
         Names, kinds, IDs, parents, times, attributes, events, links,
         statuses, resource and scopes all match.
         """
-        resource = Resource.create({"service.name": "aigateway"})
-        kept = InMemorySpanExporter()
-        sdk = TracerProvider(resource=resource, id_generator=_Numbers(), shutdown_on_exit=False)
-        sdk.add_span_processor(SimpleSpanProcessor(kept))
-        _story(sdk)
-
         agent = _Agent()
         sender = SpanSender(Clock(), agent, "http://collector/v1/traces")
-        _story(SendingTracerProvider(sender, resource, ALWAYS_ON, _Numbers()))
+        provider = SendingTracerProvider(sender, Resource.create({"service.name": "aigateway"}), ALWAYS_ON,
+                                         _Numbers())
+        self.assertIsInstance(provider, TracerProvider)
+        kept = InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(kept))
+        _story(provider)
+        self.assertEqual(agent.posts, [])
         sender.flush()
 
         [(_, _, body, _)] = agent.posts
         ours = ExportTraceServiceRequest.FromString(body)
-        expected = encode_spans(kept.get_finished_spans())
-        self.assertEqual(ours, expected)
+        self.assertEqual(ours, encode_spans(kept.get_finished_spans()))
         names = [span.name for scope in ours.resource_spans[0].scope_spans for span in scope.spans]
         self.assertEqual(names, ["chat gpt-4o", "POST openai", "inner", "root"])
         client = ours.resource_spans[0].scope_spans[0].spans[0]
@@ -142,42 +154,107 @@ class SameAsSDKTests(SynchronousTestCase):
 
     def test_sampling(self) -> None:
         """
-        The sampler decides as in the SDK: with a ratio of 0 a new trace is
-        neither recorded nor sent, while a sampled caller's trace is, under
-        the caller's trace ID; the flags a caller would be sent match.
+        With a ratio of 0 a new trace is neither recorded nor sent, while a
+        sampled caller's trace is, under the caller's trace ID.
         """
-        def starts(provider: Any) -> list[tuple[int, int, bool]]:
-            tracer = provider.get_tracer("aigateway")
-            seen = []
-            for parent in (None, REMOTE, UNSAMPLED):
-                context = set_span_in_context(NonRecordingSpan(parent)) if parent else None
-                span = tracer.start_span("s", context=context)
-                own = span.get_span_context()
-                seen.append((own.trace_id, int(own.trace_flags), span.is_recording()))
-                span.end()
-            return seen
-
-        sampler = ParentBased(TraceIdRatioBased(0))
         agent = _Agent()
         sender = SpanSender(Clock(), agent, "http://collector/v1/traces")
-        ours = starts(SendingTracerProvider(sender, sampler=sampler, idGenerator=_Numbers()))
-        sdk = starts(TracerProvider(sampler=sampler, id_generator=_Numbers(), shutdown_on_exit=False))
-        self.assertEqual(ours, sdk)
-        self.assertEqual([recording for _, _, recording in ours], [False, True, False])
-        self.assertEqual(ours[1][0], REMOTE.trace_id)
+        tracer = SendingTracerProvider(sender, sampler=ParentBased(TraceIdRatioBased(0)),
+                                       idGenerator=_Numbers()).get_tracer("aigateway")
+        recording = []
+        for parent in (None, REMOTE, UNSAMPLED):
+            context = set_span_in_context(NonRecordingSpan(parent)) if parent else None
+            span = tracer.start_span("s", context=context)
+            recording.append(span.is_recording())
+            span.end()
+        self.assertEqual(recording, [False, True, False])
         sender.flush()
-        [(_, _, body, _)] = agent.posts
-        [span] = ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans
+        [span] = _sent(agent)
+        self.assertEqual(span.trace_id, REMOTE.trace_id.to_bytes(16, "big"))
         self.assertEqual(span.parent_span_id, REMOTE.span_id.to_bytes(8, "big"))
 
-    def test_tracersShared(self) -> None:
+    def test_flushAndShutdown(self) -> None:
         """
-        Asking twice for a tracer of the same scope gives the same tracer.
+        The provider's flush fires once the collector has answered; the
+        SDK's synchronous flush starts the post; after shutdown no span is
+        taken.
         """
-        provider = SendingTracerProvider(SpanSender(Clock(), _Agent(), "http://collector/v1/traces"))
-        get: Callable[..., Any] = provider.get_tracer
-        self.assertIs(get("aigateway"), get("aigateway"))
-        self.assertIsNot(get("aigateway"), get("aigateway", "2"))
-        scoped = get("aigateway", attributes={"tags": ["a", "b"]})
-        self.assertIs(scoped, get("aigateway", attributes={"tags": ["a", "b"]}))
-        self.assertEqual(scoped.scope.attributes, {"tags": ("a", "b")})
+        agent = _Agent()
+        provider = SendingTracerProvider(SpanSender(Clock(), agent, "http://collector/v1/traces"))
+        tracer = provider.get_tracer("aigateway")
+        tracer.start_span("one").end()
+        d = provider.flush()
+        self.assertNoResult(d)
+        agent.answer(0, 200)
+        self.successResultOf(d)
+        tracer.start_span("two").end()
+        self.assertFalse(provider.force_flush())
+        self.assertEqual(len(agent.posts), 2)
+        agent.answer(1, 200)
+        provider.shutdown()
+        tracer.start_span("three").end()
+        self.successResultOf(provider.flush())
+        self.assertEqual([span.name for span in _sent(agent)], ["one", "two"])
+        self.assertEqual(provider.sender.sent, 2)
+
+
+class LimitTests(SynchronousTestCase):
+    """
+    Span attributes are bounded: 8 KiB per value and 128 per span, unless
+    the OpenTelemetry environment variables say otherwise.
+    """
+
+    def setUp(self) -> None:
+        quiet = logging.getLogger("opentelemetry")
+        self.addCleanup(quiet.setLevel, quiet.level)
+        quiet.setLevel(logging.CRITICAL)
+
+    def spans(self, environ: dict[str, str]) -> list:
+        agent = _Agent()
+        config = TracingConfig(otlpEndpoint="http://collector/v1/traces")
+        provider = buildTracerProvider(config, Clock(), agent, environ)
+        span = provider.get_tracer("aigateway").start_span("POST")
+        # The SDK keeps the newest attributes, and warns of those it drops.
+        span.set_attributes({f"a{i}": i for i in range(200)})
+        span.set_attributes({"gen_ai.input.messages": "x" * 20000, "gen_ai.response.finish_reasons": ("y" * 9000,)})
+        span.end()
+        provider.flush()
+        return _sent(agent)
+
+    def test_defaults(self) -> None:
+        """
+        A long value is cut at L{MAX_ATTRIBUTE_LENGTH} characters, in
+        sequences too; attributes beyond 128 are dropped and counted.
+        """
+        [span] = self.spans({})
+        values = {a.key: a.value for a in span.attributes}
+        self.assertEqual(values["gen_ai.input.messages"].string_value, "x" * MAX_ATTRIBUTE_LENGTH)
+        self.assertEqual(values["gen_ai.response.finish_reasons"].array_value.values[0].string_value,
+                         "y" * MAX_ATTRIBUTE_LENGTH)
+        self.assertEqual(len(span.attributes), 128)
+        self.assertEqual(span.dropped_attributes_count, 202 - 128)
+
+    def test_environment(self) -> None:
+        """
+        The span-specific variables win over the general ones; C{unset}
+        lifts a limit.
+        """
+        [span] = self.spans({"OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT": "10", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "5",
+                             "OTEL_ATTRIBUTE_COUNT_LIMIT": "unset"})
+        values = {a.key: a.value for a in span.attributes}
+        self.assertEqual(values["gen_ai.input.messages"].string_value, "x" * 10)
+        self.assertEqual(len(span.attributes), 202)
+        [span] = self.spans({"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "unset", "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "3"})
+        values = {a.key: a.value for a in span.attributes}
+        self.assertEqual(len(values["gen_ai.input.messages"].string_value), 20000)
+        self.assertEqual(len(span.attributes), 3)
+
+    def test_badVariable(self) -> None:
+        """
+        A limit that is not a whole number is an error naming the variable.
+        """
+        e = self.assertRaises(ValueError, spanLimits, {"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "8k"})
+        self.assertIn("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", str(e))
+        limits = spanLimits({})
+        self.assertIsInstance(limits, SpanLimits)
+        self.assertEqual((limits.max_span_attribute_length, limits.max_span_attributes), (8192, 128))

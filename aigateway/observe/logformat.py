@@ -1,37 +1,37 @@
 """
-Log events' text formatted by C{str.format_map}, the only patch of Twisted
-the gateway makes.
+Log events that carry their text already formatted, for the gateway's
+own frequent events (the access log's line per request).
 
 C{twisted.logger} formats an event's C{log_format} with
 C{string.Formatter.vformat}, which parses and looks up every field in
-Python; for the access log's line of ten fields that was a fifth of the
-CPU the line cost.  C{str.format_map} does the same in C: it takes the
-same PEP 3101 syntax, looks each field's name up in the event (a
-C{{name()}} field calls C{name}, as Twisted's C{CallMapping} does), and
-applies the same conversions and format specs.  Failures are
-the same exceptions, which Twisted's C{_formatEvent} turns into its
-"Unable to format event" text as before.
-
-L{install} replaces C{twisted.logger._format.formatWithCall}, which
-C{_formatEvent} looks up as a module global; L{patchable} says whether
-Twisted still has that shape, and the tests fail when it does not.
+Python: for the access log's line of ten fields most of the CPU the line
+cost.  C{str.format_map} does the same in C: it takes the same PEP 3101
+syntax, looks each field's name up in the event (a C{{name()}} field
+calls C{name}, as Twisted's C{CallMapping} does), and applies the same
+conversions and format specs.  L{Preformatter} wraps the observer of a
+L{twisted.logger.Logger}: each event it emits has its C{log_format}
+replaced by its text so formatted, with braces doubled, so that any
+observer (twistd's log file, C{formatEvent}, the JSON lines of
+L{aigateway.logs}) reads the same words without formatting fields again;
+the fields themselves stay in the event.  An event C{str.format_map}
+cannot format is passed on as it is, for Twisted to format or to
+describe as unformattable, as it always did.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
-from twisted.logger import _format
+from twisted.logger import ILogObserver, LogEvent
+from zope.interface import implementer
 
-__all__ = ["formatWithCall", "install", "patchable"]
-
-_original = _format.formatWithCall
+__all__ = ["Preformatter", "install", "preformatted"]
 
 
 class _Fields(dict):  # type: ignore[type-arg]
     """
-    An event's fields, where C{name()} is C{name} called, as in
-    L{twisted.logger._format.CallMapping}.
+    An event's fields, where C{name()} is C{name} called, as in Twisted's
+    C{CallMapping}.
     """
 
     def __missing__(self, key: str) -> Any:
@@ -40,35 +40,42 @@ class _Fields(dict):  # type: ignore[type-arg]
         raise KeyError(key)
 
 
-def formatWithCall(formatString: str, mapping: Mapping[str, Any]) -> str:
+def preformatted(event: LogEvent) -> LogEvent:
     """
-    Twisted's C{formatWithCall}, done by C{str.format_map}.
+    C{event} with its C{log_format} replaced by the text it formats to,
+    escaped to format to itself, when C{str.format_map} can format it.
     """
-    return str(formatString.format_map(_Fields(mapping)))
+    format = event.get("log_format")
+    if format.__class__ is not str or "log_flattened" in event:
+        return event
+    try:
+        text = format.format_map(_Fields(event))
+    except Exception:
+        return event
+    if text.__class__ is not str:
+        text = str(text)
+    if "{" in text or "}" in text:
+        text = text.replace("{", "{{").replace("}", "}}")
+    event["log_format"] = text
+    return event
 
 
-def patchable() -> bool:
+@implementer(ILogObserver)
+class Preformatter:
     """
-    Whether Twisted formats events through the module global this patch
-    replaces.
+    An observer that passes each event on to C{observer}, its text
+    L{preformatted}: give it as a L{twisted.logger.Logger}'s C{observer}.
     """
-    return (
-        callable(getattr(_format, "formatWithCall", None))
-        and "formatWithCall" in _format._formatEvent.__code__.co_names
-    )
+
+    def __init__(self, observer: ILogObserver) -> None:
+        self.observer = observer
+
+    def __call__(self, event: LogEvent) -> None:
+        self.observer(preformatted(event))
 
 
 def install() -> None:
     """
-    Format log events' text with L{formatWithCall} from now on, if Twisted
-    still has the shape this patch expects (otherwise nothing changes).
+    Nothing: the gateway no longer changes how Twisted formats log events.
+    Kept while C{twistd aigateway} calls it.
     """
-    if patchable():
-        _format.formatWithCall = formatWithCall  # type: ignore[assignment]
-
-
-def uninstall() -> None:
-    """
-    Put Twisted's own C{formatWithCall} back.
-    """
-    _format.formatWithCall = _original  # type: ignore[assignment]

@@ -3,12 +3,14 @@ OTLP/HTTP span export from the reactor, with the protobuf encoding
 written out directly.
 
 The OpenTelemetry exporter builds one protobuf object per span, attribute
-and value before serializing them (for the gateway's two spans per request
-that took more CPU than making the spans), and it sends from a thread of
-its own, whose bursts of Python work every second held the reactor's
-requests back for milliseconds.  Here each span is encoded to its
-C{Span} message bytes as it ends (L{encodeSpan}), and L{SpanSender} posts
-the batches through the gateway's own HTTP agent: no thread, no burst.
+and value before serializing them, and the SDK's batch processor sends
+from a thread of its own, whose bursts of Python work every second held
+the reactor's requests back for milliseconds.  Here L{SpanSender} is a
+span processor of the SDK's C{TracerProvider}: it encodes each span to
+its C{Span} message bytes as it ends (L{encodeSpan}, which reads only the
+public C{ReadableSpan} API and gives the message the exporter's own
+C{encode_spans} gives), and posts the batches through the gateway's own
+HTTP agent: no thread, no burst.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.trace import SpanKind
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
@@ -142,7 +145,7 @@ def _flags(parent: Any) -> bytes:
     return _fixed32(0x300 if parent is not None and parent.is_remote else 0x100)
 
 
-def _span(span: Any) -> bytes:
+def _span(span: ReadableSpan) -> bytes:
     context = span.get_span_context()
     out = [_ids(context)]
     state = context.trace_state
@@ -209,7 +212,7 @@ class _Batch:
         self.groups: dict[int, tuple[Any, dict[Any, list[bytes]]]] = {}
         self.count = 0
 
-    def add(self, span: Any) -> None:
+    def add(self, span: ReadableSpan) -> None:
         resource = span.resource
         group = self.groups.get(id(resource))
         if group is None:
@@ -235,14 +238,14 @@ class _Batch:
         return b"".join(out)
 
 
-def encodeSpan(span: Any) -> bytes:
+def encodeSpan(span: ReadableSpan) -> bytes:
     """
     A finished span as the C{spans} field of a C{ScopeSpans} message.
     """
     return _field(b"\x12", _span(span))
 
 
-def encodeSpans(spans: Sequence[Any]) -> bytes:
+def encodeSpans(spans: Sequence[ReadableSpan]) -> bytes:
     """
     The serialized C{ExportTraceServiceRequest} for C{spans}.
     """
@@ -252,17 +255,18 @@ def encodeSpans(spans: Sequence[Any]) -> bytes:
     return batch.body()
 
 
-class SpanSender:
+class SpanSender(SpanProcessor):
     """
-    Encodes each sampled span as it ends (L{on_end}) and posts
-    them to an OTLP/HTTP endpoint (C{application/x-protobuf}) in batches:
-    every C{interval} seconds, or at once when C{batchSize} are waiting.
+    A span processor that encodes each sampled span as it ends
+    (L{on_end}) and posts them to an OTLP/HTTP endpoint
+    (C{application/x-protobuf}) in batches: every C{interval} seconds, or
+    at once when C{batchSize} are waiting.
 
     Spans must end on the reactor's thread, as the gateway's do.  A batch
     the collector refuses or does not take within C{timeout} is dropped
     (and logged, at most once a minute); while C{maxPending} spans wait
     behind a slow collector, newer ones are dropped and counted in
-    C{dropped}.
+    C{dropped}.  After L{shutdown}, spans are no longer taken.
     """
 
     def __init__(self, reactor: Any, agent: Any, endpoint: str, headers: Mapping[str, str] | None = None,
@@ -285,9 +289,10 @@ class SpanSender:
         self._timer: Any = None
         self._sending: set[Deferred[None]] = set()
         self._lastComplaint = float("-inf")
+        self._shutdown = False
 
-    def on_end(self, span: Any) -> None:
-        if not span.context.trace_flags.sampled:
+    def on_end(self, span: ReadableSpan) -> None:
+        if self._shutdown or not span.context.trace_flags.sampled:
             return
         if self._pending >= self.maxPending:
             self.dropped += 1
@@ -350,3 +355,19 @@ class SpanSender:
         """
         self.send()
         return DeferredList(list(self._sending)).addCallback(lambda _: None)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """
+        The SDK's synchronous flush, which the reactor cannot wait for:
+        start posting what waits (L{flush} gives a Deferred) and say
+        whether nothing is still in flight.
+        """
+        self.send()
+        return not self._sending
+
+    def shutdown(self) -> None:
+        """
+        Take no more spans, and start posting those that wait.
+        """
+        self.send()
+        self._shutdown = True

@@ -20,14 +20,17 @@ import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.web.iweb import IRequest
 
 from aigateway.config import TracingConfig
+from aigateway.observe.logformat import Preformatter
 
 __all__ = ["Exchange", "InFlight", "Metrics", "Telemetry", "buildTracerProvider"]
 
-accessLog = Logger(namespace="aigateway.access")
+# The access log's events carry their text: one line per request is
+# formatted once, in C, whatever observes it.
+accessLog = Logger(namespace="aigateway.access", observer=Preformatter(globalLogPublisher))
 log = Logger()
 
 # Bucket boundaries from the GenAI semantic conventions.
@@ -199,12 +202,13 @@ class InFlight:
 def buildTracerProvider(config: TracingConfig, reactor: Any, agent: Any,
                         environ: Mapping[str, str] = os.environ) -> Any:
     """
-    An OpenTelemetry tracer provider whose spans are posted over OTLP/HTTP
-    in batches through C{agent}, from the reactor (L{SpanSender}), or
-    L{None} when no endpoint is configured, in which case no span is ever
-    made.  Without headers in the configuration, those of
-    C{OTEL_EXPORTER_OTLP_TRACES_HEADERS} or C{OTEL_EXPORTER_OTLP_HEADERS}
-    are sent.
+    The OpenTelemetry SDK's tracer provider, its spans posted over
+    OTLP/HTTP in batches through C{agent}, from the reactor
+    (L{aigateway.observe.otlp.SpanSender}), or L{None} when no endpoint is
+    configured, in which case no span is ever made.  Without headers in
+    the configuration, those of C{OTEL_EXPORTER_OTLP_TRACES_HEADERS} or
+    C{OTEL_EXPORTER_OTLP_HEADERS} are sent.  Span attributes are bounded
+    as L{aigateway.observe.tracing.spanLimits} says.
     """
     endpoint = config.otlpEndpoint or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     if endpoint is None and environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
@@ -216,7 +220,7 @@ def buildTracerProvider(config: TracingConfig, reactor: Any, agent: Any,
     from opentelemetry.util.re import parse_env_headers
 
     from aigateway.observe.otlp import SpanSender
-    from aigateway.observe.tracing import SendingTracerProvider
+    from aigateway.observe.tracing import SendingTracerProvider, spanLimits
 
     headers = dict(config.otlpHeaders) or parse_env_headers(
         environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or environ.get("OTEL_EXPORTER_OTLP_HEADERS", ""),
@@ -226,6 +230,7 @@ def buildTracerProvider(config: TracingConfig, reactor: Any, agent: Any,
         SpanSender(reactor, agent, endpoint, headers),
         resource=Resource.create({"service.name": config.serviceName}),
         sampler=ParentBased(TraceIdRatioBased(config.sampleRatio)),
+        limits=spanLimits(environ),
     )
 
 
