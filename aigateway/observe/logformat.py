@@ -49,7 +49,8 @@ def preformatted(event: LogEvent) -> LogEvent:
     if format.__class__ is not str or "log_flattened" in event:
         return event
     try:
-        text = format.format_map(_Fields(event))
+        # Only a {name()} field needs the event's fields copied.
+        text = format.format_map(_Fields(event) if "()" in format else event)
     except Exception:
         return event
     if text.__class__ is not str:

@@ -111,28 +111,51 @@ def _attributes(key: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     """
     The repeated C{KeyValue} field C{key}: key 1, value 2.
     """
-    if not attributes:
+    if attributes is None:
         return b""
     out = []
+    append = out.append
     pairs = _pairs
-    for name, value in attributes.items():
+    names = _names
+    # Names, then each value looked up: a span's attributes are a mapping
+    # whose items() is a generator in Python.
+    for name in attributes:
+        value = attributes[name]
         kind = value.__class__
-        cacheable = kind is int or kind is bool or kind is str and len(value) <= 64
-        if cacheable:
+        if kind is str:
+            if len(value) <= 64:
+                encoded = pairs.get((key, name, kind, value))
+                if encoded is not None:
+                    append(encoded)
+                    continue
+                cacheable = True
+            else:
+                cacheable = False
+            data = value.encode("utf-8", "replace")
+            size = len(data)
+            inner = (b"\x0a" + _SMALL[size] if size < 0x80 else b"\x0a" + _varint(size)) + data
+        elif kind is int or kind is bool:
             encoded = pairs.get((key, name, kind, value))
             if encoded is not None:
-                out.append(encoded)
+                append(encoded)
                 continue
-        prefix = _names.get(name)
+            cacheable = True
+            inner = _anyValue(value)
+        else:
+            cacheable = False
+            inner = _anyValue(value)
+        prefix = names.get(name)
         if prefix is None:
             prefix = _field(b"\x0a", _text(str(name)))
-            if len(_names) < _CACHED:
-                _names[name] = prefix
-        pair = prefix + _field(b"\x12", _anyValue(value))
-        encoded = key + _varint(len(pair)) + pair
+            if len(names) < _CACHED:
+                names[name] = prefix
+        size = len(inner)
+        pair = prefix + (b"\x12" + _SMALL[size] if size < 0x80 else b"\x12" + _varint(size)) + inner
+        size = len(pair)
+        encoded = (key + _SMALL[size] if size < 0x80 else key + _varint(size)) + pair
         if cacheable and len(pairs) < _CACHED:
             pairs[(key, name, kind, value)] = encoded
-        out.append(encoded)
+        append(encoded)
     return b"".join(out)
 
 
@@ -145,50 +168,70 @@ def _flags(parent: Any) -> bytes:
     return _fixed32(0x300 if parent is not None and parent.is_remote else 0x100)
 
 
+_UNREMOTE = b"\x85\x01" + _fixed32(0x100)
+
+
 def _span(span: ReadableSpan) -> bytes:
-    context = span.get_span_context()
-    out = [_ids(context)]
+    # Each of the span's properties is a Python call: each is read once.
+    context = span.context
+    traceId = context.trace_id
+    out = [b"\x0a\x10", _halves(traceId >> 64, traceId & 0xFFFFFFFFFFFFFFFF), b"\x12\x08",
+           _spanId(context.span_id)]
     state = context.trace_state
     if state:
         out.append(_field(b"\x1a", _text(",".join(f"{k}={v}" for k, v in state.items()))))
     parent = span.parent
     if parent is not None:
         out += (b"\x22\x08", _spanId(parent.span_id))
-    if span.name:
-        out.append(_field(b"\x2a", _text(span.name)))
+    name = span.name
+    if name:
+        out.append(_field(b"\x2a", _text(name)))
     out.append(_KINDS[span.kind])
-    if span.start_time:
-        out.append(b"\x39" + _fixed64(span.start_time))
-    if span.end_time:
-        out.append(b"\x41" + _fixed64(span.end_time))
+    start = span.start_time
+    if start:
+        out += (b"\x39", _fixed64(start))
+    end = span.end_time
+    if end:
+        out += (b"\x41", _fixed64(end))
     out.append(_attributes(b"\x4a", span.attributes))
-    if span.dropped_attributes:
-        out.append(b"\x50" + _varint(span.dropped_attributes))
-    for event in span.events:
-        body = b"\x09" + _fixed64(event.timestamp) if event.timestamp else b""
-        if event.name:
-            body += _field(b"\x12", _text(event.name))
-        body += _attributes(b"\x1a", event.attributes)
-        if event.dropped_attributes:
-            body += b"\x20" + _varint(event.dropped_attributes)
-        out.append(_field(b"\x5a", body))
-    if span.dropped_events:
-        out.append(b"\x60" + _varint(span.dropped_events))
-    for link in span.links:
-        linked = link.context
-        body = _ids(linked) + _attributes(b"\x22", link.attributes)
-        if link.dropped_attributes:
-            body += b"\x28" + _varint(link.dropped_attributes)
-        out.append(_field(b"\x6a", body + b"\x35" + _flags(linked)))
-    if span.dropped_links:
-        out.append(b"\x70" + _varint(span.dropped_links))
+    dropped = span.dropped_attributes
+    if dropped:
+        out.append(b"\x50" + _varint(dropped))
+    events = span.events
+    if events:
+        for event in events:
+            body = b"\x09" + _fixed64(event.timestamp) if event.timestamp else b""
+            if event.name:
+                body += _field(b"\x12", _text(event.name))
+            body += _attributes(b"\x1a", event.attributes)
+            if event.dropped_attributes:
+                body += b"\x20" + _varint(event.dropped_attributes)
+            out.append(_field(b"\x5a", body))
+    dropped = span.dropped_events
+    if dropped:
+        out.append(b"\x60" + _varint(dropped))
+    links = span.links
+    if links:
+        for link in links:
+            linked = link.context
+            body = _ids(linked) + _attributes(b"\x22", link.attributes)
+            if link.dropped_attributes:
+                body += b"\x28" + _varint(link.dropped_attributes)
+            out.append(_field(b"\x6a", body + b"\x35" + _flags(linked)))
+    dropped = span.dropped_links
+    if dropped:
+        out.append(b"\x70" + _varint(dropped))
     status = span.status
     if status is not None:
-        body = _field(b"\x12", _text(status.description)) if status.description else b""
-        if status.status_code.value:
-            body += b"\x18" + _varint(status.status_code.value)
-        out.append(_field(b"\x7a", body))
-    out.append(b"\x85\x01" + _flags(parent))
+        code = status.status_code.value
+        if code or status.description:
+            body = _field(b"\x12", _text(status.description)) if status.description else b""
+            if code:
+                body += b"\x18" + _varint(code)
+            out.append(_field(b"\x7a", body))
+        else:
+            out.append(b"\x7a\x00")
+    out.append(_UNREMOTE if parent is None or not parent.is_remote else b"\x85\x01" + _fixed32(0x300))
     return b"".join(out)
 
 
@@ -210,14 +253,22 @@ class _Batch:
 
     def __init__(self) -> None:
         self.groups: dict[int, tuple[Any, dict[Any, list[bytes]]]] = {}
+        # Resource and scope by identity (hashing a scope is a Python call),
+        # each with the list of its group; both are kept, so their ids stay
+        # their own.
+        self._scopes: dict[tuple[int, int], tuple[Any, list[bytes]]] = {}
         self.count = 0
 
     def add(self, span: ReadableSpan) -> None:
         resource = span.resource
-        group = self.groups.get(id(resource))
-        if group is None:
-            group = self.groups[id(resource)] = (resource, {})
-        group[1].setdefault(span.instrumentation_scope or None, []).append(encodeSpan(span))
+        scope = span.instrumentation_scope
+        found = self._scopes.get((id(resource), id(scope)))
+        if found is None:
+            group = self.groups.get(id(resource))
+            if group is None:
+                group = self.groups[id(resource)] = (resource, {})
+            found = self._scopes[id(resource), id(scope)] = (scope, group[1].setdefault(scope or None, []))
+        found[1].append(encodeSpan(span))
         self.count += 1
 
     def body(self) -> bytes:
