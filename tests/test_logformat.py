@@ -20,7 +20,6 @@ from twisted.logger import (
 )
 from twisted.trial.unittest import SynchronousTestCase
 
-from aigateway.observe import logformat
 from aigateway.observe.logformat import Preformatter, preformatted
 
 
@@ -121,16 +120,6 @@ class PreformattedTests(SynchronousTestCase):
         for event in ({"a": 1}, {"log_format": None}, {"log_format": b"{a}", "a": 1},
                       {"log_format": "{a}", "a": 1, "log_flattened": {"a!:": 1}}):
             self.assertEqual(preformatted(dict(event)), event)
-
-    def test_twistedUntouched(self) -> None:
-        """
-        Nothing of Twisted is replaced: C{install} does nothing.
-        """
-        from twisted.logger import _format
-
-        before = dict(vars(_format))
-        logformat.install()
-        self.assertEqual(dict(vars(_format)), before)
 
 
 class PreformatterTests(SynchronousTestCase):

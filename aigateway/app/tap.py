@@ -66,12 +66,10 @@ def makeService(options: Options) -> IService:
     """
     Load the configuration and build the gateway; a broken configuration is
     reported on one line and the process exits with status 1.  C{SIGHUP}
-    reloads the configuration.  Log events' text is formatted by
-    L{aigateway.observe.logformat} from then on.
+    reloads the configuration.
     """
     from twisted.internet import reactor
 
-    from aigateway.observe import logformat
     from aigateway.app.heap import HeapSettler
     from aigateway.app.service import GatewayService
 
@@ -86,7 +84,6 @@ def makeService(options: Options) -> IService:
     signal.signal(
         signal.SIGHUP, lambda *args: reactor.callFromThread(service.reload, "SIGHUP")
     )
-    logformat.install()
     top = MultiService()
     service.setServiceParent(top)
     HeapSettler().setServiceParent(top)

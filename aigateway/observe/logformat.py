@@ -25,7 +25,7 @@ from typing import Any
 from twisted.logger import ILogObserver, LogEvent
 from zope.interface import implementer
 
-__all__ = ["Preformatter", "install", "preformatted"]
+__all__ = ["Preformatter", "preformatted"]
 
 
 class _Fields(dict):  # type: ignore[type-arg]
@@ -73,10 +73,3 @@ class Preformatter:
 
     def __call__(self, event: LogEvent) -> None:
         self.observer(preformatted(event))
-
-
-def install() -> None:
-    """
-    Nothing: the gateway no longer changes how Twisted formats log events.
-    Kept while C{twistd aigateway} calls it.
-    """
