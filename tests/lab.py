@@ -32,3 +32,21 @@ LAB_POLICY = (
     "jwt:\n  providers:\n    selfminted:\n      issuer: solo.io\n"
     "      jwks:\n        local:\n          key: |\n" + indented(LAB_PEM, 12) + "\n"
 )
+
+
+# The key the in-memory gateways of the tests send their fake LLM, and the
+# two backends they route to: the fake LLM as it is, and the same with a
+# model override.
+UPSTREAM_KEY = "sk-upstream-secret"
+FAKE_BACKENDS = f"""
+backends:
+  local:
+    provider: openai
+    url: http://127.0.0.1:9000
+    authToken: {{value: {UPSTREAM_KEY}}}
+  pinned:
+    provider: openai
+    url: http://127.0.0.1:9000
+    model: gpt-pinned
+    authToken: {{value: {UPSTREAM_KEY}}}
+"""

@@ -33,24 +33,14 @@ from aigateway.build import buildGateway
 from aigateway.web.site import GatewaySite
 from aigateway.observe.report import Metrics, Telemetry
 from aigateway.http.client import UpstreamAgent
-from tests.lab import CHAT
+from tests.lab import FAKE_BACKENDS, UPSTREAM_KEY, CHAT
 
-KEY = "sk-upstream-secret"
-CONFIG = f"""
-backends:
-  local:
-    provider: openai
-    url: http://127.0.0.1:9000
-    authToken: {{value: {KEY}}}
-  pinned:
-    provider: openai
-    url: http://127.0.0.1:9000
-    model: gpt-pinned
-    authToken: {{value: {KEY}}}
+KEY = UPSTREAM_KEY
+CONFIG = FAKE_BACKENDS + """
 routes:
-  - {{name: local, match: {{pathPrefix: /local}}, backend: local, timeout: 30s}}
-  - {{name: pinned, match: {{pathPrefix: /pinned}}, backend: pinned}}
-  - {{name: small, match: {{pathPrefix: /small}}, backend: local, maxRequestBody: 100}}
+  - {name: local, match: {pathPrefix: /local}, backend: local, timeout: 30s}
+  - {name: pinned, match: {pathPrefix: /pinned}, backend: pinned}
+  - {name: small, match: {pathPrefix: /small}, backend: local, maxRequestBody: 100}
 """
 
 

@@ -12,36 +12,27 @@ import json
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.lab import FAKE_BACKENDS, UPSTREAM_KEY
 from tests.memory import MemorySite
 
-KEY = "sk-upstream-secret"
-CONFIG = f"""
-backends:
-  local:
-    provider: openai
-    url: http://127.0.0.1:9000
-    authToken: {{value: {KEY}}}
-  pinned:
-    provider: openai
-    url: http://127.0.0.1:9000
-    model: gpt-pinned
-    authToken: {{value: {KEY}}}
+KEY = UPSTREAM_KEY
+CONFIG = FAKE_BACKENDS + """
 routes:
   - name: ruled
-    match: {{pathPrefix: /r}}
+    match: {pathPrefix: /r}
     backend: local
     authorization:
       rules:
         - deny: llm.requestModel == "gpt-forbidden"
   - name: budget
-    match: {{pathPrefix: /b}}
+    match: {pathPrefix: /b}
     backend: local
-    rateLimits: [{{tokens: {{limit: 30, per: 1h}}}}]
+    rateLimits: [{tokens: {limit: 30, per: 1h}}]
   - name: pinned
-    match: {{pathPrefix: /p}}
+    match: {pathPrefix: /p}
     backend: pinned
   - name: plain
-    match: {{pathPrefix: /open}}
+    match: {pathPrefix: /open}
     backend: local
 """
 ALLOWED = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}

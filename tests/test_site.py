@@ -17,16 +17,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from aigateway.web.site import LINGER, ListenerFactory
-from tests.lab import ALICE_TOKEN, CHAT, LAB_PEM, indented
+from tests.lab import FAKE_BACKENDS, UPSTREAM_KEY, ALICE_TOKEN, CHAT, LAB_PEM, indented
 from tests.memory import MemoryConnection, MemorySite
 
-KEY = "sk-upstream-secret"
-CONFIG = f"""
-backends:
-  local:
-    provider: openai
-    url: http://127.0.0.1:9000
-    authToken: {{value: {KEY}}}
+KEY = UPSTREAM_KEY
+CONFIG = FAKE_BACKENDS + f"""
 routes:
   - {{name: open, match: {{pathPrefix: /open}}, backend: local}}
   - {{name: small, match: {{pathPrefix: /small}}, backend: local, maxRequestBody: 1000}}

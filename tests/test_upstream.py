@@ -54,6 +54,24 @@ def _selfSigned(name: str) -> bytes:
                              serialization.NoEncryption()) + certificate.public_bytes(serialization.Encoding.PEM)
 
 
+
+class _TrustingEndpoints:
+    """
+    Endpoints to a TLS server on loopback that trust its self-signed
+    certificate for the name C{localhost}.
+    """
+
+    def __init__(self, reactor, certificate) -> None:
+        self.reactor = reactor
+        self.certificate = certificate
+
+    def endpointForURI(self, uri):
+        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+        from twisted.internet.ssl import optionsForClientTLS
+
+        return wrapClientTLS(optionsForClientTLS("localhost", trustRoot=self.certificate),
+                             HostnameEndpoint(self.reactor, "127.0.0.1", uri.port))
+
 class _Endpoints:
     """
     Connections made on demand, each to a L{StringTransport}.
@@ -1146,19 +1164,13 @@ class RealSocketTests(TestCase):
         An https origin: the certificate is checked against the trust root
         and the answer read through TLS, kept alive as over TCP.
         """
-        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-        from twisted.internet.ssl import PrivateCertificate, optionsForClientTLS
+        from twisted.internet.ssl import PrivateCertificate
 
         certificate = PrivateCertificate.loadPEM(_selfSigned("localhost"))
         port = reactor.listenSSL(0, Site(FakeLLM(reactor)), certificate.options(), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
 
-        class Endpoints:
-            def endpointForURI(self, uri):
-                return wrapClientTLS(optionsForClientTLS("localhost", trustRoot=certificate),
-                                     HostnameEndpoint(reactor, "127.0.0.1", uri.port))
-
-        agent = UpstreamAgent(reactor, endpointFactory=Endpoints())
+        agent = UpstreamAgent(reactor, endpointFactory=_TrustingEndpoints(reactor, certificate))
         self.addCleanup(agent.closeCachedConnections)
         url = b"https://localhost:%d/v1/models" % port.getHost().port
         for _ in range(2):
@@ -1172,8 +1184,7 @@ class RealSocketTests(TestCase):
         A body framed by the close over TLS, whose TCP connection closes
         without TLS's own close, ends as a failure: it may have been cut.
         """
-        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-        from twisted.internet.ssl import PrivateCertificate, optionsForClientTLS
+        from twisted.internet.ssl import PrivateCertificate
 
         certificate = PrivateCertificate.loadPEM(_selfSigned("localhost"))
 
@@ -1188,12 +1199,7 @@ class RealSocketTests(TestCase):
                                  interface="127.0.0.1")
         self.addCleanup(port.stopListening)
 
-        class Endpoints:
-            def endpointForURI(self, uri):
-                return wrapClientTLS(optionsForClientTLS("localhost", trustRoot=certificate),
-                                     HostnameEndpoint(reactor, "127.0.0.1", uri.port))
-
-        agent = UpstreamAgent(reactor, endpointFactory=Endpoints())
+        agent = UpstreamAgent(reactor, endpointFactory=_TrustingEndpoints(reactor, certificate))
         response = await agent.request(b"GET", b"https://localhost:%d/v1/models" % port.getHost().port)
         reader = await _readToEnd(response)
         self.assertEqual(b"".join(reader.chunks), b"partial")
