@@ -1,0 +1,186 @@
+"""
+What every translating provider shares: the OpenAI chat shapes that are the
+gateway's common form, and the errors translation raises.
+
+A client speaks OpenAI chat completions (or Anthropic Messages at the
+C{/v1/messages} door).  A provider module turns an OpenAI chat request into
+its own API's request and its answers back into OpenAI chat answers:
+
+  - a plain answer: one C{chat.completion} document;
+  - a stream: the upstream body's bytes, in chunks of any size, become
+    C{chat.completion.chunk} documents, the last of which carries the usage.
+
+The door translates between Anthropic Messages and OpenAI chat on the
+client's side, so each provider knows one translation only.  Everything
+here is pure: documents and bytes in, documents and bytes out, the time
+passed in as C{created}.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = [
+    "StreamError",
+    "TranslationError",
+    "UpstreamError",
+    "chunk",
+    "completion",
+    "encodeEvent",
+    "openAIError",
+    "usage",
+]
+
+
+class TranslationError(ValueError):
+    """
+    A request the target API cannot take as it is: a 400 for the caller,
+    naming the field (never a silent drop that changes the answer).
+
+    @ivar param: the field's path in the client's request (C{n},
+        C{messages[2].content[0].type}).
+    @ivar message: a sentence for the caller.
+    """
+
+    status = 400
+    code = "unsupported_parameter"
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+        self.message = message
+
+
+class StreamError(Exception):
+    """
+    An upstream stream that cannot be translated further: an error event
+    in it, a frame that is not what the API sends, or an end before the
+    API's last event.  The relay ends the client's stream with an error
+    event and a non-clean end, so it never looks complete.
+
+    @ivar message: a sentence for the caller, that never repeats what the
+        upstream sent beyond an error type it named.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UpstreamError(Exception):
+    """
+    An upstream error answer, translated to the client's terms.
+
+    @ivar status: the status to answer with (Anthropic's 529 is a 503).
+    @ivar message: the upstream's message.
+    @ivar type: the OpenAI error type (C{invalid_request_error},
+        C{rate_limit_error}, ...).
+    @ivar code: a short code, or L{None}.
+    """
+
+    def __init__(self, status: int, message: str, type: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+
+
+def openAIError(error: UpstreamError) -> bytes:
+    """
+    The OpenAI error envelope for an upstream error.
+    """
+    return json.dumps(
+        {"error": {"message": error.message, "type": error.type, "param": None,
+                   "code": error.code}},
+        separators=(",", ":"),
+    ).encode("utf-8")
+
+
+def usage(
+    prompt: int,
+    completion: int,
+    cached: int | None = None,
+    reasoning: int | None = None,
+) -> dict[str, Any]:
+    """
+    OpenAI's usage object.
+
+    @param prompt: every input token, cached ones included.
+    @param completion: every output token, reasoning ones included.
+    @param cached: how many of C{prompt} were read from a cache.
+    @param reasoning: how many of C{completion} were reasoning.
+    """
+    out: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if cached is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": cached}
+    if reasoning is not None:
+        out["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return out
+
+
+def completion(
+    id: str,
+    model: str,
+    created: int,
+    message: dict[str, Any],
+    finishReason: str | None,
+    usage: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """
+    A C{chat.completion} document with one choice.
+    """
+    out: dict[str, Any] = {
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None,
+                     "finish_reason": finishReason}],
+    }
+    if usage is not None:
+        out["usage"] = usage
+    return out
+
+
+def chunk(
+    id: str,
+    model: str,
+    created: int,
+    delta: dict[str, Any] | None = None,
+    finishReason: str | None = None,
+    usage: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """
+    A C{chat.completion.chunk} document: one choice with C{delta} (and a
+    finish reason), or, with C{delta} L{None}, the usage chunk that has no
+    choices.
+    """
+    out: dict[str, Any] = {
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [],
+    }
+    if delta is not None:
+        out["choices"] = [{"index": 0, "delta": delta, "logprobs": None,
+                           "finish_reason": finishReason}]
+    if usage is not None:
+        out["usage"] = usage
+    return out
+
+
+def encodeEvent(data: dict[str, Any], event: str | None = None) -> bytes:
+    """
+    One server-sent event whose data is C{data} as compact JSON.
+    """
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if event is None:
+        return b"data: " + text + b"\n\n"
+    return b"event: " + event.encode("ascii") + b"\ndata: " + text + b"\n\n"
