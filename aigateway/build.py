@@ -35,7 +35,7 @@ from aigateway.config import (
     Route,
 )
 from aigateway.llm.credentials import resolveCredential
-from aigateway.llm.openai import OpenAIProvider
+from aigateway.llm.providers import providerFor
 from aigateway.observe.report import Metrics, Telemetry
 from aigateway.web.guard import JWTGuard
 from aigateway.web.policy import (
@@ -143,9 +143,10 @@ class _Builder:
         self.clock = clock
         self.readFile = readFile
         self.fetch = fetch
-        self.providers = {name: OpenAIProvider(b) for name, b in config.backends.items()}
+        self.providers = {name: providerFor(b, environ) for name, b in config.backends.items()}
         self.credentials = {
-            name: resolveCredential(b.authToken, environ, readFile)
+            name: resolveCredential(b.authToken, environ, readFile,
+                                    self.providers[name].credentialField)
             for name, b in config.backends.items()
         }
         self.verifiers: dict[int, Verifier] = {}

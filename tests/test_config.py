@@ -202,7 +202,7 @@ class ErrorTests(SynchronousTestCase):
         """
         self.assertProblem(
             LAB.replace("provider: openai", "provider: skynet"),
-            "backends.openai-all-models.provider: unknown provider 'skynet' (known: openai)",
+            "backends.openai-all-models.provider: unknown provider 'skynet' (known: openai, anthropic, gemini, azure-openai, bedrock)",
         )
 
     def test_twoSecretSources(self) -> None:

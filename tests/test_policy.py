@@ -295,14 +295,16 @@ class TokenLimitTests(SynchronousTestCase):
 
     def test_streamCharges(self) -> None:
         """
-        A streamed answer's usage (4 in, 8 out) is charged: 20 tokens a
-        minute allow two such answers, then refuse until enough refills.
+        A streamed answer's usage (4 in, 8 out) is charged, though the
+        client did not ask to see it: 20 tokens a minute allow two such
+        answers, then refuse until enough refills.
         """
         gateway = _Gateway(TOKENS, USERS_POLICY)
         alice = _token("alice")
         response, body = gateway.ask(self, alice, stream=True)
         self.assertEqual(response.code, 200)
-        self.assertIn(b'"usage"', body)
+        self.assertNotIn(b'"usage"', body)
+        self.assertTrue(body.endswith(b"data: [DONE]\n\n"))
         self.assertEqual(gateway.ask(self, alice, stream=True)[0].code, 200)
         response, _ = gateway.ask(self, alice, stream=True)
         self.assertEqual(response.code, 429)

@@ -42,7 +42,20 @@ __all__ = ["PROVIDERS", "parseConfig", "parseDuration", "parseEndpoint", "parseS
 
 PROVIDERS: Mapping[str, str] = {
     "openai": "https://api.openai.com",
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+    "azure-openai": "",
+    "bedrock": "https://bedrock-runtime.{region}.amazonaws.com",
 }
+# The backend fields that only some providers take.
+_PROVIDER_FIELDS: Mapping[str, frozenset[str]] = {
+    "maxTokens": frozenset(["anthropic"]),
+    "deployment": frozenset(["azure-openai"]),
+    "apiVersion": frozenset(["azure-openai"]),
+    "region": frozenset(["bedrock"]),
+    "streamUsage": frozenset(["openai", "azure-openai"]),
+}
+DEFAULT_AZURE_API_VERSION = "2024-10-21"
 HTTP_METHODS = frozenset(
     ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 )
@@ -261,16 +274,43 @@ def _backend(name: str, value: object, path: str) -> Backend:
     fields = _Fields(value, path)
     kind = fields.take("provider", _oneOf(list(PROVIDERS), known=True), required=True)
     assert kind is not None
+    for key, providers in _PROVIDER_FIELDS.items():
+        if fields.has(key) and kind not in providers:
+            raise ConfigError(fields.at(key), f"is not a field of provider {kind!r} "
+                                              f"(only of {', '.join(sorted(providers))})")
+    region = fields.take("region", _region, required=kind == "bedrock")
+    default = PROVIDERS[kind].format(region=region)
     backend = Backend(
         name=name,
         provider=kind,
-        url=fields.take("url", _url, PROVIDERS[kind]) or PROVIDERS[kind],
+        url=fields.take("url", _url, required=not default) or default,
         model=fields.take("model", _string),
         authToken=fields.take("authToken", _secret),
         streamUsage=fields.take("streamUsage", _boolean, True),  # type: ignore[arg-type]
+        maxTokens=fields.take("maxTokens", _positiveInteger, 4096),  # type: ignore[arg-type]
+        deployment=fields.take("deployment", _pathSegment, required=kind == "azure-openai"),
+        apiVersion=fields.take("apiVersion", _string,
+                               DEFAULT_AZURE_API_VERSION if kind == "azure-openai" else None),
+        region=region,
     )
     fields.done()
+    if kind == "bedrock" and backend.authToken is not None and backend.authToken.kind == "passthrough":
+        raise ConfigError(fields.at("authToken"), "cannot pass the caller's credential to bedrock")
     return backend
+
+
+def _region(value: object, path: str) -> str:
+    text = _string(value, path)
+    if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d+", text):
+        raise ConfigError(path, f"must be an AWS region like 'us-east-1', not {text!r}")
+    return text
+
+
+def _pathSegment(value: object, path: str) -> str:
+    text = _string(value, path)
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", text):
+        raise ConfigError(path, f"must be a name of letters, digits, '.', '_' and '-', not {text!r}")
+    return text
 
 
 def _path(value: object, path: str) -> str:

@@ -88,6 +88,11 @@ class Backend:
     @ivar authToken: the credential sent upstream, or L{None} for none.
     @ivar streamUsage: ask for usage on streams (C{stream_options.include_usage})
         when the client did not, so token counts are known for every answer.
+    @ivar maxTokens: C{anthropic}: the C{max_tokens} sent when the client
+        sends none (the Messages API requires one).
+    @ivar deployment: C{azure-openai}: the deployment requests go to.
+    @ivar apiVersion: C{azure-openai}: the C{api-version} query parameter.
+    @ivar region: C{bedrock}: the AWS region, for the URL and the signature.
     """
 
     name: str
@@ -96,6 +101,10 @@ class Backend:
     model: str | None
     authToken: SecretRef | None
     streamUsage: bool = True
+    maxTokens: int = 4096
+    deployment: str | None = None
+    apiVersion: str | None = None
+    region: str | None = None
 
 
 @attrs.frozen

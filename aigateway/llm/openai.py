@@ -1,5 +1,5 @@
 """
-The OpenAI provider (and every OpenAI-compatible server).
+The OpenAI provider (and every OpenAI-compatible server), and Azure OpenAI.
 
 Path mapping, after the route's prefix has been taken off (the path is in
 the normal form of L{aigateway.web.target} by then):
@@ -7,6 +7,8 @@ the normal form of L{aigateway.web.target} by then):
   - C{/v1/...}: forwarded as it is, so an SDK whose C{base_url} ends in
     C{/openai/v1} works for chat, models, embeddings and responses;
   - anything else: C{/v1} is put in front (C{base_url} ending in C{/openai}).
+A backend URL may end in C{/v1} or not (C{http://localhost:11434/v1}, as
+Ollama, vLLM and LM Studio write it, is the server root plus C{/v1}).
 The endpoints the gateway knows are recognised in any letter case and
 forwarded in their one spelling, and a method they do not take is a 405
 here: what the gateway judged is what the provider gets.
@@ -15,21 +17,33 @@ JSON bodies of the endpoints that take a C{model} are read strictly
 (L{aigateway.llm.body}: a duplicate key, a non-string model or bad UTF-8 is a
 400 here) and rewritten only where the backend says so: its C{model}
 replaces the one asked for, and a stream that did not ask for usage gets
-C{stream_options.include_usage} so that its token counts are known.  A body
+C{stream_options.include_usage} so that its token counts are known (the
+usage chunk is then kept from the client, who did not ask for it).  A body
 sent anywhere else is not read, and its model counts as unknown.
+
+Azure OpenAI serves the same API under a deployment:
+C{/openai/deployments/{deployment}/chat/completions?api-version=...}, its
+key in C{api-key}.
 """
 
 from __future__ import annotations
 
 import json
-from urllib.parse import urlsplit
+import re
+from typing import Any
 
-import attrs
-
-from aigateway.llm.body import BodyError, readJSONObject
 from aigateway.config import Backend
+from aigateway.llm.body import BodyError, readJSONObject
+from aigateway.llm.provider import (
+    OpenAIReader,
+    OpenAIWriter,
+    Provider,
+    ProviderError,
+    UpstreamCall,
+    chatParameters,
+)
 
-__all__ = ["OpenAIProvider", "ProviderError", "UpstreamCall"]
+__all__ = ["AzureOpenAIProvider", "OpenAIProvider", "ProviderError", "UpstreamCall", "UsageChunkFilter", "readBody"]
 
 # The GenAI operation of each model endpoint.
 _OPERATIONS = {
@@ -51,90 +65,82 @@ _METHODS = {
     b"/v1/audio/speech": (b"POST",),
     b"/v1/moderations": (b"POST",),
     b"/v1/models": (b"GET", b"HEAD"),
-}
-
-
-# Request parameters recorded on the upstream call's span, by the name the
-# GenAI semantic conventions give them.
-_PARAMETERS = {
-    "max_tokens": "gen_ai.request.max_tokens",
-    "max_completion_tokens": "gen_ai.request.max_tokens",
-    "max_output_tokens": "gen_ai.request.max_tokens",
-    "temperature": "gen_ai.request.temperature",
-    "top_p": "gen_ai.request.top_p",
-    "frequency_penalty": "gen_ai.request.frequency_penalty",
-    "presence_penalty": "gen_ai.request.presence_penalty",
-    "seed": "gen_ai.request.seed",
-    "n": "gen_ai.request.choice.count",
+    b"/v1/messages": (b"POST",),
+    b"/v1/messages/count_tokens": (b"POST",),
 }
 _STREAM_USAGE = ("chat", "text_completion")
 
 
-class ProviderError(Exception):
+def canonicalEndpoint(remainder: bytes) -> bytes:
     """
-    The request cannot be sent upstream as it is.
-
-    @ivar status: the HTTP status to answer with.
-    @ivar message: a sentence for the caller.
-    @ivar headers: response fields that go with the answer (C{Allow}).
+    The OpenAI-style path that what follows a route's prefix names, in the
+    one spelling of the endpoints the gateway knows.
     """
+    if remainder in (b"", b"/"):
+        return b"/v1/chat/completions"
+    if remainder[:4].lower() == b"/v1/" or remainder.lower() == b"/v1":
+        rest = b"/v1" + remainder[3:]
+    else:
+        rest = b"/v1" + remainder
+    endpoint = rest.lower()
+    return endpoint if endpoint in _METHODS else rest
 
-    def __init__(self, status: int, message: str, code: str | None = None,
-                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.headers = headers
 
-
-@attrs.frozen
-class UpstreamCall:
+def checkMethod(method: bytes, endpoint: bytes) -> None:
     """
-    One request as it goes to the provider.
-
-    @ivar path: the upstream path and query.
-    @ivar operation: the GenAI operation (C{chat}, C{embeddings}, ...) or
-        L{None} for endpoints without a model (C{/v1/models}).
-    @ivar requestModel: the model the upstream is asked for.
-    @ivar modelUnknown: the request has a body the gateway did not read, so
-        it cannot say which model it asks for.
-    @ivar stream: whether the client asked for a stream.
-    @ivar document: the parsed JSON body, when there is one.
-    @ivar parameters: span attributes for the request parameters it sets.
+    Refuse a method the endpoint does not take, with a 405 and C{Allow}.
     """
-
-    method: bytes
-    path: bytes
-    body: bytes = attrs.field(repr=False)
-    operation: str | None = None
-    requestModel: str | None = None
-    modelUnknown: bool = False
-    stream: bool = False
-    document: dict | None = attrs.field(default=None, repr=False)
-    parameters: dict = attrs.Factory(dict)
+    methods = _METHODS.get(endpoint.lower())
+    if methods is not None and method not in methods:
+        allowed = b", ".join(methods)
+        raise ProviderError(
+            405, f"{endpoint.lower().decode('ascii')} takes {allowed.decode('ascii')}, not "
+            f"{method[:20].decode('latin-1')}", "method_not_allowed", ((b"allow", allowed),))
 
 
-class OpenAIProvider:
+def readBody(body: bytes) -> dict[str, Any]:
+    """
+    The strict reading of a model endpoint's body.
+
+    @raise ProviderError: a 400 naming what is wrong.
+    """
+    try:
+        return readJSONObject(body)
+    except BodyError as e:
+        raise ProviderError(400, e.message, e.code) from None
+
+
+def askForUsage(document: dict[str, Any]) -> bool:
+    """
+    Make a stream request ask for its usage chunk.
+
+    @return: whether the client had not asked for it.
+    """
+    options = document.get("stream_options")
+    if options is None:
+        document["stream_options"] = {"include_usage": True}
+        return True
+    if options.get("include_usage") is not True:
+        options["include_usage"] = True
+        return True
+    return False
+
+
+def encodeBody(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode("utf-8")
+
+
+class OpenAIProvider(Provider):
     """
     Rewrites requests for an OpenAI-style API.
-
-    @ivar scheme: C{b"http"} or C{b"https"}.
-    @ivar host: the upstream's host as it goes in C{Host}.
-    @ivar origin: scheme and authority, the start of every upstream URL.
     """
 
     name = "openai"
 
     def __init__(self, backend: Backend) -> None:
-        parts = urlsplit(backend.url)
-        self.backend = backend
-        self.scheme = parts.scheme.encode("ascii")
-        self.host = parts.netloc.encode("idna")
-        self.origin = self.scheme + b"://" + self.host
-        self.basePath = parts.path.rstrip("/").encode("utf-8")
-        self.serverAddress = parts.hostname or ""
-        self.serverPort = parts.port or (443 if parts.scheme == "https" else 80)
+        super().__init__(backend)
+        if self.basePath.lower().endswith(b"/v1"):
+            self.basePath = self.basePath[:-3]
 
     def upstreamPath(self, remainder: bytes) -> tuple[bytes, bytes]:
         """
@@ -142,75 +148,157 @@ class OpenAIProvider:
 
         @return: the path, and the endpoint it names in lower case.
         """
-        if remainder in (b"", b"/"):
-            rest = b"/v1/chat/completions"
-        elif remainder[:4].lower() == b"/v1/" or remainder.lower() == b"/v1":
-            rest = b"/v1" + remainder[3:]
-        else:
-            rest = b"/v1" + remainder
-        endpoint = rest.lower()
-        if endpoint in _METHODS:
-            rest = endpoint
-        return self.basePath + rest, endpoint
+        rest = canonicalEndpoint(remainder)
+        return self.basePath + rest, rest.lower()
 
     def prepare(
         self, method: bytes, remainder: bytes, query: bytes, body: bytes
     ) -> UpstreamCall:
-        """
-        Build the upstream call for one client request.
-
-        @param remainder: the request path after the route's prefix.
-        @param query: the query string, without C{?}, possibly empty.
-        @raise ProviderError: when the method or the body cannot be what the
-            endpoint takes.
-        """
         path, endpoint = self.upstreamPath(remainder)
-        methods = _METHODS.get(endpoint)
-        if methods is not None and method not in methods:
-            allowed = b", ".join(methods)
-            raise ProviderError(
-                405, f"{endpoint.decode('ascii')} takes {allowed.decode('ascii')}, not "
-                f"{method[:20].decode('latin-1')}", "method_not_allowed", ((b"allow", allowed),))
+        checkMethod(method, endpoint)
         fullPath = path + b"?" + query if query else path
         if method != b"POST":
             return UpstreamCall(method, fullPath, body, modelUnknown=bool(body))
         operation = _OPERATIONS.get(endpoint)
         if operation is None and endpoint not in _MODEL_BODIES:
             return UpstreamCall(method, fullPath, body, modelUnknown=bool(body))
-        try:
-            document = readJSONObject(body)
-        except BodyError as e:
-            raise ProviderError(400, e.message, e.code) from None
+        document = readBody(body)
         if operation is None:
             return UpstreamCall(method, fullPath, body, requestModel=document.get("model"))
+        return self.modelCall(method, fullPath, body, document, operation)
+
+    def modelCall(self, method: bytes, path: bytes, body: bytes, document: dict[str, Any],
+                  operation: str) -> UpstreamCall:
+        """
+        The call for a model endpoint's body, rewritten as the backend says.
+        """
         rewrite = False
         if self.backend.model is not None:
             document["model"] = self.backend.model
             rewrite = True
         stream = document.get("stream") is True
+        hideUsage = False
         if stream and self.backend.streamUsage and operation in _STREAM_USAGE:
-            options = document.get("stream_options")
-            if options is None:
-                document["stream_options"] = {"include_usage": True}
-                rewrite = True
-            elif options.get("include_usage") is not True:
-                options["include_usage"] = True
-                rewrite = True
+            hideUsage = askForUsage(document)
+            rewrite = rewrite or hideUsage
         if rewrite:
-            body = json.dumps(document, separators=(",", ":")).encode("utf-8")
-        parameters = {
-            attribute: document[name]
-            for name, attribute in _PARAMETERS.items()
-            if isinstance(document.get(name), (int, float))
-            and not isinstance(document.get(name), bool)
-        }
+            body = encodeBody(document)
         return UpstreamCall(
             method,
-            fullPath,
+            path,
             body,
             operation=operation,
             requestModel=document.get("model"),
             stream=stream,
             document=document,
-            parameters=parameters,
+            parameters=chatParameters(document),
+            hideUsage=hideUsage,
         )
+
+
+# The Azure OpenAI endpoints under a deployment.
+_AZURE_DEPLOYMENT = frozenset([
+    b"/v1/chat/completions", b"/v1/completions", b"/v1/embeddings",
+    b"/v1/images/generations", b"/v1/audio/speech",
+])
+
+
+class AzureOpenAIProvider(OpenAIProvider):
+    """
+    Azure OpenAI: the OpenAI API under the backend's deployment.
+    """
+
+    name = "azure.ai.openai"
+    credentialField = b"api-key"
+
+    def __init__(self, backend: Backend) -> None:
+        super().__init__(backend)
+        assert backend.deployment is not None and backend.apiVersion is not None
+        self.deploymentPath = self.basePath + b"/openai/deployments/" + backend.deployment.encode("ascii")
+        self.apiVersion = b"api-version=" + backend.apiVersion.encode("ascii")
+
+    def prepare(
+        self, method: bytes, remainder: bytes, query: bytes, body: bytes
+    ) -> UpstreamCall:
+        endpoint = canonicalEndpoint(remainder).lower()
+        checkMethod(method, endpoint)
+        if endpoint == b"/v1/models":
+            return UpstreamCall(method, b"", b"", local=self._models())
+        if endpoint not in _AZURE_DEPLOYMENT:
+            raise ProviderError(
+                400, f"the azure-openai backend '{self.backend.name}' serves chat completions, "
+                f"completions, embeddings, images and speech, not {endpoint[:100].decode('latin-1')}",
+                "unsupported_endpoint")
+        path = self.deploymentPath + endpoint[3:] + b"?" + self.apiVersion
+        document = readBody(body)
+        operation = _OPERATIONS.get(endpoint)
+        if operation is None:
+            return UpstreamCall(method, path, body, requestModel=document.get("model"))
+        return self.modelCall(method, path, body, document, operation)
+
+    def _models(self) -> bytes:
+        model = self.backend.model or self.backend.deployment
+        return encodeBody({"object": "list", "data": [
+            {"id": model, "object": "model", "created": 0, "owned_by": "azure"}]})
+
+
+
+
+_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+
+def _usageOnly(event: bytes) -> bool:
+    """
+    Whether an SSE event is a chat stream's usage chunk (no choices).
+    """
+    data = b"\n".join(
+        line[5:].lstrip(b" ") for line in event.splitlines() if line.startswith(b"data:"))
+    try:
+        document = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(document, dict) and document.get("choices") == [] and "usage" in document
+
+
+class UsageChunkFilter:
+    """
+    Passes an OpenAI chat stream on, event by event, without the usage
+    chunk that the gateway asked for and the client did not.
+
+    Bytes are held back only until the event they belong to is complete.
+    """
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, data: bytes) -> bytes:
+        """
+        The bytes of the complete events that C{data} ends, less the usage
+        chunk.
+        """
+        buffer = self._pending + data
+        last = None
+        for last in _BOUNDARY.finditer(buffer):
+            pass
+        if last is None:
+            self._pending = buffer
+            return b""
+        complete, self._pending = buffer[:last.end()], buffer[last.end():]
+        if b"[]" not in complete:
+            return complete
+        out = []
+        start = 0
+        for boundary in _BOUNDARY.finditer(complete):
+            event = complete[start:boundary.end()]
+            start = boundary.end()
+            if b"[]" in event and _usageOnly(event):
+                continue
+            out.append(event)
+        return b"".join(out)
+
+    def end(self) -> bytes:
+        """
+        What was left of a stream that ended without a last blank line.
+        """
+        rest, self._pending = self._pending, b""
+        return b"" if _usageOnly(rest) else rest

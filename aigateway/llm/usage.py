@@ -91,8 +91,17 @@ class AnswerObserver:
             document = json.loads(text)
         except ValueError:
             return
-        if not isinstance(document, dict):
-            return
+        if isinstance(document, dict):
+            self.document(document)
+
+    def document(self, document: dict) -> None:
+        """
+        One OpenAI document of the answer: a chat completion, one chunk of
+        a chat stream, a Responses answer or one event of its stream.
+        """
+        if document.get("type") == "response.completed" and isinstance(document.get("response"), dict):
+            # The Responses stream's last event carries the whole answer.
+            document = document["response"]
         if isinstance(document.get("id"), str):
             self.responseId = document["id"]
         if isinstance(document.get("model"), str):

@@ -33,7 +33,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import Interface
 
-from aigateway.llm.openai import OpenAIProvider, ProviderError, UpstreamCall
+from aigateway.llm.provider import Provider, ProviderError, UpstreamCall
 from aigateway.observe.record import IExchange
 from aigateway.web.errors import finishWith, refuse
 from aigateway.web.guard import IIdentity
@@ -485,7 +485,7 @@ class PolicyResource(Resource):
     isLeaf = True
 
     def __init__(self, routeName: str, maxRequestBody: int, prefix: str | None,
-                 provider: OpenAIProvider, policy: RoutePolicy | None, relay: Any,
+                 provider: Provider, policy: RoutePolicy | None, relay: Any,
                  clock: IReactorTime, guarded: bool = False) -> None:
         super().__init__()
         self.guarded = guarded
@@ -581,7 +581,7 @@ class PolicyResource(Resource):
             headers,
             call.requestModel,
             call.stream,
-            self.provider.name,
+            self.provider.kind,
         )
         refusal = policy.authorize(variables)
         if refusal is not None:

@@ -17,6 +17,7 @@ with a clean end that would look like success.
 
 from __future__ import annotations
 
+import json
 from typing import Callable, Optional
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -41,7 +42,9 @@ from twisted.web.server import NOT_DONE_YET, Request
 from aigateway.config import Route
 from aigateway.http.client import BytesBody, ProtocolError
 from aigateway.llm.credentials import Credential
-from aigateway.llm.openai import OpenAIProvider, UpstreamCall
+from aigateway.llm.openai import UsageChunkFilter
+from aigateway.llm.provider import ClientStream, HubStream, Provider, UpstreamCall
+from aigateway.llm.translate import StreamError
 from aigateway.llm.usage import AnswerObserver
 from aigateway.observe.record import IExchange
 from aigateway.observe.report import Exchange, Telemetry
@@ -67,10 +70,17 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     ]
 )
-# Request fields the gateway sets itself rather than forwarding.
+# Request fields the gateway sets itself rather than forwarding: the
+# caller's credentials in any provider's field among them.
 _REPLACED_UPSTREAM = frozenset(
-    [b"host", b"content-length", b"authorization", b"accept-encoding", b"x-forwarded-proto", b"x-forwarded-host"]
+    [b"host", b"content-length", b"authorization", b"x-api-key", b"x-goog-api-key", b"api-key",
+     b"accept-encoding", b"x-forwarded-proto", b"x-forwarded-host"]
 )
+# A translated answer that is not a stream is read whole, up to this size.
+MAX_TRANSLATED_BODY = 16 * 1024 * 1024
+# Upstream fields a translated answer does not pass on: it has its own
+# type and length.
+_TRANSLATED_DROP = frozenset([b"content-type", b"content-length", b"content-encoding"])
 
 
 _DROP_UPSTREAM = HOP_BY_HOP | _REPLACED_UPSTREAM
@@ -117,12 +127,13 @@ def upstreamHeaders(
         if lower == b"x-forwarded-for":
             continue
         out.setRawHeaders(name, values)
-    if credential.passthrough and b"authorization" not in withheld:
-        callerAuth = incoming.getRawHeaders(b"authorization")
-        if callerAuth:
-            out.setRawHeaders(b"authorization", callerAuth[-1:])
+    if credential.passthrough:
+        for name in {b"authorization", credential.name}:
+            callers = incoming.getRawHeaders(name) if name not in withheld else None
+            if callers:
+                out.setRawHeaders(name, callers[-1:])
     elif credential.header is not None:
-        out.setRawHeaders(b"authorization", [credential.header])
+        out.setRawHeaders(credential.name, [credential.header])
     forwarded = b", ".join(incoming.getRawHeaders(b"x-forwarded-for", ()))
     client = clientAddress.encode("ascii", "replace")
     out.setRawHeaders(b"x-forwarded-for", [forwarded + b", " + client if forwarded else client])
@@ -183,6 +194,11 @@ class _Relay:
     """
     One upstream exchange on behalf of one client request.
 
+    The answer reaches the client in one of three ways: passed through as it
+    comes (the client speaks the provider's API), translated event by event
+    (a stream in another API), or read whole and translated (a plain answer
+    or an error in another API).
+
     @ivar done: the client's side is over (finished, closed or gone); once
         set, nothing more is written to the client.
     """
@@ -195,6 +211,7 @@ class _Relay:
         clock: IReactorTime,
         timeout: float | None,
         observer: AnswerObserver | None,
+        call: UpstreamCall,
         charge: Callable[[int, float], None] | None = None,
     ) -> None:
         self.charge = charge
@@ -204,14 +221,23 @@ class _Relay:
         self.clock = clock
         self.timeout = timeout
         self.observer = observer
+        self.call = call
         self.done = False
         self.stream = False
         self._pending: Optional[Deferred[IResponse]] = None
         self._bodyTransport: Optional[IPushProducer] = None
         self._deadline: Optional[IDelayedCall] = None
         self._relayedFields: list[bytes] = []
+        # Set by the head of the answer, for the ways other than passing on.
+        self._filter: UsageChunkFilter | None = None
+        self._hub: HubStream | None = None
+        self._out: ClientStream | None = None
+        self._whole: list[bytes] | None = None
+        self._wholeSize = 0
+        self._response: IResponse | None = None
 
-    def start(self, url: bytes, call: UpstreamCall, headers: Headers) -> None:
+    def start(self, url: bytes, headers: Headers) -> None:
+        call = self.call
         self.request.notifyFinish().addBoth(self._clientDone)
         body = BytesBody(call.body) if call.body or call.method in (b"POST", b"PUT", b"PATCH") else None
         if self.timeout is not None:
@@ -252,7 +278,7 @@ class _Relay:
         self._deadline = None
         self.exchange.upstreamError = "timeout"
         message = f"the upstream did not answer within the route's timeout of {self.timeout:g}s"
-        if self._pending is not None:
+        if self._pending is not None or (self._whole is not None and not self.done):
             self._fail(504, message, "upstream_timeout")
             self._stopUpstream()
         elif not self.done:
@@ -288,11 +314,32 @@ class _Relay:
 
     def _gotResponse(self, response: IResponse) -> None:
         self._pending = None
-        request = self.request
         if self.done:
             response.deliverBody(_BodyRelay(self))
             return
         self.exchange.upstreamStatus = response.code
+        call = self.call
+        if call.writer is None:
+            self._passHead(response)
+        elif response.code < 300 and call.stream:
+            self._streamHead(response)
+        else:
+            # Read whole, and translated once complete.
+            self._whole = []
+            self._response = response
+        if self.observer is not None and (
+            response.code >= 300 or (call.writer is None and self.stream != self.observer.stream)
+        ):
+            # Only successful answers of the expected shape say anything
+            # about usage.
+            self.observer = None
+        if self.observer is not None and call.reader is not None and call.writer is None:
+            # Passed on as it comes, and read in the common form for usage.
+            self._hub = call.reader.stream() if self.stream else None
+        response.deliverBody(_BodyRelay(self))
+
+    def _passHead(self, response: IResponse) -> None:
+        request = self.request
         request.setResponseCode(response.code, response.phrase)
         headers = request.responseHeaders
         relayed = self._relayedFields = [b"content-length", b"x-accel-buffering"]
@@ -307,13 +354,28 @@ class _Relay:
         if contentType.startswith(b"text/event-stream"):
             self.stream = True
             headers.setRawHeaders(b"x-accel-buffering", [b"no"])
-        if self.observer is not None and (
-            response.code >= 300 or self.stream != self.observer.stream
-        ):
-            # Only successful answers of the expected shape say anything
-            # about usage.
-            self.observer = None
-        response.deliverBody(_BodyRelay(self))
+            if self.call.hideUsage and response.code < 300:
+                self._filter = UsageChunkFilter()
+
+    def _translatedFields(self, response: IResponse) -> None:
+        headers = self.request.responseHeaders
+        relayed = self._relayedFields = [b"content-type", b"x-accel-buffering"]
+        for name, values in downstreamHeaders(response.headers):
+            if name.lower() not in _TRANSLATED_DROP:
+                headers.setRawHeaders(name, values)
+                relayed.append(name)
+
+    def _streamHead(self, response: IResponse) -> None:
+        call = self.call
+        assert call.reader is not None and call.writer is not None
+        self.stream = True
+        self.request.setResponseCode(response.code, response.phrase)
+        self._translatedFields(response)
+        headers = self.request.responseHeaders
+        headers.setRawHeaders(b"content-type", [b"text/event-stream; charset=utf-8"])
+        headers.setRawHeaders(b"x-accel-buffering", [b"no"])
+        self._hub = call.reader.stream()
+        self._out = call.writer.stream()
 
     def bodyStarted(self, transport: IPushProducer) -> None:
         if self.done:
@@ -328,10 +390,75 @@ class _Relay:
         exchange = self.exchange
         if exchange.firstChunk is None:
             exchange.firstChunk = self.clock.seconds()
-        exchange.bytesOut += len(data)
-        self.request.write(data)
+        if self._whole is not None:
+            self._wholeSize += len(data)
+            if self._wholeSize > MAX_TRANSLATED_BODY:
+                self.exchange.upstreamError = "too_large"
+                self._fail(502, "the upstream's answer is too large to translate", "upstream_error")
+                self._stopUpstream()
+            else:
+                self._whole.append(data)
+            return
+        if self._out is not None:
+            self._translate(data)
+            return
+        out = self._filter.feed(data) if self._filter is not None else data
+        if out:
+            exchange.bytesOut += len(out)
+            self.request.write(out)
         if self.observer is not None:
-            self.observer.data(data)
+            self._observe(data)
+
+    def _observe(self, data: bytes) -> None:
+        """
+        Show the observer what was passed on.
+        """
+        observer = self.observer
+        assert observer is not None
+        if self._hub is None:
+            observer.data(data)
+            return
+        try:
+            for document in self._hub.feed(data):
+                observer.document(document)
+        except StreamError:
+            # The client has the stream as it came; only its reading ends.
+            self.observer = self._hub = None
+
+    def _translate(self, data: bytes) -> None:
+        assert self._hub is not None and self._out is not None
+        try:
+            documents = self._hub.feed(data)
+        except StreamError as e:
+            self._translationBroke(e.message)
+            return
+        self._writeDocuments(documents)
+
+    def _writeDocuments(self, documents: list) -> None:
+        out = self._out
+        assert out is not None
+        observer = self.observer
+        pieces = []
+        for document in documents:
+            if observer is not None:
+                observer.document(document)
+            pieces.append(out.chunk(document))
+        written = b"".join(pieces)
+        if written:
+            self.exchange.bytesOut += len(written)
+            self.request.write(written)
+
+    def _translationBroke(self, message: str) -> None:
+        self.exchange.upstreamError = "stream_broken"
+        log.warn("the upstream stream of route {route} could not be translated: {problem}",
+                 route=self.exchange.route, problem=message)
+        if not self.request.startedWriting:
+            for name in self._relayedFields:
+                self.request.responseHeaders.removeHeader(name)
+            self._fail(502, message, "upstream_stream_error")
+            self._stopUpstream()
+        else:
+            self._breakStream(message)
 
     def bodyEnded(self, reason: Failure) -> None:
         self._bodyTransport = None
@@ -339,13 +466,23 @@ class _Relay:
             return
         self.request.unregisterProducer()
         if reason.check(ResponseDone, PotentialDataLoss):
-            observer = self.observer
-            if observer is not None:
-                observer.end()
-                if self.charge is not None:
-                    used = (observer.inputTokens or 0) + (observer.outputTokens or 0)
-                    self.charge(used, self.clock.seconds())
-            self.request.finish()
+            if self._whole is not None:
+                self._wholeEnded()
+                return
+            if self._out is not None:
+                assert self._hub is not None
+                try:
+                    documents = self._hub.end()
+                except StreamError as e:
+                    self._translationBroke(e.message)
+                    return
+                self._writeDocuments(documents)
+                self.request.write(self._out.end())
+            elif self._filter is not None:
+                rest = self._filter.end()
+                if rest:
+                    self.request.write(rest)
+            self._finish()
             return
         self.exchange.upstreamError = "stream_broken"
         if _malformed(reason) is not None:
@@ -362,6 +499,66 @@ class _Relay:
         else:
             self._breakStream(message)
 
+    def _finish(self) -> None:
+        observer = self.observer
+        if observer is not None:
+            if self._hub is None:
+                observer.end()
+            elif self._out is None:
+                try:
+                    for document in self._hub.end():
+                        observer.document(document)
+                except StreamError:
+                    pass
+            if self.charge is not None:
+                used = (observer.inputTokens or 0) + (observer.outputTokens or 0)
+                self.charge(used, self.clock.seconds())
+        self.request.finish()
+
+    def _wholeEnded(self) -> None:
+        """
+        A whole answer to translate has come: an error, or a plain answer.
+        """
+        call = self.call
+        response = self._response
+        assert call.reader is not None and call.writer is not None and response is not None
+        body = b"".join(self._whole or ())
+        self._whole = None
+        request = self.request
+        if response.code >= 300:
+            error = call.reader.error(response.code, response.headers, body)
+            written = call.writer.error(error.status, error.message, error.type, error.code)
+            self.exchange.reason = error.message
+            request.setResponseCode(error.status)
+            for value in response.headers.getRawHeaders(b"retry-after", ())[:1]:
+                request.responseHeaders.setRawHeaders(b"retry-after", [value])
+        else:
+            try:
+                document = json.loads(body)
+                if not isinstance(document, dict):
+                    raise ValueError("not an object")
+                completion = call.reader.plain(document)
+            except (ValueError, StreamError) as e:
+                log.warn("the upstream of route {route} sent an answer that cannot be translated: "
+                         "{problem}", route=self.exchange.route,
+                         problem=getattr(e, "message", "not a JSON object"))
+                self.exchange.upstreamError = "malformed"
+                self._fail(502, "the upstream's answer was malformed", "upstream_error")
+                return
+            if self.observer is not None:
+                self.observer.document(completion)
+            written = call.writer.plain(completion)
+            request.setResponseCode(response.code, response.phrase)
+            self._translatedFields(response)
+        request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+        request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(written)])
+        self.exchange.bytesOut += len(written)
+        request.write(written)
+        if response.code >= 300:
+            request.finish()
+        else:
+            self._finish()
+
     def _breakStream(self, message: str) -> None:
         """
         End a response that has started in a way no client takes for success.
@@ -372,7 +569,8 @@ class _Relay:
             request.unregisterProducer()
             self._stopUpstream()
         if self.stream:
-            request.write(_streamError(message))
+            writer = self.call.writer
+            request.write(writer.streamError(message) if writer is not None else _streamError(message))
         self.done = True
         self._cancelDeadline()
         # Close the connection once what was relayed (and the error event)
@@ -397,7 +595,7 @@ class RelayResource(Resource):
     def __init__(
         self,
         route: Route,
-        provider: OpenAIProvider,
+        provider: Provider,
         credential: Credential,
         agent: IAgent,
         clock: IReactorTime,
@@ -416,9 +614,10 @@ class RelayResource(Resource):
         """
         Why this backend cannot be called at all, or L{None}.
         """
-        if self.credential.problem is None:
+        problem = self.credential.problem or self.provider.problem
+        if problem is None:
             return None
-        return f"backend '{self.route.backend.name}' has no credential: {self.credential.problem}"
+        return f"backend '{self.route.backend.name}' has no credential: {problem}"
 
     def render(self, request: Request) -> bytes | int:
         exchange = request.getComponent(IExchange)
@@ -426,6 +625,11 @@ class RelayResource(Resource):
         identity = admission.identity
         call = admission.call
         provider = self.provider
+        if call.local is not None:
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"content-length", b"%d" % len(call.local))
+            exchange.bytesOut = len(call.local)
+            return call.local if request.method != b"HEAD" else b""
         headers = upstreamHeaders(
             request.requestHeaders,
             self.credential,
@@ -435,6 +639,9 @@ class RelayResource(Resource):
         )
         if identity is not None:
             _applyIdentity(headers, identity)
+        for name, value in call.headers:
+            if not headers.hasHeader(name):
+                headers.setRawHeaders(name, [value])
         if call.document is not None and not headers.hasHeader(b"content-type"):
             headers.setRawHeaders(b"content-type", [b"application/json"])
         observer = None
@@ -451,9 +658,11 @@ class RelayResource(Resource):
         exchange.serverPort = provider.serverPort
         for name, value in self.telemetry.upstreamHeaders(exchange):
             headers.setRawHeaders(name, [value])
+        url = provider.origin + call.path
+        provider.sign(call.method, url, headers, call.body)
         relay = _Relay(request, exchange, self.agent, self.clock, self.route.timeout, observer,
-                       admission.charge)
-        relay.start(provider.origin + call.path, call, headers)
+                       call, admission.charge)
+        relay.start(url, headers)
         return NOT_DONE_YET
 
 

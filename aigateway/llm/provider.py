@@ -1,0 +1,376 @@
+"""
+What the relay needs from a provider, whichever it is.
+
+A provider's C{prepare} turns one client request into an L{UpstreamCall}:
+the upstream path and body, what the gateway judged (operation, model,
+stream), and how the answer reaches the client:
+
+  - passed through as the upstream sends it, when the client speaks the
+    provider's own API (OpenAI chat to an OpenAI-style server, Anthropic
+    Messages at the C{/v1/messages} door to Anthropic); a L{Reader} may
+    still read it for usage;
+  - translated, when it does not: the provider's L{Reader} turns the answer
+    into OpenAI chat documents (the common form) and the client's
+    L{Writer} turns those into the client's API.
+
+Readers and writers are pure: documents and bytes in, bytes out.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import attrs
+from twisted.web.http_headers import Headers
+
+from aigateway.config import Backend
+from aigateway.llm.sse import SSEParser
+from aigateway.llm.translate import StreamError, UpstreamError, encodeEvent, openAIError
+
+__all__ = [
+    "HubStream",
+    "OpenAIReader",
+    "OpenAIWriter",
+    "Provider",
+    "ProviderError",
+    "Reader",
+    "UpstreamCall",
+    "Writer",
+    "chatParameters",
+]
+
+
+class ProviderError(Exception):
+    """
+    The request cannot be sent upstream as it is.
+
+    @ivar status: the HTTP status to answer with.
+    @ivar message: a sentence for the caller.
+    @ivar headers: response fields that go with the answer (C{Allow}).
+    """
+
+    def __init__(self, status: int, message: str, code: str | None = None,
+                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.headers = headers
+
+
+class HubStream(Protocol):
+    """
+    An upstream stream being read into OpenAI chunk documents.
+    """
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        """
+        The chunks that C{data}, the next bytes of the body, completes.
+
+        @raise StreamError: the stream cannot go on.
+        """
+
+    def end(self) -> list[dict[str, Any]]:
+        """
+        The body ended cleanly: the last chunks.
+
+        @raise StreamError: the stream ended before the API's last event.
+        """
+
+
+class Reader(Protocol):
+    """
+    Reads one provider's answers into OpenAI chat documents.
+    """
+
+    def plain(self, document: dict[str, Any]) -> dict[str, Any]:
+        """
+        A whole answer as a C{chat.completion}.
+        """
+
+    def stream(self) -> HubStream:
+        """
+        A reader for one streamed answer.
+        """
+
+    def error(self, status: int, headers: Headers, body: bytes) -> UpstreamError:
+        """
+        An error answer in OpenAI terms.
+        """
+
+
+class ClientStream(Protocol):
+    def chunk(self, document: dict[str, Any]) -> bytes:
+        """
+        The client's bytes for one OpenAI chunk (possibly none).
+        """
+
+    def end(self) -> bytes:
+        """
+        The client's last bytes of a complete stream.
+        """
+
+
+class Writer(Protocol):
+    """
+    Writes OpenAI chat documents in the client's API.
+    """
+
+    def plain(self, completion: dict[str, Any]) -> bytes:
+        """
+        A whole answer.
+        """
+
+    def stream(self) -> ClientStream:
+        """
+        A writer for one streamed answer.
+        """
+
+    def error(self, status: int, message: str, type: str, code: str | None) -> bytes:
+        """
+        An error body.
+        """
+
+    def streamError(self, message: str) -> bytes:
+        """
+        The event that ends a broken stream.
+        """
+
+
+@attrs.frozen
+class UpstreamCall:
+    """
+    One request as it goes to the provider.
+
+    @ivar path: the upstream path and query.
+    @ivar operation: the GenAI operation (C{chat}, C{embeddings}, ...) or
+        L{None} for endpoints without a model (C{/v1/models}).
+    @ivar requestModel: the model the upstream is asked for.
+    @ivar modelUnknown: the request has a body the gateway did not read, so
+        it cannot say which model it asks for.
+    @ivar stream: whether the client asked for a stream.
+    @ivar document: the parsed JSON body, when there is one (in OpenAI chat
+        terms when it was translated).
+    @ivar parameters: span attributes for the request parameters it sets.
+    @ivar reader: reads the provider's answers into OpenAI chat documents;
+        L{None} when the usage of an OpenAI answer is read as it passes.
+    @ivar writer: writes the answer in the client's API; L{None} when the
+        answer is passed through as it comes.
+    @ivar hideUsage: the gateway asked for a stream's usage that the client
+        did not ask for, so the usage chunk is kept from the client.
+    @ivar local: an answer the gateway gives itself, without an upstream
+        request (a model list made from the backend's configuration).
+    @ivar headers: request fields the provider's API needs.
+    """
+
+    method: bytes
+    path: bytes
+    body: bytes = attrs.field(repr=False)
+    operation: str | None = None
+    requestModel: str | None = None
+    modelUnknown: bool = False
+    stream: bool = False
+    document: dict | None = attrs.field(default=None, repr=False)
+    parameters: dict = attrs.Factory(dict)
+    reader: Reader | None = None
+    writer: Writer | None = None
+    hideUsage: bool = False
+    local: bytes | None = attrs.field(default=None, repr=False)
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+# Request parameters recorded on the upstream call's span, by the name the
+# GenAI semantic conventions give them.
+_PARAMETERS = {
+    "max_tokens": "gen_ai.request.max_tokens",
+    "max_completion_tokens": "gen_ai.request.max_tokens",
+    "max_output_tokens": "gen_ai.request.max_tokens",
+    "temperature": "gen_ai.request.temperature",
+    "top_p": "gen_ai.request.top_p",
+    "frequency_penalty": "gen_ai.request.frequency_penalty",
+    "presence_penalty": "gen_ai.request.presence_penalty",
+    "seed": "gen_ai.request.seed",
+    "n": "gen_ai.request.choice.count",
+}
+
+
+def chatParameters(document: dict[str, Any]) -> dict[str, Any]:
+    """
+    The span attributes for the numeric parameters of an OpenAI request.
+    """
+    return {
+        attribute: document[name]
+        for name, attribute in _PARAMETERS.items()
+        if isinstance(document.get(name), (int, float))
+        and not isinstance(document.get(name), bool)
+    }
+
+
+class Provider:
+    """
+    What every provider shares: where its server is.
+
+    @ivar name: the provider's name in spans and metrics
+        (C{gen_ai.provider.name}).
+    @ivar kind: the provider as the configuration names it (C{llm.provider}
+        in rules).
+    @ivar scheme: C{b"http"} or C{b"https"}.
+    @ivar host: the upstream's host as it goes in C{Host}.
+    @ivar origin: scheme and authority, the start of every upstream URL.
+    @ivar basePath: the path of the backend's URL, without a trailing slash.
+    @ivar credentialField: the request field the backend's key goes in.
+    @ivar problem: why no request can be sent (a credential that the
+        provider itself looks for is missing), or L{None}.
+    """
+
+    name = "openai"
+    credentialField = b"authorization"
+    problem: str | None = None
+
+    def __init__(self, backend: Backend) -> None:
+        parts = urlsplit(backend.url)
+        self.backend = backend
+        self.kind = backend.provider
+        self.scheme = parts.scheme.encode("ascii")
+        self.host = parts.netloc.encode("idna")
+        self.origin = self.scheme + b"://" + self.host
+        self.basePath = parts.path.rstrip("/").encode("utf-8")
+        self.serverAddress = parts.hostname or ""
+        self.serverPort = parts.port or (443 if parts.scheme == "https" else 80)
+
+    def prepare(self, method: bytes, remainder: bytes, query: bytes, body: bytes) -> UpstreamCall:
+        """
+        Build the upstream call for one client request.
+
+        @param remainder: the request path after the route's prefix.
+        @param query: the query string, without C{?}, possibly empty.
+        @raise ProviderError: when the request cannot be what the provider
+            takes.
+        """
+        raise NotImplementedError()
+
+    def sign(self, method: bytes, url: bytes, headers: Headers, body: bytes) -> None:
+        """
+        Add what proves the request comes from the backend's account, when
+        that depends on the request itself (AWS signatures); most providers
+        need nothing here.
+        """
+
+
+def _openAIErrorType(status: int) -> str:
+    if status == 429:
+        return "rate_limit_error"
+    if status in (401, 403):
+        return "authentication_error" if status == 401 else "permission_error"
+    if status < 500:
+        return "invalid_request_error"
+    return "server_error"
+
+
+class _OpenAIStream:
+    """
+    An OpenAI-style chat stream read into its chunk documents.
+    """
+
+    def __init__(self) -> None:
+        self._parser = SSEParser()
+        self._finished = False
+        self._done = False
+
+    def _events(self, events: list) -> list[dict[str, Any]]:
+        out = []
+        for event in events:
+            if event.data == "[DONE]":
+                self._done = True
+                continue
+            try:
+                document = json.loads(event.data)
+            except ValueError:
+                raise StreamError("the upstream sent an event that is not JSON") from None
+            if not isinstance(document, dict):
+                raise StreamError("the upstream sent an event that is not a chunk")
+            if event.event == "error" or "error" in document and "choices" not in document:
+                raise StreamError("the upstream's stream ended with an error")
+            for choice in document.get("choices") or ():
+                if isinstance(choice, dict) and choice.get("finish_reason"):
+                    self._finished = True
+            out.append(document)
+        return out
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        return self._events(self._parser.feed(data))
+
+    def end(self) -> list[dict[str, Any]]:
+        out = self._events(self._parser.end())
+        if not (self._finished or self._done):
+            raise StreamError("the upstream's stream ended before its last event")
+        return out
+
+
+class OpenAIReader:
+    """
+    Reads OpenAI chat answers: already in the common form.
+    """
+
+    def plain(self, document: dict[str, Any]) -> dict[str, Any]:
+        return document
+
+    def stream(self) -> HubStream:
+        return _OpenAIStream()
+
+    def error(self, status: int, headers: Headers, body: bytes) -> UpstreamError:
+        message = f"the upstream answered {status}"
+        type = _openAIErrorType(status)
+        code = None
+        try:
+            error = json.loads(body).get("error")
+        except (ValueError, AttributeError):
+            error = None
+        if isinstance(error, dict):
+            if isinstance(error.get("message"), str):
+                message = error["message"][:2000]
+            if isinstance(error.get("type"), str):
+                type = error["type"]
+            if isinstance(error.get("code"), str):
+                code = error["code"]
+        return UpstreamError(status, message, type, code)
+
+
+class _OpenAIClientStream:
+    def __init__(self, hideUsage: bool) -> None:
+        self.hideUsage = hideUsage
+
+    def chunk(self, document: dict[str, Any]) -> bytes:
+        if self.hideUsage and not document.get("choices"):
+            return b""
+        return encodeEvent(document)
+
+    def end(self) -> bytes:
+        return b"data: [DONE]\n\n"
+
+
+class OpenAIWriter:
+    """
+    Writes answers for an OpenAI chat client.
+
+    @ivar hideUsage: leave out a stream's usage chunk (the client did not
+        ask for it).
+    """
+
+    def __init__(self, hideUsage: bool) -> None:
+        self.hideUsage = hideUsage
+
+    def plain(self, completion: dict[str, Any]) -> bytes:
+        return json.dumps(completion, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    def stream(self) -> ClientStream:
+        return _OpenAIClientStream(self.hideUsage)
+
+    def error(self, status: int, message: str, type: str, code: str | None) -> bytes:
+        return openAIError(UpstreamError(status, message, type, code))
+
+    def streamError(self, message: str) -> bytes:
+        return b"event: error\ndata: " + openAIError(
+            UpstreamError(502, message, "upstream_error", "upstream_stream_error")) + b"\n\n"
