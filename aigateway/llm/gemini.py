@@ -225,8 +225,8 @@ def _isInt(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _asksNothing(value: object) -> bool:
-    return value is None or value is False or value == {} or value == []
+def _asksNothing(key: str, value: object) -> bool:
+    return value is None or value is False or (key == "logit_bias" and value == {})
 
 
 def _text(value: object, param: str) -> str:
@@ -602,7 +602,7 @@ def chatToGemini(chat: dict[str, Any]) -> dict[str, Any]:
         if key in _IGNORED or key in _TRANSLATED:
             continue
         if key in _REFUSED:
-            if not _asksNothing(value):
+            if not _asksNothing(key, value):
                 raise TranslationError(key, f"{_REFUSED[key]}: {key} cannot be sent.")
             continue
         if value is not None:
@@ -761,6 +761,7 @@ class GeminiStream:
         self._started = False
         self._finished = False
         self._calls = 0
+        self._error: StreamError | None = None
         self.responseId: str | None = None
         self.responseModel: str | None = None
         self.usage: dict[str, Any] | None = None
@@ -773,11 +774,20 @@ class GeminiStream:
         Translate one more piece of the upstream body.
 
         @raise StreamError: for an error event or a frame Gemini does not
-            send.
+            send.  When the same piece held events before it, their chunks
+            are returned first and the error is raised by the next call.
         """
+        if self._error is not None:
+            raise self._error
         out: list[dict[str, Any]] = []
-        for event in self._parser.feed(data):
-            self._event(event.data, out)
+        try:
+            for event in self._parser.feed(data):
+                self._event(event.data, out)
+        except StreamError as e:
+            if not out:
+                raise
+            # What came before the error is the client's to see first.
+            self._error = e
         return out
 
     def end(self) -> list[dict[str, Any]]:
@@ -786,6 +796,8 @@ class GeminiStream:
 
         @raise StreamError: when the stream ended before a finish reason.
         """
+        if self._error is not None:
+            raise self._error
         out: list[dict[str, Any]] = []
         for event in self._parser.end():
             self._event(event.data, out)
@@ -807,14 +819,14 @@ class GeminiStream:
             status = error.get("status") if isinstance(error, dict) else None
             named = f" ({status})" if isinstance(status, str) and status.isupper() else ""
             raise StreamError(f"The Gemini stream ended with an error{named}.")
+        version = response.get("modelVersion")
+        if isinstance(version, str) and version:
+            self.responseModel = self._model = version
         if not self._started:
             self._started = True
             if isinstance(response.get("responseId"), str) and response["responseId"]:
                 self.responseId = self._id = response["responseId"]
             out.append(self._chunk({"role": "assistant", "content": ""}))
-        version = response.get("modelVersion")
-        if isinstance(version, str) and version:
-            self.responseModel = self._model = version
         if isinstance(response.get("usageMetadata"), dict):
             self.usage = _usage(response["usageMetadata"])
         parts, reason = _parts(response)
