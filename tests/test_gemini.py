@@ -324,6 +324,21 @@ class RequestTests(SynchronousTestCase):
         self.assertEqual(contents[-1], {"role": "user", "parts": [
             {"functionResponse": {"name": "second", "response": {"content": "two"}}}]})
 
+    def test_toolResultNotObject(self) -> None:
+        """
+        A tool result that is JSON but not an object, or not JSON, is the
+        C{content} of Gemini's response object.
+        """
+        for content in ("[1, 2]", "42", "plain words", ""):
+            chat = _chat(messages=[
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": content},
+            ])
+            self.assertEqual(chatToGemini(chat)["contents"][-1]["parts"],
+                             [{"functionResponse": {"name": "f", "response": {"content": content}}}])
+
     def test_badThoughtSignature(self) -> None:
         """
         A thought signature given back that is not a string is refused.
@@ -526,6 +541,17 @@ class StreamTests(SynchronousTestCase):
         self.assertIsNone(error)
         self.assertEqual(chunks[-1]["usage"], {"prompt_tokens": 8, "completion_tokens": 7,
                                                "total_tokens": 15})
+
+    def test_errorStays(self) -> None:
+        """
+        After an error, the stream keeps failing: more bytes or the end
+        never make it look complete.
+        """
+        data = _bytes("stream_error.sse")
+        stream = GeminiStream(MODEL, CREATED, ID)
+        self.assertEqual(len(stream.feed(data)), 2)
+        self.assertRaises(StreamError, stream.feed, b"")
+        self.assertRaises(StreamError, stream.end)
 
     def test_errorNamesOnlyItsStatus(self) -> None:
         """

@@ -99,9 +99,11 @@ A stream's events are each a whole C{GenerateContentResponse}; Gemini sends
 a function call whole, so its start delta and its arguments come as two
 chunks, one after the other.  The finish chunk comes with the event that
 carries C{finishReason}; the usage chunk, from the last event's
-C{usageMetadata}, comes at the end.  An C{error} object in an event, a
-frame that is not a JSON object, content after the finish, or an end before
-any finish reason is a L{StreamError}.
+C{usageMetadata} (zero counts if no event had any), comes at the end.  An
+C{error} object in an event, a frame that is not a JSON object, content
+after the finish, or an end before any finish reason is a L{StreamError};
+the chunks of the events before it in the same piece are returned first,
+and the error is raised by the next call.
 
 Errors (L{errorFromGemini}): Google's canonical status names the status
 and type: C{INVALID_ARGUMENT}, C{FAILED_PRECONDITION}, C{OUT_OF_RANGE} and
@@ -462,13 +464,13 @@ def _contents(messages: object) -> tuple[list[dict[str, Any]], list[dict[str, An
             if parts:
                 add("model", parts)
         else:
-            callId = message.get("tool_call_id")
-            if not isinstance(callId, str) or callId not in calls:
+            resultId = message.get("tool_call_id")
+            if not isinstance(resultId, str) or resultId not in calls:
                 raise TranslationError(
                     f"{where}.tool_call_id",
                     f"{where}.tool_call_id names no tool call of an earlier assistant message.",
                 )
-            add("user", [_functionResponse(content, calls[callId], f"{where}.content")])
+            add("user", [_functionResponse(content, calls[resultId], f"{where}.content")])
     if not turns:
         raise TranslationError("messages", "Gemini needs at least one user or assistant message.")
     return system, turns
@@ -633,7 +635,9 @@ def chatToGemini(chat: dict[str, Any]) -> dict[str, Any]:
 
 def _count(metadata: dict[str, Any], key: str) -> int | None:
     value = metadata.get(key)
-    return value if _isInt(value) and value >= 0 else None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
 
 
 def _usage(metadata: object) -> dict[str, Any] | None:
