@@ -12,9 +12,9 @@ import sys
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import botocore.auth
-import botocore.awsrequest
-import botocore.credentials
+import botocore.auth  # type: ignore[import-untyped]
+import botocore.awsrequest  # type: ignore[import-untyped]
+import botocore.credentials  # type: ignore[import-untyped]
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -384,8 +384,9 @@ class ResponseTests(SynchronousTestCase):
         """
         A body that is not a Converse answer is a 502.
         """
-        for body in ({}, {"output": {}}, {"output": {"message": {"content": "text"}}},
-                     {"output": {"message": {"content": ["text"]}}}):
+        bodies: list[dict[str, Any]] = [{}, {"output": {}}, {"output": {"message": {"content": "text"}}},
+                     {"output": {"message": {"content": ["text"]}}}]
+        for body in bodies:
             e = self.assertRaises(UpstreamError, converseToCompletion, body, model=MODEL,
                                   created=CREATED, id=ID)
             self.assertEqual(e.status, 502)
@@ -674,9 +675,9 @@ class SignerTests(SynchronousTestCase):
         signer = Signer("us-east-1", botocore.credentials.Credentials("AKIA", "s"))
         utc = datetime(2024, 1, 1, 12, 0, 0)
         paris = datetime(2024, 1, 1, 13, 0, 0, tzinfo=timezone(timedelta(hours=1)))
-        args = (b"POST", b"https://bedrock-runtime.us-east-1.amazonaws.com/model/m/converse",
-                [], b"{}")
-        self.assertEqual(signer.sign(*args, utc), signer.sign(*args, paris))
+        url = b"https://bedrock-runtime.us-east-1.amazonaws.com/model/m/converse"
+        self.assertEqual(signer.sign(b"POST", url, [], b"{}", utc),
+                         signer.sign(b"POST", url, [], b"{}", paris))
 
     def test_refreshedPerCall(self) -> None:
         """
@@ -693,8 +694,9 @@ class SignerTests(SynchronousTestCase):
         credentials = botocore.credentials.RefreshableCredentials.create_from_metadata(
             metadata("AKIALOADED"), lambda: metadata(next(keys)), "test")
         signer = Signer("us-east-1", credentials)
-        args = (b"POST", b"https://bedrock-runtime.us-east-1.amazonaws.com/model/m/converse",
-                [], b"{}", datetime(2024, 1, 1))
+        args: tuple[Any, ...] = (
+            b"POST", b"https://bedrock-runtime.us-east-1.amazonaws.com/model/m/converse",
+            [], b"{}", datetime(2024, 1, 1))
         self.assertIn(b"Credential=AKIAFIRST/", dict(signer.sign(*args))[b"authorization"])
         self.assertIn(b"Credential=AKIASECOND/", dict(signer.sign(*args))[b"authorization"])
 

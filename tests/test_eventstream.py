@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 
-from botocore.eventstream import ChecksumMismatch, EventStreamBuffer
+from botocore.eventstream import (  # type: ignore[import-untyped]
+    ChecksumMismatch,
+    EventStreamBuffer,
+)
 from twisted.trial.unittest import SynchronousTestCase
 
 from aigateway.testing.eventstream import encodeMessage, event, exception

@@ -170,11 +170,11 @@ def _botocore() -> Any:
     @raise BedrockUnavailable: botocore is not installed.
     """
     try:
-        import botocore.auth
-        import botocore.awsrequest
-        import botocore.credentials
-        import botocore.eventstream
-        import botocore.exceptions
+        import botocore.auth  # type: ignore[import-untyped]
+        import botocore.awsrequest  # type: ignore[import-untyped]
+        import botocore.credentials  # type: ignore[import-untyped]
+        import botocore.eventstream  # type: ignore[import-untyped]
+        import botocore.exceptions  # type: ignore[import-untyped]
     except ImportError:
         raise BedrockUnavailable(_MISSING) from None
     return botocore
@@ -830,7 +830,7 @@ class ConverseStream:
             event = None
         if not isinstance(event, dict):
             raise StreamError("Bedrock's stream holds an event that is not a JSON object")
-        handler = self._HANDLERS.get(headers.get(":event-type"))
+        handler = self._HANDLERS.get(str(headers.get(":event-type")))
         return [] if handler is None else handler(self, event)
 
     def _open(self) -> list[dict[str, Any]]:
@@ -1007,7 +1007,7 @@ class Signer:
         botocore = _botocore()
         try:
             frozen = self._credentials.get_frozen_credentials()
-        except botocore.exceptions.BotoCoreError as e:
+        except (botocore.exceptions.BotoCoreError, RuntimeError) as e:
             raise BedrockUnavailable(
                 f"the AWS credentials cannot be refreshed ({type(e).__name__})") from None
         if now.tzinfo is not None:
