@@ -384,8 +384,9 @@ class ResponseTests(SynchronousTestCase):
         """
         A body that is not a Converse answer is a 502.
         """
-        bodies: list[dict[str, Any]] = [{}, {"output": {}}, {"output": {"message": {"content": "text"}}},
-                     {"output": {"message": {"content": ["text"]}}}]
+        bodies: list[dict[str, Any]] = [
+            {}, {"output": {}}, {"output": {"message": {"content": "text"}}},
+            {"output": {"message": {"content": ["text"]}}}]
         for body in bodies:
             e = self.assertRaises(UpstreamError, converseToCompletion, body, model=MODEL,
                                   created=CREATED, id=ID)
@@ -478,7 +479,8 @@ class StreamTests(SynchronousTestCase):
             for pieces in cuts:
                 out, message = translate(pieces)
                 self.assertEqual(len(out), 1)
-                self.assertEqual(out[0]["choices"][0]["delta"], {"role": "assistant", "content": ""})
+                self.assertEqual(out[0]["choices"][0]["delta"],
+                                 {"role": "assistant", "content": ""})
                 assert message is not None
                 self.assertIn("damaged", message)
 
@@ -641,7 +643,8 @@ class SignerTests(SynchronousTestCase):
         """
         A Bedrock request (a model id with C{:}, a body, a session token) is
         signed as botocore's own C{add_auth} signs it at the same time; the
-        fields the HTTP client owns are not signed.
+        fields the HTTP client owns are not signed, and stale signing fields
+        are replaced.
         """
         credentials = botocore.credentials.Credentials("AKIAEXAMPLE", "secret/key", "token+1")
         now = datetime(2024, 5, 6, 7, 8, 9)
@@ -652,7 +655,8 @@ class SignerTests(SynchronousTestCase):
             b"POST", url.encode("ascii"),
             [(b"Host", b"bedrock-runtime.us-west-2.amazonaws.com"),
              (b"Content-Type", b"application/json"), (b"Content-Length", b"57"),
-             (b"User-Agent", b"aigateway"), (b"traceparent", b"00-abc-def-01")],
+             (b"User-Agent", b"aigateway"), (b"traceparent", b"00-abc-def-01"),
+             (b"Authorization", b"Bearer caller"), (b"X-Amz-Date", b"19990101T000000Z")],
             body, now))
 
         request = botocore.awsrequest.AWSRequest(

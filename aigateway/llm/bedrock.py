@@ -372,8 +372,8 @@ def _messages(messages: object) -> tuple[list[dict[str, Any]], list[dict[str, An
                 raise TranslationError(
                     f"{where}.{field}", f"Bedrock Converse has no message {field}")
         if role in ("system", "developer"):
-            system.extend({"text": t} for t in _textParts(message.get("content"), f"{where}.content")
-                          if t)
+            texts = _textParts(message.get("content"), f"{where}.content")
+            system.extend({"text": t} for t in texts if t)
             continue
         if role == "user":
             blocks = _userContent(message.get("content"), f"{where}.content")
@@ -459,7 +459,8 @@ def _toolChoice(choice: object) -> dict[str, Any] | None:
         if isinstance(function, dict) and isinstance(function.get("name"), str):
             return {"tool": {"name": function["name"]}}
         raise TranslationError("tool_choice.function.name", "must be a string")
-    raise TranslationError("tool_choice", "Bedrock Converse takes auto, required, none or a function")
+    raise TranslationError("tool_choice",
+                           "Bedrock Converse takes auto, required, none or a function")
 
 
 def _responseFormat(value: object) -> dict[str, Any] | None:
@@ -470,7 +471,8 @@ def _responseFormat(value: object) -> dict[str, Any] | None:
         return None
     if kind == "json_object":
         raise TranslationError(
-            "response_format", "Bedrock Converse has no JSON mode without a schema: use json_schema")
+            "response_format", "Bedrock Converse has no JSON mode without a schema: "
+                               "use json_schema")
     if kind != "json_schema":
         raise TranslationError("response_format.type", f"Bedrock Converse cannot take {kind!r}")
     spec = value.get("json_schema")
