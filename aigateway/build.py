@@ -249,11 +249,12 @@ class _Builder:
 
     def build(self) -> Gateway:
         for name, credential in self.credentials.items():
-            if credential.problem is not None:
+            problem = credential.problem or self.providers[name].problem
+            if problem is not None:
                 log.warn(
                     "backend {backend} has no credential: {problem}",
                     backend=name,
-                    problem=credential.problem,
+                    problem=problem,
                 )
         root = RouteTable(
             [(r, self.route(i, r)) for i, r in enumerate(self.config.routes)], self.telemetry

@@ -126,6 +126,11 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 from urllib.parse import quote
 
+from twisted.web.http_headers import Headers
+
+from aigateway.config import Backend
+from aigateway.llm.provider import TranslatingProvider
+
 from aigateway.llm.translate import (
     StreamError,
     TranslationError,
@@ -136,6 +141,7 @@ from aigateway.llm.translate import (
 )
 
 __all__ = [
+    "BedrockProvider",
     "BedrockUnavailable",
     "ConverseStream",
     "Signer",
@@ -1036,3 +1042,66 @@ class Signer:
         authorization = (f"AWS4-HMAC-SHA256 Credential={auth.scope(request)}, "
                          f"SignedHeaders={signed}, Signature={signature}")
         return [(b"authorization", authorization.encode("ascii"))] + added
+
+
+class _BedrockReader:
+    """
+    Reads one Converse answer into OpenAI chat documents.
+    """
+
+    def __init__(self, model: str, created: int, id: str) -> None:
+        self.model = model
+        self.created = created
+        self.id = id
+
+    def plain(self, document: dict[str, Any]) -> dict[str, Any]:
+        return converseToCompletion(document, model=self.model, created=self.created, id=self.id)
+
+    def stream(self) -> ConverseStream:
+        return ConverseStream(self.model, self.created, self.id)
+
+    def error(self, status: int, headers: Headers, body: bytes) -> UpstreamError:
+        errorType = headers.getRawHeaders(b"x-amzn-errortype", [None])[0]
+        return errorFromBedrock(status, errorType.decode("latin-1") if errorType else None, body)
+
+
+class BedrockProvider(TranslatingProvider):
+    """
+    Amazon Bedrock's Converse API, each request signed with SigV4 (or, with
+    an C{authToken}, a Bedrock API key sent as a bearer token).
+    """
+
+    name = "aws.bedrock"
+
+    def __init__(self, backend: Backend, environ: Mapping[str, str]) -> None:
+        super().__init__(backend)
+        assert backend.region is not None
+        self.signer: Signer | None = None
+        if backend.authToken is None:
+            try:
+                self.signer = Signer.fromEnvironment(backend.region, environ)
+            except BedrockUnavailable as e:
+                self.problem = str(e)
+            else:
+                self.problem = self.signer.problem
+
+    def translate(self, chat: dict[str, Any], model: str, stream: bool) -> tuple[bytes, dict[str, Any]]:
+        body = chatToConverse(chat)
+        return self.basePath + modelPath(model, stream), body
+
+    def reader(self, model: str, stream: bool, created: int, id: str) -> _BedrockReader:
+        return _BedrockReader(model, created, id)
+
+    def sign(self, method: bytes, url: bytes, headers: Headers, body: bytes) -> None:
+        for name, _ in list(headers.getAllRawHeaders()):
+            if name.lower().startswith(b"x-amz-"):
+                # Only the gateway's own signature fields go to AWS.
+                headers.removeHeader(name)
+        if self.signer is None:
+            return
+        fields = [(b"host", self.host)]
+        contentType = headers.getRawHeaders(b"content-type")
+        if contentType:
+            fields.append((b"content-type", contentType[-1]))
+        for name, value in self.signer.sign(method, url, fields, body, datetime.now(timezone.utc)):
+            headers.setRawHeaders(name, [value])

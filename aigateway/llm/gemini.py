@@ -130,8 +130,11 @@ import json
 import posixpath
 import re
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
+from twisted.web.http_headers import Headers
+
+from aigateway.llm.provider import OpenAIWriter, TranslatingProvider, UpstreamCall
 from aigateway.llm.sse import SSEParser
 from aigateway.llm.translate import (
     StreamError,
@@ -143,6 +146,7 @@ from aigateway.llm.translate import (
 )
 
 __all__ = [
+    "GeminiProvider",
     "GeminiStream",
     "chatToGemini",
     "errorFromGemini",
@@ -938,3 +942,54 @@ def modelsToOpenAI(body: dict[str, Any]) -> dict[str, Any]:
         data.append({"id": name.removeprefix("models/"), "object": "model", "created": 0,
                      "owned_by": "google"})
     return {"object": "list", "data": data}
+
+
+class _GeminiReader:
+    """
+    Reads one Gemini answer into OpenAI chat documents.
+    """
+
+    def __init__(self, model: str, created: int, id: str) -> None:
+        self.model = model
+        self.created = created
+        self.id = id
+
+    def plain(self, document: dict[str, Any]) -> dict[str, Any]:
+        return geminiToCompletion(document, model=self.model, created=self.created, id=self.id)
+
+    def stream(self) -> GeminiStream:
+        return GeminiStream(self.model, self.created, self.id)
+
+    def error(self, status: int, headers: Headers, body: bytes) -> UpstreamError:
+        error = errorFromGemini(status, body)
+        error.retryAfter = retryDelay(body)
+        return error
+
+
+class _ModelListReader(_GeminiReader):
+    def plain(self, document: dict[str, Any]) -> dict[str, Any]:
+        return modelsToOpenAI(document)
+
+
+class GeminiProvider(TranslatingProvider):
+    """
+    The Gemini API: C{/v1beta/models/{model}:generateContent}, and
+    C{:streamGenerateContent?alt=sse} for streams; the key in
+    C{x-goog-api-key}.
+    """
+
+    name = "gcp.gemini"
+    credentialField = b"x-goog-api-key"
+
+    def translate(self, chat: dict[str, Any], model: str, stream: bool) -> tuple[bytes, dict[str, Any]]:
+        body = chatToGemini(chat)
+        name = quote(model.removeprefix("models/"), safe="").encode("ascii")
+        method = b":streamGenerateContent?alt=sse" if stream else b":generateContent"
+        return self.basePath + b"/v1beta/models/" + name + method, body
+
+    def reader(self, model: str, stream: bool, created: int, id: str) -> _GeminiReader:
+        return _GeminiReader(model, created, id)
+
+    def models(self, method: bytes) -> UpstreamCall:
+        return UpstreamCall(b"GET", self.basePath + b"/v1beta/models?pageSize=1000", b"",
+                            reader=_ModelListReader("", 0, ""), writer=OpenAIWriter(False))

@@ -33,17 +33,18 @@ import re
 from typing import Any
 
 from aigateway.config import Backend
-from aigateway.llm.body import BodyError, readJSONObject
 from aigateway.llm.provider import (
-    OpenAIReader,
-    OpenAIWriter,
     Provider,
     ProviderError,
     UpstreamCall,
+    canonicalEndpoint,
     chatParameters,
+    checkMethod,
+    encodeBody,
+    readBody,
 )
 
-__all__ = ["AzureOpenAIProvider", "OpenAIProvider", "ProviderError", "UpstreamCall", "UsageChunkFilter", "readBody"]
+__all__ = ["AzureOpenAIProvider", "OpenAIProvider", "ProviderError", "UpstreamCall", "UsageChunkFilter"]
 
 # The GenAI operation of each model endpoint.
 _OPERATIONS = {
@@ -54,60 +55,7 @@ _OPERATIONS = {
 }
 # Endpoints whose JSON body names a model, though not one of the above.
 _MODEL_BODIES = frozenset([b"/v1/images/generations", b"/v1/audio/speech", b"/v1/moderations"])
-# The methods each known endpoint takes (GET /v1/chat/completions lists
-# stored completions).
-_METHODS = {
-    b"/v1/chat/completions": (b"POST", b"GET"),
-    b"/v1/completions": (b"POST",),
-    b"/v1/embeddings": (b"POST",),
-    b"/v1/responses": (b"POST",),
-    b"/v1/images/generations": (b"POST",),
-    b"/v1/audio/speech": (b"POST",),
-    b"/v1/moderations": (b"POST",),
-    b"/v1/models": (b"GET", b"HEAD"),
-    b"/v1/messages": (b"POST",),
-    b"/v1/messages/count_tokens": (b"POST",),
-}
 _STREAM_USAGE = ("chat", "text_completion")
-
-
-def canonicalEndpoint(remainder: bytes) -> bytes:
-    """
-    The OpenAI-style path that what follows a route's prefix names, in the
-    one spelling of the endpoints the gateway knows.
-    """
-    if remainder in (b"", b"/"):
-        return b"/v1/chat/completions"
-    if remainder[:4].lower() == b"/v1/" or remainder.lower() == b"/v1":
-        rest = b"/v1" + remainder[3:]
-    else:
-        rest = b"/v1" + remainder
-    endpoint = rest.lower()
-    return endpoint if endpoint in _METHODS else rest
-
-
-def checkMethod(method: bytes, endpoint: bytes) -> None:
-    """
-    Refuse a method the endpoint does not take, with a 405 and C{Allow}.
-    """
-    methods = _METHODS.get(endpoint.lower())
-    if methods is not None and method not in methods:
-        allowed = b", ".join(methods)
-        raise ProviderError(
-            405, f"{endpoint.lower().decode('ascii')} takes {allowed.decode('ascii')}, not "
-            f"{method[:20].decode('latin-1')}", "method_not_allowed", ((b"allow", allowed),))
-
-
-def readBody(body: bytes) -> dict[str, Any]:
-    """
-    The strict reading of a model endpoint's body.
-
-    @raise ProviderError: a 400 naming what is wrong.
-    """
-    try:
-        return readJSONObject(body)
-    except BodyError as e:
-        raise ProviderError(400, e.message, e.code) from None
 
 
 def askForUsage(document: dict[str, Any]) -> bool:
@@ -124,10 +72,6 @@ def askForUsage(document: dict[str, Any]) -> bool:
         options["include_usage"] = True
         return True
     return False
-
-
-def encodeBody(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, separators=(",", ":")).encode("utf-8")
 
 
 class OpenAIProvider(Provider):
@@ -152,7 +96,7 @@ class OpenAIProvider(Provider):
         return self.basePath + rest, rest.lower()
 
     def prepare(
-        self, method: bytes, remainder: bytes, query: bytes, body: bytes
+        self, method: bytes, remainder: bytes, query: bytes, body: bytes, now: float = 0.0
     ) -> UpstreamCall:
         path, endpoint = self.upstreamPath(remainder)
         checkMethod(method, endpoint)
@@ -218,7 +162,7 @@ class AzureOpenAIProvider(OpenAIProvider):
         self.apiVersion = b"api-version=" + backend.apiVersion.encode("ascii")
 
     def prepare(
-        self, method: bytes, remainder: bytes, query: bytes, body: bytes
+        self, method: bytes, remainder: bytes, query: bytes, body: bytes, now: float = 0.0
     ) -> UpstreamCall:
         endpoint = canonicalEndpoint(remainder).lower()
         checkMethod(method, endpoint)

@@ -19,6 +19,7 @@ Readers and writers are pure: documents and bytes in, bytes out.
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -26,8 +27,15 @@ import attrs
 from twisted.web.http_headers import Headers
 
 from aigateway.config import Backend
+from aigateway.llm.body import BodyError, readJSONObject
 from aigateway.llm.sse import SSEParser
-from aigateway.llm.translate import StreamError, UpstreamError, encodeEvent, openAIError
+from aigateway.llm.translate import (
+    StreamError,
+    TranslationError,
+    UpstreamError,
+    encodeEvent,
+    openAIError,
+)
 
 __all__ = [
     "HubStream",
@@ -38,7 +46,12 @@ __all__ = [
     "Reader",
     "UpstreamCall",
     "Writer",
+    "TranslatingProvider",
+    "canonicalEndpoint",
     "chatParameters",
+    "checkMethod",
+    "encodeBody",
+    "readBody",
 ]
 
 
@@ -181,6 +194,68 @@ class UpstreamCall:
     headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
+# The methods each known endpoint takes (GET /v1/chat/completions lists
+# stored completions).
+_METHODS = {
+    b"/v1/chat/completions": (b"POST", b"GET"),
+    b"/v1/completions": (b"POST",),
+    b"/v1/embeddings": (b"POST",),
+    b"/v1/responses": (b"POST",),
+    b"/v1/images/generations": (b"POST",),
+    b"/v1/audio/speech": (b"POST",),
+    b"/v1/moderations": (b"POST",),
+    b"/v1/models": (b"GET", b"HEAD"),
+    b"/v1/messages": (b"POST",),
+    b"/v1/messages/count_tokens": (b"POST",),
+}
+
+
+def canonicalEndpoint(remainder: bytes) -> bytes:
+    """
+    The OpenAI-style path that what follows a route's prefix names, in the
+    one spelling of the endpoints the gateway knows.
+    """
+    if remainder in (b"", b"/"):
+        return b"/v1/chat/completions"
+    if remainder[:4].lower() == b"/v1/" or remainder.lower() == b"/v1":
+        rest = b"/v1" + remainder[3:]
+    else:
+        rest = b"/v1" + remainder
+    endpoint = rest.lower()
+    return endpoint if endpoint in _METHODS else rest
+
+
+def checkMethod(method: bytes, endpoint: bytes) -> None:
+    """
+    Refuse a method the endpoint does not take, with a 405 and C{Allow}.
+    """
+    methods = _METHODS.get(endpoint.lower())
+    if methods is not None and method not in methods:
+        allowed = b", ".join(methods)
+        raise ProviderError(
+            405, f"{endpoint.lower().decode('ascii')} takes {allowed.decode('ascii')}, not "
+            f"{method[:20].decode('latin-1')}", "method_not_allowed", ((b"allow", allowed),))
+
+
+def readBody(body: bytes) -> dict[str, Any]:
+    """
+    The strict reading of a model endpoint's body.
+
+    @raise ProviderError: a 400 naming what is wrong.
+    """
+    try:
+        return readJSONObject(body)
+    except BodyError as e:
+        raise ProviderError(400, e.message, e.code) from None
+
+
+def encodeBody(document: dict[str, Any]) -> bytes:
+    """
+    A JSON request body, compact.
+    """
+    return json.dumps(document, separators=(",", ":")).encode("utf-8")
+
+
 # Request parameters recorded on the upstream call's span, by the name the
 # GenAI semantic conventions give them.
 _PARAMETERS = {
@@ -240,12 +315,15 @@ class Provider:
         self.serverAddress = parts.hostname or ""
         self.serverPort = parts.port or (443 if parts.scheme == "https" else 80)
 
-    def prepare(self, method: bytes, remainder: bytes, query: bytes, body: bytes) -> UpstreamCall:
+    def prepare(self, method: bytes, remainder: bytes, query: bytes, body: bytes,
+                now: float = 0.0) -> UpstreamCall:
         """
         Build the upstream call for one client request.
 
         @param remainder: the request path after the route's prefix.
         @param query: the query string, without C{?}, possibly empty.
+        @param now: the time, for the answer's C{created} where the gateway
+            writes it.
         @raise ProviderError: when the request cannot be what the provider
             takes.
         """
@@ -374,3 +452,85 @@ class OpenAIWriter:
     def streamError(self, message: str) -> bytes:
         return b"event: error\ndata: " + openAIError(
             UpstreamError(502, message, "upstream_error", "upstream_stream_error")) + b"\n\n"
+
+
+class TranslatingProvider(Provider):
+    """
+    A provider whose API is not OpenAI's: chat completions are translated
+    to it and back, its model list is given in OpenAI's shape, and other
+    OpenAI endpoints are refused with a 400 that names the provider.
+
+    Subclasses say how: L{translate} a chat request, the L{Reader} of its
+    answers, and the model list.
+    """
+
+    def prepare(self, method: bytes, remainder: bytes, query: bytes, body: bytes,
+                now: float = 0.0) -> UpstreamCall:
+        endpoint = canonicalEndpoint(remainder).lower()
+        checkMethod(method, endpoint)
+        if endpoint == b"/v1/models":
+            return self.models(method)
+        if endpoint != b"/v1/chat/completions" or method != b"POST":
+            raise ProviderError(
+                400, f"the {self.kind} backend '{self.backend.name}' serves chat completions "
+                f"and the model list, not {method[:20].decode('latin-1')} "
+                f"{endpoint[:100].decode('latin-1')}", "unsupported_endpoint")
+        chat = readBody(body)
+        options = chat.get("stream_options")
+        asked = isinstance(options, dict) and options.get("include_usage") is True
+        return self.chatCall(chat, OpenAIWriter(hideUsage=not asked), now)
+
+    def chatCall(self, chat: dict[str, Any], writer: Writer, now: float) -> UpstreamCall:
+        """
+        The upstream call for an OpenAI chat request, its answer written by
+        C{writer}.
+        """
+        if self.backend.model is not None:
+            chat["model"] = self.backend.model
+        model = chat.get("model")
+        if not isinstance(model, str):
+            raise ProviderError(400, "the request names no model", "invalid_field")
+        stream = chat.get("stream") is True
+        try:
+            path, native = self.translate(chat, model, stream)
+        except TranslationError as e:
+            raise ProviderError(400, f"{self.kind} cannot take {e.param}: {e.message}",
+                                e.code) from None
+        return UpstreamCall(
+            b"POST",
+            path,
+            encodeBody(native),
+            operation="chat",
+            requestModel=model,
+            stream=stream,
+            document=chat,
+            parameters=chatParameters(chat),
+            reader=self.reader(model, stream, int(now), "chatcmpl-" + secrets.token_hex(12)),
+            writer=writer,
+            headers=self.headers,
+        )
+
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+    def translate(self, chat: dict[str, Any], model: str, stream: bool) -> tuple[bytes, dict[str, Any]]:
+        """
+        The upstream path and body for an OpenAI chat request.
+
+        @raise TranslationError: a field the provider cannot take.
+        """
+        raise NotImplementedError()
+
+    def reader(self, model: str, stream: bool, created: int, id: str) -> Reader:
+        """
+        The reader of one answer.
+        """
+        raise NotImplementedError()
+
+    def models(self, method: bytes) -> UpstreamCall:
+        """
+        The call (or the gateway's own answer) for C{GET /v1/models}.
+        """
+        model = self.backend.model
+        return UpstreamCall(method, b"", b"", local=encodeBody({"object": "list", "data": [
+            {"id": model, "object": "model", "created": 0, "owned_by": self.kind}
+        ] if model else []}))

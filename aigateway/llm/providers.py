@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Mapping
 
 from aigateway.config import Backend
+from aigateway.llm.bedrock import BedrockProvider
+from aigateway.llm.gemini import GeminiProvider
 from aigateway.llm.openai import AzureOpenAIProvider, OpenAIProvider
 from aigateway.llm.provider import Provider
 
@@ -15,6 +17,7 @@ __all__ = ["providerFor"]
 _CLASSES: dict[str, type] = {
     "openai": OpenAIProvider,
     "azure-openai": AzureOpenAIProvider,
+    "gemini": GeminiProvider,
 }
 
 
@@ -25,4 +28,6 @@ def providerFor(backend: Backend, environ: Mapping[str, str]) -> Provider:
     @param environ: the process environment, where a provider finds the
         credentials it looks up itself (AWS's).
     """
+    if backend.provider == "bedrock":
+        return BedrockProvider(backend, environ)
     return _CLASSES[backend.provider](backend)

@@ -77,14 +77,18 @@ class UpstreamError(Exception):
     @ivar type: the OpenAI error type (C{invalid_request_error},
         C{rate_limit_error}, ...).
     @ivar code: a short code, or L{None}.
+    @ivar retryAfter: seconds the upstream asks to wait, when its body (not
+        its C{Retry-After} field) says so.
     """
 
-    def __init__(self, status: int, message: str, type: str, code: str | None = None) -> None:
+    def __init__(self, status: int, message: str, type: str, code: str | None = None,
+                 retryAfter: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type
         self.code = code
+        self.retryAfter = retryAfter
 
 
 def openAIError(error: UpstreamError) -> bytes:

@@ -538,7 +538,7 @@ class PolicyResource(Resource):
         if identity is not None:
             query = identity.location.upstreamQuery(query)
         try:
-            call = self.provider.prepare(request.method, remainder, query, body)
+            call = self.provider.prepare(request.method, remainder, query, body, self.clock.seconds())
         except ProviderError as e:
             finishWith(request, refuse(request, e.status, e.message, e.code, e.headers))
             return

@@ -18,6 +18,7 @@ with a clean end that would look like success.
 from __future__ import annotations
 
 import json
+import math
 from typing import Callable, Optional
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -530,8 +531,12 @@ class _Relay:
             written = call.writer.error(error.status, error.message, error.type, error.code)
             self.exchange.reason = error.message
             request.setResponseCode(error.status)
-            for value in response.headers.getRawHeaders(b"retry-after", ())[:1]:
-                request.responseHeaders.setRawHeaders(b"retry-after", [value])
+            retryAfter = response.headers.getRawHeaders(b"retry-after")
+            if retryAfter:
+                request.responseHeaders.setRawHeaders(b"retry-after", retryAfter[:1])
+            elif error.retryAfter is not None:
+                request.responseHeaders.setRawHeaders(
+                    b"retry-after", [b"%d" % math.ceil(error.retryAfter)])
         else:
             try:
                 document = json.loads(body)
