@@ -166,18 +166,20 @@ class ChatTests(SynchronousTestCase):
         self.assertEqual(words, list(POEM) + list(POEM[:2]))
         self.assertEqual(document["usage"]["completion_tokens"], count)
 
-    def test_promptTokensCountStringContents(self) -> None:
+    def test_promptTokensCountEveryText(self) -> None:
         """
-        Prompt tokens are the words of every message whose content is a string.
+        Prompt tokens are the words of every message's text: string contents
+        and the text of content parts, the system message's included.
         """
         messages = [
             {"role": "system", "content": "be  brief"},
-            {"role": "user", "content": [{"type": "text", "text": "not counted"}]},
+            {"role": "user", "content": [{"type": "text", "text": "counted too"},
+                                         {"type": "image_url", "image_url": {"url": "x y"}}]},
             {"role": "user", "content": "a b\nc"},
             "not a message",
         ]
         _, document = self.complete(dict(CHAT, messages=messages))
-        self.assertEqual(document["usage"]["prompt_tokens"], 5)
+        self.assertEqual(document["usage"]["prompt_tokens"], 7)
 
     def test_badJson(self) -> None:
         """
