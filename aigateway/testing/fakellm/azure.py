@@ -13,7 +13,7 @@ from urllib.parse import unquote
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.server import Request
 
-from aigateway.testing.fakellm.core import Answer, Refusal, encode
+from aigateway.testing.fakellm.core import Answer, Refusal, encode, queryArgument
 from aigateway.testing.fakellm.openai import chatAnswer, embeddingsAnswer
 
 __all__ = ["Azure", "azureError"]
@@ -76,7 +76,7 @@ class Azure:
         # b"", b"openai", b"deployments", name, operation...
         if (len(segments) < 5 or segments[1:3] != [b"openai", b"deployments"]
                 or not segments[3] or request.method != b"POST"
-                or not request.args.get(b"api-version")):
+                or not queryArgument(request, b"api-version")):
             raise Refusal(404, "Resource not found", "azure")
         deployment = unquote(segments[3].decode("latin-1"))
         operation = b"/".join(segments[4:])

@@ -140,9 +140,9 @@ class Bedrock:
         """
         The signature botocore makes for the request as received.
         """
-        from botocore.auth import SigV4Auth
-        from botocore.awsrequest import AWSRequest
-        from botocore.credentials import Credentials
+        from botocore.auth import SigV4Auth  # type: ignore[import-untyped]
+        from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
+        from botocore.credentials import Credentials  # type: ignore[import-untyped]
 
         headers = {}
         for name in match["signed"].split(";"):
@@ -216,7 +216,7 @@ class Bedrock:
             head.append(event("contentBlockStart", encode({
                 "start": {"toolUse": {"toolUseId": toolId, "name": tool}},
                 "contentBlockIndex": 0})))
-            deltas = [{"toolUse": {"input": part}} for part in splitInTwo(json.dumps(arguments))]
+            deltas: list[dict[str, Any]] = [{"toolUse": {"input": part}} for part in splitInTwo(json.dumps(arguments))]
         else:
             words = answerText(count).split(" ") if count else []
             deltas = [{"text": word + (" " if i < count - 1 else "")}

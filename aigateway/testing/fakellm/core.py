@@ -32,6 +32,7 @@ __all__ = [
     "encode",
     "integerHeader",
     "millisecondsHeader",
+    "queryArgument",
     "splitInTwo",
     "textWords",
     "toolArguments",
@@ -183,6 +184,15 @@ def integerHeader(request: Request, name: bytes, low: int, high: int) -> int | N
     if not low <= value <= high:
         raise _badHeader(name, f"an integer from {low} to {high}")
     return value
+
+
+def queryArgument(request: Request, name: bytes) -> bytes | None:
+    """
+    The last value of a query argument, C{None} when absent.
+    """
+    args: dict[bytes, list[bytes]] = request.args or {}
+    values = args.get(name)
+    return values[-1] if values else None
 
 
 def _nameHeader(request: Request, name: bytes) -> str | None:

@@ -24,6 +24,7 @@ from aigateway.testing.fakellm.core import (
     answerText,
     document,
     encode,
+    queryArgument,
     textWords,
     toolArguments,
 )
@@ -90,7 +91,7 @@ def _promptTokens(doc: dict[str, Any]) -> int:
 
 
 def _tools(value: object) -> list[str]:
-    names = []
+    names: list[str] = []
     if isinstance(value, list):
         for tool in value:
             declarations = tool.get("functionDeclarations",
@@ -132,8 +133,7 @@ class Gemini:
             return
         presented = request.getHeader(b"x-goog-api-key")
         if presented is None:
-            keys = request.args.get(b"key")
-            presented = keys[-1] if keys else None
+            presented = queryArgument(request, b"key")
         if presented is None:
             raise Refusal(403, "Method doesn't allow unregistered callers (callers without "
                                "established identity). Please use API Key or other form of "
@@ -224,7 +224,7 @@ class Gemini:
             error = {"error": {"code": _CODES.get(name, 500),
                                "message": "The fake LLM was asked to fail the stream.",
                                "status": name}}
-        sse = (request.args.get(b"alt") or [b""])[-1] == b"sse"
+        sse = queryArgument(request, b"alt") == b"sse"
         if sse:
             def frame(value: object) -> bytes:
                 # Google ends its events with CRLF pairs.

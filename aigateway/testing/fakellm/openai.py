@@ -312,15 +312,15 @@ def responsesAnswer(request: Request, body: bytes, number: int, created: int) ->
         return partial(Exchange.respond, status=200, body=encode(response(True)))
 
     where = {"item_id": itemId, "output_index": 0}
-    head = [
+    head: list[tuple[str, dict[str, Any]]] = [
         ("response.created", {"response": response(False)}),
         ("response.in_progress", {"response": response(False)}),
         ("response.output_item.added", {"output_index": 0, "item": item(False)}),
     ]
     if tool is not None:
-        deltas = [("response.function_call_arguments.delta", dict(where, delta=part))
+        deltas: list[tuple[str, dict[str, Any]]] = [("response.function_call_arguments.delta", dict(where, delta=part))
                   for part in splitInTwo(arguments)]
-        tail = [
+        tail: list[tuple[str, dict[str, Any]]] = [
             ("response.function_call_arguments.done", dict(where, arguments=arguments)),
         ]
     else:
