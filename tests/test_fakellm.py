@@ -1089,12 +1089,16 @@ class AnthropicTests(_APITests):
 
     def test_key(self) -> None:
         """
-        A missing or wrong C{x-api-key}, or the key as a bearer token, is a
-        401 C{authentication_error}.
+        The key goes in C{x-api-key} or, as the Anthropic SDK sends it, as a
+        bearer token; a missing or wrong one is a 401 C{authentication_error}.
         """
-        for headers in ({"anthropic-version": "2023-06-01"},
-                        dict(ANTHROPIC, **{"x-api-key": "sk-wrong"}),
-                        {"anthropic-version": "2023-06-01", "authorization": f"Bearer {KEY}"}):
+        version = {"anthropic-version": "2023-06-01"}
+        response, _ = self.send("POST", "/v1/messages", MESSAGES, dict(version, **BEARER))
+        self.assertEqual(response.code, 200)
+        for headers in (version, dict(ANTHROPIC, **{"x-api-key": "sk-wrong"}),
+                        dict(version, authorization="Bearer sk-wrong"),
+                        dict(version, authorization=KEY),
+                        dict(BEARER, **{"x-api-key": "sk-wrong"}, **version)):
             response, body = self.send("POST", "/v1/messages", MESSAGES, headers)
             self.assertEqual(response.code, 401, headers)
             self.assertEqual(json.loads(body)["error"]["type"], "authentication_error")

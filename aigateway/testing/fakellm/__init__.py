@@ -24,7 +24,8 @@ It serves, by path:
       - C{GET /v1/models} and C{GET /v1/models/<id>} (L{MODELS});
       - a 404 for anything else no other API claims.
   - Anthropic Messages (L{aigateway.testing.fakellm.anthropic}), key as
-    C{x-api-key: KEY}, C{anthropic-version} required (a 400 without),
+    C{x-api-key: KEY} or, as the Anthropic SDK sends it, C{Authorization:
+    Bearer KEY}, C{anthropic-version} required (a 400 without),
     errors C{{"type": "error", "error": {"type", "message"}}} (529 is an
     C{overloaded_error}):
       - C{POST /v1/messages}, plain and streamed (C{message_start},

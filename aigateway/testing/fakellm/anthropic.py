@@ -98,10 +98,12 @@ class Anthropic:
 
     def __init__(self, key: str | None, nextNumber: Callable[[], int]) -> None:
         """
-        @param key: when set, the C{x-api-key} every request must carry.
+        @param key: when set, the key every request must carry, as
+            C{x-api-key} or, as the Anthropic SDK sends it, as a bearer token.
         @param nextNumber: numbers answers, for their ids.
         """
         self._expected = None if key is None else key.encode("utf-8")
+        self._bearer = None if key is None else b"Bearer " + key.encode("utf-8")
         self._nextNumber = nextNumber
         models = [
             {"type": "model", "id": ident, "display_name": name,
@@ -114,12 +116,17 @@ class Anthropic:
 
     def checkKey(self, request: Request, body: bytes) -> None:
         """
-        Refuse a request without the right C{x-api-key}, or without
-        C{anthropic-version}.
+        Refuse a request without the right C{x-api-key} (or bearer token),
+        or without C{anthropic-version}.
         """
-        if self._expected is not None:
-            presented = request.getHeader(b"x-api-key") or b""
-            if not hmac.compare_digest(presented, self._expected):
+        if self._expected is not None and self._bearer is not None:
+            presented = request.getHeader(b"x-api-key")
+            if presented is not None:
+                right = hmac.compare_digest(presented, self._expected)
+            else:
+                right = hmac.compare_digest(request.getHeader(b"authorization") or b"",
+                                            self._bearer)
+            if not right:
                 raise Refusal(401, "invalid x-api-key", "authentication_error")
         if not request.getHeader(b"anthropic-version"):
             raise Refusal(400, "anthropic-version: header is required", "invalid_request_error")
