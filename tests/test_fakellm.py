@@ -16,7 +16,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseFailed
 from twisted.web.iweb import IResponse
@@ -166,18 +168,20 @@ class ChatTests(SynchronousTestCase):
         self.assertEqual(words, list(POEM) + list(POEM[:2]))
         self.assertEqual(document["usage"]["completion_tokens"], count)
 
-    def test_promptTokensCountStringContents(self) -> None:
+    def test_promptTokensCountEveryText(self) -> None:
         """
-        Prompt tokens are the words of every message whose content is a string.
+        Prompt tokens are the words of every message's text: string contents
+        and the text of content parts, the system message's included.
         """
         messages = [
             {"role": "system", "content": "be  brief"},
-            {"role": "user", "content": [{"type": "text", "text": "not counted"}]},
+            {"role": "user", "content": [{"type": "text", "text": "counted too"},
+                                         {"type": "image_url", "image_url": {"url": "x y"}}]},
             {"role": "user", "content": "a b\nc"},
             "not a message",
         ]
         _, document = self.complete(dict(CHAT, messages=messages))
-        self.assertEqual(document["usage"]["prompt_tokens"], 5)
+        self.assertEqual(document["usage"]["prompt_tokens"], 7)
 
     def test_badJson(self) -> None:
         """
@@ -744,4 +748,908 @@ class ServiceTests(SynchronousTestCase):
         self.assertTrue(transport.noDelay)
         channel.dataReceived(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK\r\n"))
+        channel.connectionLost(Failure(ConnectionDone()))
+
+
+def _named(body: bytes) -> list[tuple[str, dict[str, Any]]]:
+    """
+    The C{event:} names and JSON C{data:} of a server-sent event stream.
+    """
+    events = []
+    for block in body.decode().split("\n\n"):
+        if block:
+            kind, data = block.split("\n")
+            assert kind.startswith("event: ") and data.startswith("data: "), block
+            events.append((kind[len("event: "):], json.loads(data[len("data: "):])))
+    return events
+
+
+class _APITests(SynchronousTestCase):
+    """
+    Requests to a L{FakeLLM} with a key, each carrying only the headers a
+    test gives.
+    """
+
+    def setUp(self) -> None:
+        self.client = _Client()
+
+    def send(self, method: str, path: str, body: object = None,
+             headers: dict[str, str] | None = None) -> tuple[IResponse, bytes]:
+        response = self.successResultOf(self.client.request(method, path, body, headers, key=None))
+        return response, self.successResultOf(collect_all(response))
+
+
+def collect_all(response: IResponse) -> Deferred[bytes]:
+    """
+    The whole body of a response, even a streamed one.
+    """
+    chunks: list[bytes] = []
+    return collect(response, chunks.append).addCallback(lambda _: b"".join(chunks))
+
+
+BEARER = {"authorization": f"Bearer {KEY}"}
+RESPONSE = {"model": "gpt-4o-mini", "instructions": "be brief", "input": "one two three"}
+TOOLS_RESPONSES = [{"type": "function", "name": "count", "parameters": {"type": "object"}}]
+
+
+class ResponsesTests(_APITests):
+    """
+    The OpenAI Responses API, C{POST /v1/responses}.
+    """
+
+    def test_plain(self) -> None:
+        """
+        A plain answer is a completed C{response} with one message of
+        C{output_text} and the Responses usage, instructions counted.
+        """
+        self.client.clock.advance(77)
+        response, body = self.send("POST", "/v1/responses", RESPONSE, BEARER)
+        self.assertEqual(response.code, 200)
+        document = json.loads(body)
+        self.assertEqual((document["id"], document["object"], document["status"]),
+                         ("resp_fake_1", "response", "completed"))
+        self.assertEqual((document["created_at"], document["model"]), (77, "gpt-4o-mini"))
+        [item] = document["output"]
+        self.assertEqual((item["type"], item["role"], item["status"]),
+                         ("message", "assistant", "completed"))
+        self.assertEqual(item["content"], [{"type": "output_text", "text": " ".join(POEM[:8]),
+                                            "annotations": []}])
+        self.assertEqual(document["usage"], {
+            "input_tokens": 5, "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 8, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 13,
+        })
+
+    def test_usageHeaders(self) -> None:
+        """
+        Cached and reasoning tokens are reported in the details and
+        included in the input and output counts.
+        """
+        _, body = self.send("POST", "/v1/responses", RESPONSE, dict(
+            BEARER, **{"x-fakellm-cached-tokens": "100", "x-fakellm-reasoning-tokens": "7"}))
+        self.assertEqual(json.loads(body)["usage"], {
+            "input_tokens": 105, "input_tokens_details": {"cached_tokens": 100},
+            "output_tokens": 15, "output_tokens_details": {"reasoning_tokens": 7},
+            "total_tokens": 120,
+        })
+
+    def test_stream(self) -> None:
+        """
+        A stream is the Responses event sequence, one text delta per word,
+        numbered in order, the completed response with its usage last.
+        """
+        response, body = self.send("POST", "/v1/responses", dict(RESPONSE, stream=True),
+                                       dict(BEARER, **{"x-fakellm-chunks": "3"}))
+        self.assertEqual(response.headers.getRawHeaders("content-type"), ["text/event-stream"])
+        events = _named(body)
+        self.assertEqual([kind for kind, _ in events], [
+            "response.created", "response.in_progress", "response.output_item.added",
+            "response.content_part.added", "response.output_text.delta",
+            "response.output_text.delta", "response.output_text.delta",
+            "response.output_text.done", "response.content_part.done",
+            "response.output_item.done", "response.completed",
+        ])
+        for kind, data in events:
+            self.assertEqual(data["type"], kind)
+        self.assertEqual([d["sequence_number"] for _, d in events], list(range(len(events))))
+        self.assertEqual([d["delta"] for _, d in events[4:7]], ["Shall ", "I ", "compare"])
+        self.assertEqual(events[7][1]["text"], "Shall I compare")
+        completed = events[-1][1]["response"]
+        self.assertEqual(completed["status"], "completed")
+        self.assertEqual(completed["usage"]["output_tokens"], 3)
+        self.assertEqual(completed["output"][0]["content"][0]["text"], "Shall I compare")
+        self.assertIsNone(events[0][1]["response"]["usage"])
+
+    def test_toolCall(self) -> None:
+        """
+        A steered tool call is a C{function_call} item, streamed as two
+        argument deltas that spell the arguments.
+        """
+        headers = dict(BEARER, **{"x-fakellm-tool-call": "count"})
+        body = dict(RESPONSE, tools=TOOLS_RESPONSES)
+        _, plain = self.send("POST", "/v1/responses", body, headers)
+        [item] = json.loads(plain)["output"]
+        self.assertEqual((item["type"], item["name"], json.loads(item["arguments"])),
+                         ("function_call", "count", {"words": 8}))
+        self.assertTrue(item["call_id"].startswith("call_"))
+        _, streamed = self.send("POST", "/v1/responses", dict(body, stream=True), headers)
+        events = _named(streamed)
+        deltas = [d["delta"] for k, d in events if k == "response.function_call_arguments.delta"]
+        self.assertEqual(len(deltas), 2)
+        self.assertEqual(json.loads("".join(deltas)), {"words": 8})
+        self.assertIn("response.function_call_arguments.done", [k for k, _ in events])
+        self.assertEqual(events[-1][0], "response.completed")
+
+    def test_maxOutputTokens(self) -> None:
+        """
+        C{max_output_tokens} below the answer cuts it: an incomplete response.
+        """
+        _, body = self.send("POST", "/v1/responses", dict(RESPONSE, max_output_tokens=2),
+                                BEARER)
+        document = json.loads(body)
+        self.assertEqual((document["status"], document["incomplete_details"]),
+                         ("incomplete", {"reason": "max_output_tokens"}))
+        self.assertEqual(document["output"][0]["content"][0]["text"], "Shall I")
+
+    def test_streamError(self) -> None:
+        """
+        C{x-fakellm-stream-error} ends the stream with an C{error} event of
+        that code instead of the completed response.
+        """
+        _, body = self.send("POST", "/v1/responses", dict(RESPONSE, stream=True),
+                                dict(BEARER, **{"x-fakellm-stream-error": "server_error",
+                                                "x-fakellm-chunks": "2"}))
+        events = _named(body)
+        self.assertEqual(events[-1][0], "error")
+        self.assertEqual(events[-1][1]["code"], "server_error")
+        self.assertNotIn("response.completed", [k for k, _ in events])
+
+    def test_errors(self) -> None:
+        """
+        The bearer key is checked, and a forced status is in the OpenAI envelope.
+        """
+        response, body = self.send("POST", "/v1/responses", RESPONSE)
+        self.assertEqual(response.code, 401)
+        response, body = self.send("POST", "/v1/responses", RESPONSE,
+                                       dict(BEARER, **{"x-fakellm-status": "429"}))
+        self.assertEqual(response.code, 429)
+        self.assertEqual(json.loads(body)["error"]["type"], "rate_limit_error")
+
+
+class ChatSteeringTests(_APITests):
+    """
+    The steering headers on OpenAI chat completions.
+    """
+
+    def test_toolCall(self) -> None:
+        """
+        A steered tool call is an OpenAI C{tool_calls} message; streamed,
+        a header delta with id and name, then the arguments in two pieces.
+        """
+        body = dict(CHAT, tools=[{"type": "function", "function": {"name": "count"}}])
+        headers = dict(BEARER, **{"x-fakellm-tool-call": "count"})
+        _, plain = self.send("POST", "/v1/chat/completions", body, headers)
+        [choice] = json.loads(plain)["choices"]
+        self.assertEqual(choice["finish_reason"], "tool_calls")
+        [call] = choice["message"]["tool_calls"]
+        self.assertEqual((call["type"], call["function"]["name"]), ("function", "count"))
+        self.assertEqual(json.loads(call["function"]["arguments"]), {"words": 8})
+        _, streamed = self.send(
+            "POST", "/v1/chat/completions",
+            dict(body, stream=True, stream_options={"include_usage": True}), headers)
+        documents = [json.loads(e) for e in _events(streamed)[:-1]]
+        first = documents[0]["choices"][0]["delta"]
+        self.assertEqual(first["role"], "assistant")
+        [head] = first["tool_calls"]
+        self.assertEqual((head["index"], head["type"], head["function"]),
+                         (0, "function", {"name": "count", "arguments": ""}))
+        self.assertTrue(head["id"].startswith("call_"))
+        pieces = [d["choices"][0]["delta"]["tool_calls"][0] for d in documents[1:3]]
+        self.assertEqual([p["index"] for p in pieces], [0, 0])
+        self.assertEqual(json.loads("".join(p["function"]["arguments"] for p in pieces)),
+                         {"words": 8})
+        self.assertEqual(documents[3]["choices"][0]["finish_reason"], "tool_calls")
+        self.assertEqual(documents[4]["choices"], [])
+
+    def test_unknownTool(self) -> None:
+        """
+        A tool call to a tool the request does not offer is a 400 naming
+        the header, in every API.
+        """
+        requests = [
+            ("/v1/chat/completions", CHAT, BEARER),
+            ("/v1/responses", RESPONSE, BEARER),
+            ("/v1/messages", MESSAGES, ANTHROPIC),
+            ("/v1beta/models/gemini-2.5-flash:generateContent", GENERATE, GOOGLE),
+            ("/openai/deployments/prod/chat/completions?api-version=2024-10-21", CHAT, AZURE),
+        ]
+        for path, body, headers in requests:
+            response, answer = self.send("POST", path, body, dict(
+                headers, **{"x-fakellm-tool-call": "nothing"}))
+            self.assertEqual(response.code, 400, path)
+            self.assertIn(b"x-fakellm-tool-call", answer)
+
+    def test_usageHeaders(self) -> None:
+        """
+        Cached tokens are in C{prompt_tokens} and its details, reasoning
+        tokens in C{completion_tokens} and its details, streamed too.
+        """
+        headers = dict(BEARER, **{"x-fakellm-cached-tokens": "10",
+                                  "x-fakellm-reasoning-tokens": "4"})
+        expected = {"prompt_tokens": 13, "completion_tokens": 12, "total_tokens": 25,
+                    "prompt_tokens_details": {"cached_tokens": 10},
+                    "completion_tokens_details": {"reasoning_tokens": 4}}
+        _, plain = self.send("POST", "/v1/chat/completions", CHAT, headers)
+        self.assertEqual(json.loads(plain)["usage"], expected)
+        _, streamed = self.send(
+            "POST", "/v1/chat/completions",
+            dict(CHAT, stream=True, stream_options={"include_usage": True}), headers)
+        self.assertEqual(json.loads(_events(streamed)[-2])["usage"], expected)
+
+    def test_maxTokens(self) -> None:
+        """
+        C{max_tokens} below the answer cuts it, with finish reason C{length}.
+        """
+        _, plain = self.send("POST", "/v1/chat/completions", dict(CHAT, max_tokens=3),
+                                 BEARER)
+        [choice] = json.loads(plain)["choices"]
+        self.assertEqual((choice["message"]["content"], choice["finish_reason"]),
+                         ("Shall I compare", "length"))
+
+    def test_streamError(self) -> None:
+        """
+        C{x-fakellm-stream-error} ends a chat stream with an error event
+        after the words, without C{[DONE]}.
+        """
+        _, streamed = self.send(
+            "POST", "/v1/chat/completions", dict(CHAT, stream=True),
+            dict(BEARER, **{"x-fakellm-stream-error": "server_error", "x-fakellm-chunks": "2"}))
+        events = _events(streamed)
+        self.assertEqual(len(events), 1 + 2 + 1)
+        self.assertEqual(json.loads(events[-1])["error"]["type"], "server_error")
+
+
+ANTHROPIC = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+MESSAGES = {"model": "claude-sonnet-4-5", "max_tokens": 100, "system": "be brief",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "one two three"}]}]}
+TOOLS_ANTHROPIC = [{"name": "count", "input_schema": {"type": "object"}}]
+
+
+class AnthropicTests(_APITests):
+    """
+    Anthropic's Messages API.
+    """
+
+    def test_plain(self) -> None:
+        """
+        A plain answer is a C{message} of one text block, C{end_turn}, with
+        Anthropic's usage; system text counts as input.
+        """
+        response, body = self.send("POST", "/v1/messages", MESSAGES, ANTHROPIC)
+        self.assertEqual(response.code, 200)
+        self.assertTrue(response.headers.getRawHeaders("request-id")[0].startswith("req_"))
+        self.assertEqual(json.loads(body), {
+            "id": "msg_fake_1", "type": "message", "role": "assistant",
+            "model": "claude-sonnet-4-5",
+            "content": [{"type": "text", "text": " ".join(POEM[:8])}],
+            "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": 5, "cache_creation_input_tokens": 0,
+                      "cache_read_input_tokens": 0, "output_tokens": 8},
+        })
+
+    def test_stream(self) -> None:
+        """
+        A stream is exactly message_start, content_block_start, ping, one
+        text delta per word, content_block_stop, message_delta with the
+        stop reason and usage, message_stop.
+        """
+        _, body = self.send("POST", "/v1/messages", dict(MESSAGES, stream=True),
+                            dict(ANTHROPIC, **{"x-fakellm-chunks": "3"}))
+        events = _named(body)
+        self.assertEqual([kind for kind, _ in events], [
+            "message_start", "content_block_start", "ping", "content_block_delta",
+            "content_block_delta", "content_block_delta", "content_block_stop",
+            "message_delta", "message_stop",
+        ])
+        for kind, data in events:
+            self.assertEqual(data["type"], kind)
+        self.assertEqual(events[0][1]["message"]["usage"]["input_tokens"], 5)
+        self.assertEqual(events[1][1]["content_block"], {"type": "text", "text": ""})
+        self.assertEqual([d["delta"] for _, d in events[3:6]], [
+            {"type": "text_delta", "text": "Shall "}, {"type": "text_delta", "text": "I "},
+            {"type": "text_delta", "text": "compare"}])
+        self.assertEqual(events[7][1], {"type": "message_delta", "delta": {
+            "stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 3}})
+
+    def test_maxTokens(self) -> None:
+        """
+        C{max_tokens} is required, and a lower one cuts the answer with
+        stop reason C{max_tokens}.
+        """
+        body = {k: v for k, v in MESSAGES.items() if k != "max_tokens"}
+        response, answer = self.send("POST", "/v1/messages", body, ANTHROPIC)
+        self.assertEqual(response.code, 400)
+        error = json.loads(answer)
+        self.assertEqual((error["type"], error["error"]["type"]), ("error", "invalid_request_error"))
+        self.assertIn("max_tokens", error["error"]["message"])
+        _, answer = self.send("POST", "/v1/messages", dict(MESSAGES, max_tokens=2), ANTHROPIC)
+        document = json.loads(answer)
+        self.assertEqual((document["content"][0]["text"], document["stop_reason"]),
+                         ("Shall I", "max_tokens"))
+        self.assertEqual(document["usage"]["output_tokens"], 2)
+
+    def test_versionMissing(self) -> None:
+        """
+        Without C{anthropic-version} a request is a 400 in Anthropic's error shape.
+        """
+        response, body = self.send("POST", "/v1/messages", MESSAGES, {"x-api-key": KEY})
+        self.assertEqual(response.code, 400)
+        self.assertEqual(json.loads(body), {"type": "error", "error": {
+            "type": "invalid_request_error", "message": "anthropic-version: header is required"}})
+
+    def test_key(self) -> None:
+        """
+        The key goes in C{x-api-key} or, as the Anthropic SDK sends it, as a
+        bearer token; a missing or wrong one is a 401 C{authentication_error}.
+        """
+        version = {"anthropic-version": "2023-06-01"}
+        response, _ = self.send("POST", "/v1/messages", MESSAGES, dict(version, **BEARER))
+        self.assertEqual(response.code, 200)
+        for headers in (version, dict(ANTHROPIC, **{"x-api-key": "sk-wrong"}),
+                        dict(version, authorization="Bearer sk-wrong"),
+                        dict(version, authorization=KEY),
+                        dict(BEARER, **{"x-api-key": "sk-wrong"}, **version)):
+            response, body = self.send("POST", "/v1/messages", MESSAGES, headers)
+            self.assertEqual(response.code, 401, headers)
+            self.assertEqual(json.loads(body)["error"]["type"], "authentication_error")
+
+    def test_forcedErrors(self) -> None:
+        """
+        A forced 529 is an C{overloaded_error}, a 429 a C{rate_limit_error}
+        with C{retry-after}.
+        """
+        for status, kind in ((529, "overloaded_error"), (429, "rate_limit_error"),
+                             (500, "api_error"), (404, "not_found_error")):
+            response, body = self.send("POST", "/v1/messages", MESSAGES,
+                                       dict(ANTHROPIC, **{"x-fakellm-status": str(status)}))
+            self.assertEqual(response.code, status)
+            self.assertEqual(json.loads(body)["error"]["type"], kind)
+            self.assertEqual(response.headers.getRawHeaders("retry-after"),
+                             ["1"] if status == 429 else None)
+
+    def test_toolCall(self) -> None:
+        """
+        A steered tool call is a C{tool_use} block; streamed, a tool_use
+        block start and two C{input_json_delta} pieces.
+        """
+        body = dict(MESSAGES, tools=TOOLS_ANTHROPIC)
+        headers = dict(ANTHROPIC, **{"x-fakellm-tool-call": "count"})
+        _, plain = self.send("POST", "/v1/messages", body, headers)
+        document = json.loads(plain)
+        [block] = document["content"]
+        self.assertEqual((block["type"], block["name"], block["input"]),
+                         ("tool_use", "count", {"words": 8}))
+        self.assertTrue(block["id"].startswith("toolu_"))
+        self.assertEqual(document["stop_reason"], "tool_use")
+        _, streamed = self.send("POST", "/v1/messages", dict(body, stream=True), headers)
+        events = _named(streamed)
+        start = events[1][1]["content_block"]
+        self.assertEqual((start["type"], start["name"], start["input"]), ("tool_use", "count", {}))
+        deltas = [d["delta"] for k, d in events if k == "content_block_delta"]
+        self.assertEqual([d["type"] for d in deltas], ["input_json_delta"] * 2)
+        self.assertEqual(json.loads("".join(d["partial_json"] for d in deltas)), {"words": 8})
+        self.assertEqual(events[-2][1]["delta"]["stop_reason"], "tool_use")
+
+    def test_usageHeaders(self) -> None:
+        """
+        Cached tokens are C{cache_read_input_tokens}, left out of
+        C{input_tokens}; reasoning tokens count as output.
+        """
+        headers = dict(ANTHROPIC, **{"x-fakellm-cached-tokens": "50",
+                                     "x-fakellm-reasoning-tokens": "5"})
+        _, body = self.send("POST", "/v1/messages", MESSAGES, headers)
+        self.assertEqual(json.loads(body)["usage"], {
+            "input_tokens": 5, "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 50, "output_tokens": 13})
+
+    def test_streamError(self) -> None:
+        """
+        C{x-fakellm-stream-error} ends the stream with an C{error} event of
+        that type instead of the closing events.
+        """
+        _, body = self.send("POST", "/v1/messages", dict(MESSAGES, stream=True),
+                            dict(ANTHROPIC, **{"x-fakellm-stream-error": "overloaded_error",
+                                               "x-fakellm-chunks": "2"}))
+        events = _named(body)
+        self.assertEqual([k for k, _ in events][-3:],
+                         ["content_block_delta", "content_block_delta", "error"])
+        self.assertEqual(events[-1][1]["error"]["type"], "overloaded_error")
+
+    def test_dropAfter(self) -> None:
+        """
+        C{x-fakellm-drop-after} breaks a Messages stream too.
+        """
+        d = self.client.request("POST", "/v1/messages", dict(MESSAGES, stream=True),
+                                dict(ANTHROPIC, **{"x-fakellm-drop-after": "1"}), key=None)
+        self.failureResultOf(collect_all(self.successResultOf(d)), ResponseFailed)
+
+    def test_countTokens(self) -> None:
+        """
+        C{count_tokens} answers the input's words, system included.
+        """
+        body = {k: v for k, v in MESSAGES.items() if k != "max_tokens"}
+        _, answer = self.send("POST", "/v1/messages/count_tokens", body, ANTHROPIC)
+        self.assertEqual(json.loads(answer), {"input_tokens": 5})
+
+    def test_models(self) -> None:
+        """
+        C{/v1/models} with C{anthropic-version} is Anthropic's model list;
+        without it, OpenAI's.
+        """
+        _, body = self.send("GET", "/v1/models", headers=ANTHROPIC)
+        document = json.loads(body)
+        self.assertFalse(document["has_more"])
+        self.assertEqual({m["type"] for m in document["data"]}, {"model"})
+        self.assertEqual(document["first_id"], document["data"][0]["id"])
+        _, one = self.send("GET", "/v1/models/" + document["first_id"], headers=ANTHROPIC)
+        self.assertEqual(json.loads(one), document["data"][0])
+        _, openai = self.send("GET", "/v1/models", headers=BEARER)
+        self.assertEqual(json.loads(openai)["object"], "list")
+
+
+GOOGLE = {"x-goog-api-key": KEY}
+GENERATE = {"systemInstruction": {"parts": [{"text": "be brief"}]},
+            "contents": [{"role": "user", "parts": [{"text": "one two three"}]}]}
+TOOLS_GEMINI = [{"functionDeclarations": [{"name": "count", "parameters": {"type": "object"}}]}]
+FLASH = "/v1beta/models/gemini-2.5-flash"
+
+
+class GeminiTests(_APITests):
+    """
+    The Gemini API.
+    """
+
+    def test_plain(self) -> None:
+        """
+        A plain answer is a C{GenerateContentResponse}: one candidate of
+        the model's text, C{STOP}, and the usage metadata.
+        """
+        response, body = self.send("POST", FLASH + ":generateContent", GENERATE, GOOGLE)
+        self.assertEqual(response.code, 200)
+        document = json.loads(body)
+        self.assertEqual(document["candidates"], [{
+            "content": {"parts": [{"text": " ".join(POEM[:8])}], "role": "model"},
+            "finishReason": "STOP", "index": 0}])
+        self.assertEqual(document["usageMetadata"], {
+            "promptTokenCount": 5, "candidatesTokenCount": 8, "totalTokenCount": 13})
+        self.assertEqual(document["modelVersion"], "gemini-2.5-flash")
+
+    def test_streamSse(self) -> None:
+        """
+        With C{alt=sse} each event is a response with one word; the last
+        carries the finish reason and the only usage metadata.
+        """
+        response, body = self.send("POST", FLASH + ":streamGenerateContent?alt=sse", GENERATE,
+                                   dict(GOOGLE, **{"x-fakellm-chunks": "3"}))
+        self.assertEqual(response.headers.getRawHeaders("content-type"), ["text/event-stream"])
+        blocks = body.decode().split("\r\n\r\n")
+        self.assertEqual(blocks[-1], "")
+        documents = [json.loads(b[len("data: "):]) for b in blocks[:-1]]
+        self.assertEqual(len(documents), 4)
+        texts = [d["candidates"][0]["content"]["parts"][0]["text"] for d in documents]
+        self.assertEqual(texts, ["Shall ", "I ", "compare", ""])
+        self.assertEqual(["usageMetadata" in d for d in documents], [False] * 3 + [True])
+        self.assertEqual(["finishReason" in d["candidates"][0] for d in documents],
+                         [False] * 3 + [True])
+        self.assertEqual(documents[-1]["usageMetadata"]["candidatesTokenCount"], 3)
+
+    def test_streamArray(self) -> None:
+        """
+        Without C{alt=sse} the stream is one JSON array of the same responses.
+        """
+        _, body = self.send("POST", FLASH + ":streamGenerateContent", GENERATE,
+                            dict(GOOGLE, **{"x-fakellm-chunks": "2"}))
+        documents = json.loads(body)
+        self.assertEqual(len(documents), 3)
+        self.assertEqual(documents[-1]["candidates"][0]["finishReason"], "STOP")
+
+    def test_key(self) -> None:
+        """
+        The key goes in C{x-goog-api-key} or C{?key=}; none is a 403
+        C{PERMISSION_DENIED}, a wrong one a 400 C{INVALID_ARGUMENT}.
+        """
+        response, _ = self.send("POST", FLASH + f":generateContent?key={KEY}", GENERATE)
+        self.assertEqual(response.code, 200)
+        response, body = self.send("POST", FLASH + ":generateContent", GENERATE)
+        self.assertEqual(response.code, 403)
+        self.assertEqual(json.loads(body)["error"]["status"], "PERMISSION_DENIED")
+        response, body = self.send("POST", FLASH + ":generateContent", GENERATE,
+                                   {"x-goog-api-key": "wrong"})
+        self.assertEqual(response.code, 400)
+        error = json.loads(body)["error"]
+        self.assertEqual((error["code"], error["status"]), (400, "INVALID_ARGUMENT"))
+
+    def test_forcedErrors(self) -> None:
+        """
+        A forced status is Google's error envelope with the status's name.
+        """
+        for status, name in ((429, "RESOURCE_EXHAUSTED"), (503, "UNAVAILABLE"),
+                             (500, "INTERNAL"), (404, "NOT_FOUND"), (400, "INVALID_ARGUMENT")):
+            response, body = self.send("POST", FLASH + ":generateContent", GENERATE,
+                                       dict(GOOGLE, **{"x-fakellm-status": str(status)}))
+            self.assertEqual(response.code, status)
+            error = json.loads(body)["error"]
+            self.assertEqual((error["code"], error["status"]), (status, name))
+
+    def test_toolCall(self) -> None:
+        """
+        A steered tool call is a C{functionCall} part, streamed whole.
+        """
+        body = dict(GENERATE, tools=TOOLS_GEMINI)
+        headers = dict(GOOGLE, **{"x-fakellm-tool-call": "count"})
+        _, plain = self.send("POST", FLASH + ":generateContent", body, headers)
+        [candidate] = json.loads(plain)["candidates"]
+        self.assertEqual(candidate["content"]["parts"],
+                         [{"functionCall": {"name": "count", "args": {"words": 8}}}])
+        self.assertEqual(candidate["finishReason"], "STOP")
+        _, streamed = self.send("POST", FLASH + ":streamGenerateContent?alt=sse", body, headers)
+        first = json.loads(streamed.decode().split("\r\n\r\n")[0][len("data: "):])
+        self.assertEqual(first["candidates"][0]["content"]["parts"][0]["functionCall"]["name"],
+                         "count")
+
+    def test_usageHeaders(self) -> None:
+        """
+        Cached tokens are in C{promptTokenCount} and C{cachedContentTokenCount};
+        reasoning tokens are C{thoughtsTokenCount}, outside the candidates' count.
+        """
+        headers = dict(GOOGLE, **{"x-fakellm-cached-tokens": "20",
+                                  "x-fakellm-reasoning-tokens": "6"})
+        _, body = self.send("POST", FLASH + ":generateContent", GENERATE, headers)
+        self.assertEqual(json.loads(body)["usageMetadata"], {
+            "promptTokenCount": 25, "candidatesTokenCount": 8, "totalTokenCount": 39,
+            "cachedContentTokenCount": 20, "thoughtsTokenCount": 6})
+
+    def test_maxOutputTokens(self) -> None:
+        """
+        C{maxOutputTokens} below the answer cuts it: C{MAX_TOKENS}.
+        """
+        _, body = self.send("POST", FLASH + ":generateContent",
+                            dict(GENERATE, generationConfig={"maxOutputTokens": 1}), GOOGLE)
+        [candidate] = json.loads(body)["candidates"]
+        self.assertEqual((candidate["content"]["parts"][0]["text"], candidate["finishReason"]),
+                         ("Shall", "MAX_TOKENS"))
+
+    def test_streamError(self) -> None:
+        """
+        C{x-fakellm-stream-error} ends the stream with an error object of
+        that status.
+        """
+        _, body = self.send("POST", FLASH + ":streamGenerateContent?alt=sse", GENERATE,
+                            dict(GOOGLE, **{"x-fakellm-stream-error": "UNAVAILABLE"}))
+        last = json.loads(body.decode().split("\r\n\r\n")[-2][len("data: "):])
+        self.assertEqual(last["error"]["status"], "UNAVAILABLE")
+        self.assertEqual(last["error"]["code"], 503)
+
+    def test_models(self) -> None:
+        """
+        C{/v1beta/models} lists models by resource name.
+        """
+        _, body = self.send("GET", "/v1beta/models", headers=GOOGLE)
+        names = [m["name"] for m in json.loads(body)["models"]]
+        self.assertIn("models/gemini-2.5-flash", names)
+        _, one = self.send("GET", FLASH, headers=GOOGLE)
+        self.assertEqual(json.loads(one)["name"], "models/gemini-2.5-flash")
+
+
+AZURE = {"api-key": KEY}
+DEPLOYMENT = "/openai/deployments/prod-chat"
+
+
+class AzureTests(_APITests):
+    """
+    Azure OpenAI deployments.
+    """
+
+    def test_chat(self) -> None:
+        """
+        A chat completion answers as OpenAI's, the model being the deployment.
+        """
+        response, body = self.send("POST", DEPLOYMENT + "/chat/completions?api-version=2024-10-21",
+                                   {"messages": CHAT["messages"]}, AZURE)
+        self.assertEqual(response.code, 200)
+        document = json.loads(body)
+        self.assertEqual((document["object"], document["model"]), ("chat.completion", "prod-chat"))
+        self.assertEqual(document["usage"]["prompt_tokens"], 3)
+
+    def test_stream(self) -> None:
+        """
+        A streamed chat completion is OpenAI's stream with the deployment as model.
+        """
+        _, body = self.send("POST", DEPLOYMENT + "/chat/completions?api-version=2024-10-21",
+                            dict(CHAT, stream=True), AZURE)
+        events = _events(body)
+        self.assertEqual(events[-1], "[DONE]")
+        self.assertEqual({json.loads(e)["model"] for e in events[:-1]}, {"prod-chat"})
+
+    def test_embeddings(self) -> None:
+        """
+        Embeddings answer as OpenAI's, the model being the deployment.
+        """
+        _, body = self.send("POST", "/openai/deployments/emb/embeddings?api-version=2024-10-21",
+                            {"input": "a b"}, AZURE)
+        self.assertEqual(json.loads(body)["model"], "emb")
+
+    def test_apiVersionMissing(self) -> None:
+        """
+        Without C{api-version} the answer is Azure's 404.
+        """
+        response, body = self.send("POST", DEPLOYMENT + "/chat/completions", CHAT, AZURE)
+        self.assertEqual(response.code, 404)
+        self.assertEqual(json.loads(body), {"error": {"code": "404",
+                                                      "message": "Resource not found"}})
+
+    def test_key(self) -> None:
+        """
+        The key goes in C{api-key}; a bearer token or a wrong key is a 401.
+        """
+        for headers in (BEARER, {"api-key": "wrong"}, {}):
+            response, body = self.send(
+                "POST", DEPLOYMENT + "/chat/completions?api-version=2024-10-21", CHAT, headers)
+            self.assertEqual(response.code, 401, headers)
+            self.assertEqual(json.loads(body)["error"]["code"], "401")
+
+    def test_forcedError(self) -> None:
+        """
+        A forced 429 carries C{retry-after}, in the OpenAI envelope.
+        """
+        response, body = self.send(
+            "POST", DEPLOYMENT + "/chat/completions?api-version=2024-10-21", CHAT,
+            dict(AZURE, **{"x-fakellm-status": "429"}))
+        self.assertEqual(response.code, 429)
+        self.assertEqual(response.headers.getRawHeaders("retry-after"), ["1"])
+        self.assertEqual(json.loads(body)["error"]["code"], "429")
+
+
+AWS_ID = "AKIDFAKE"
+AWS_SECRET = "fake-secret"
+CONVERSE = {"system": [{"text": "be brief"}],
+            "messages": [{"role": "user", "content": [{"text": "one two three"}]}]}
+TOOLS_BEDROCK = {"tools": [{"toolSpec": {"name": "count", "inputSchema": {"json": {}}}}]}
+HAIKU = "/model/anthropic.claude-3-haiku-20240307-v1%3A0"
+
+
+def _signed(path: str, body: object, headers: dict[str, str] | None = None,
+            secret: str = AWS_SECRET) -> dict[str, str]:
+    """
+    The headers botocore signs a Bedrock request with.
+    """
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    request = AWSRequest(method="POST", url="http://fake" + path, data=json.dumps(body).encode(),
+                         headers=dict({"content-type": "application/json"}, **(headers or {})))
+    SigV4Auth(Credentials(AWS_ID, secret), "bedrock", "us-east-1").add_auth(request)
+    return dict(request.headers.items())
+
+
+def _frames(body: bytes) -> list[tuple[dict[str, Any], Any]]:
+    """
+    The headers and JSON payloads of an AWS event stream.
+    """
+    from botocore.eventstream import EventStreamBuffer
+
+    buffer = EventStreamBuffer()
+    buffer.add_data(body)
+    return [(message.headers, json.loads(message.payload)) for message in buffer]
+
+
+class BedrockTests(_APITests):
+    """
+    Bedrock's Converse API, with its signature checks.
+    """
+
+    def setUp(self) -> None:
+        self.client = _Client()
+        self.client.fakellm = FakeLLM(self.client.clock, key=KEY, awsAccessKeyId=AWS_ID,
+                                      awsSecretAccessKey=AWS_SECRET)
+        self.client.stub = StubTreq(self.client.fakellm)
+
+    def converse(self, path: str, body: object, steering: dict[str, str] | None = None,
+                 secret: str = AWS_SECRET) -> tuple[IResponse, bytes]:
+        return self.send("POST", path, body, _signed(path, body, steering, secret))
+
+    def test_plain(self) -> None:
+        """
+        A signed Converse request gets Bedrock's answer: the message, the
+        stop reason, usage and metrics.
+        """
+        response, body = self.converse(HAIKU + "/converse", CONVERSE)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(body), {
+            "output": {"message": {"role": "assistant",
+                                   "content": [{"text": " ".join(POEM[:8])}]}},
+            "stopReason": "end_turn",
+            "usage": {"inputTokens": 5, "outputTokens": 8, "totalTokens": 13},
+            "metrics": {"latencyMs": 0},
+        })
+
+    def test_stream(self) -> None:
+        """
+        ConverseStream answers event stream frames: messageStart, one
+        contentBlockDelta per word, contentBlockStop, messageStop, metadata.
+        """
+        response, body = self.converse(HAIKU + "/converse-stream", CONVERSE,
+                                       {"x-fakellm-chunks": "3"})
+        self.assertEqual(response.headers.getRawHeaders("content-type"),
+                         ["application/vnd.amazon.eventstream"])
+        frames = _frames(body)
+        self.assertEqual([h[":event-type"] for h, _ in frames], [
+            "messageStart", "contentBlockDelta", "contentBlockDelta", "contentBlockDelta",
+            "contentBlockStop", "messageStop", "metadata"])
+        self.assertEqual({h[":message-type"] for h, _ in frames}, {"event"})
+        self.assertEqual(frames[0][1], {"role": "assistant"})
+        self.assertEqual([p["delta"]["text"] for _, p in frames[1:4]], ["Shall ", "I ", "compare"])
+        self.assertEqual(frames[5][1], {"stopReason": "end_turn"})
+        self.assertEqual(frames[6][1], {"usage": {"inputTokens": 5, "outputTokens": 3,
+                                                  "totalTokens": 8},
+                                        "metrics": {"latencyMs": 0}})
+
+    def test_signatureRefused(self) -> None:
+        """
+        A request signed with another secret, or changed after signing, is
+        a 403 C{InvalidSignatureException}.
+        """
+        response, body = self.converse(HAIKU + "/converse", CONVERSE, secret="other")
+        self.assertEqual(response.code, 403)
+        self.assertEqual(response.headers.getRawHeaders("x-amzn-ErrorType"),
+                         ["InvalidSignatureException"])
+        self.assertTrue(json.loads(body)["message"].startswith(
+            "The request signature we calculated does not match"))
+        headers = _signed(HAIKU + "/converse", CONVERSE)
+        response, _ = self.send("POST", HAIKU + "/converse", dict(CONVERSE, extra=1), headers)
+        self.assertEqual(response.code, 403)
+
+    def test_signatureMissing(self) -> None:
+        """
+        No SigV4 C{Authorization}, or one without C{x-amz-date}, is a 403.
+        """
+        response, body = self.send("POST", HAIKU + "/converse", CONVERSE, BEARER)
+        self.assertEqual(response.code, 403)
+        response, body = self.send("POST", HAIKU + "/converse", CONVERSE)
+        self.assertEqual(response.headers.getRawHeaders("x-amzn-ErrorType"),
+                         ["MissingAuthenticationTokenException"])
+        headers = _signed(HAIKU + "/converse", CONVERSE)
+        del headers["X-Amz-Date"]
+        response, _ = self.send("POST", HAIKU + "/converse", CONVERSE, headers)
+        self.assertEqual(response.code, 403)
+
+    def test_unverifiedWithoutCredentials(self) -> None:
+        """
+        Without AWS credentials the fake checks the signature's form only.
+        """
+        self.client = _Client()
+        response, _ = self.converse(HAIKU + "/converse", CONVERSE, secret="anything")
+        self.assertEqual(response.code, 200)
+
+    def test_forcedErrors(self) -> None:
+        """
+        A forced status names Bedrock's exception in C{x-amzn-ErrorType}.
+        """
+        for status, kind in ((429, "ThrottlingException"), (400, "ValidationException"),
+                             (503, "ServiceUnavailableException"),
+                             (500, "InternalServerException")):
+            response, body = self.converse(HAIKU + "/converse", CONVERSE,
+                                           {"x-fakellm-status": str(status)})
+            self.assertEqual(response.code, status)
+            self.assertEqual(response.headers.getRawHeaders("x-amzn-ErrorType"), [kind])
+            self.assertIn("message", json.loads(body))
+
+    def test_toolCall(self) -> None:
+        """
+        A steered tool call is a C{toolUse} block; streamed, a block start
+        with its id and name and two C{toolUse} input deltas.
+        """
+        body = dict(CONVERSE, toolConfig=TOOLS_BEDROCK)
+        steering = {"x-fakellm-tool-call": "count"}
+        _, plain = self.converse(HAIKU + "/converse", body, steering)
+        document = json.loads(plain)
+        [block] = document["output"]["message"]["content"]
+        self.assertEqual((block["toolUse"]["name"], block["toolUse"]["input"]),
+                         ("count", {"words": 8}))
+        self.assertEqual(document["stopReason"], "tool_use")
+        _, streamed = self.converse(HAIKU + "/converse-stream", body, steering)
+        frames = _frames(streamed)
+        self.assertEqual(frames[1][0][":event-type"], "contentBlockStart")
+        self.assertEqual(frames[1][1]["start"]["toolUse"]["name"], "count")
+        pieces = [p["delta"]["toolUse"]["input"] for h, p in frames
+                  if h[":event-type"] == "contentBlockDelta"]
+        self.assertEqual(len(pieces), 2)
+        self.assertEqual(json.loads("".join(pieces)), {"words": 8})
+        self.assertEqual(frames[-2][1], {"stopReason": "tool_use"})
+        response, _ = self.converse(HAIKU + "/converse", body, {"x-fakellm-tool-call": "other"})
+        self.assertEqual(response.code, 400)
+
+    def test_usageHeaders(self) -> None:
+        """
+        Cached tokens are C{cacheReadInputTokens}, outside C{inputTokens}
+        and inside C{totalTokens}; reasoning tokens count as output.
+        """
+        _, body = self.converse(HAIKU + "/converse", CONVERSE, {
+            "x-fakellm-cached-tokens": "30", "x-fakellm-reasoning-tokens": "2"})
+        self.assertEqual(json.loads(body)["usage"], {
+            "inputTokens": 5, "outputTokens": 10, "totalTokens": 45,
+            "cacheReadInputTokens": 30, "cacheWriteInputTokens": 0})
+
+    def test_streamError(self) -> None:
+        """
+        C{x-fakellm-stream-error} ends the stream with an exception frame
+        of that type.
+        """
+        _, body = self.converse(HAIKU + "/converse-stream", CONVERSE, {
+            "x-fakellm-stream-error": "throttlingException", "x-fakellm-chunks": "2"})
+        frames = _frames(body)
+        self.assertEqual(len(frames), 1 + 2 + 1)
+        headers, payload = frames[-1]
+        self.assertEqual((headers[":message-type"], headers[":exception-type"]),
+                         ("exception", "throttlingException"))
+        self.assertIn("message", payload)
+
+    def test_dropAfter(self) -> None:
+        """
+        C{x-fakellm-drop-after} closes a ConverseStream connection mid-stream.
+        """
+        path = HAIKU + "/converse-stream"
+        d = self.client.request("POST", path, CONVERSE,
+                                _signed(path, CONVERSE, {"x-fakellm-drop-after": "2"}), key=None)
+        chunks: list[bytes] = []
+        self.failureResultOf(collect(self.successResultOf(d), chunks.append), ResponseFailed)
+        self.assertEqual(len(_frames(b"".join(chunks))), 1 + 2)
+
+    def test_recorded(self) -> None:
+        """
+        The request is recorded with every header it carried.
+        """
+        self.converse(HAIKU + "/converse", CONVERSE)
+        seen = self.client.fakellm.requests[-1]
+        self.assertEqual(seen.path, HAIKU + "/converse")
+        self.assertTrue(seen.headers["authorization"].startswith("AWS4-HMAC-SHA256 "))
+        self.assertIn("x-amz-date", seen.headers)
+
+
+class QuietServiceTests(SynchronousTestCase):
+    """
+    The service's options for Bedrock and its quiet idle timeout.
+    """
+
+    def test_awsOptions(self) -> None:
+        """
+        The AWS credentials are taken together, never one alone.
+        """
+        options = Options()
+        options.parseOptions(["--aws-access-key-id", "AKID", "--aws-secret-access-key", "s"])
+        self.assertEqual((options["aws-access-key-id"], options["aws-secret-access-key"]),
+                         ("AKID", "s"))
+        for args in (["--aws-access-key-id", "AKID"], ["--aws-secret-access-key", "s"]):
+            self.assertRaises(UsageError, Options().parseOptions, args)
+
+    def test_idleTimeoutQuiet(self) -> None:
+        """
+        An idle connection is closed at the site's timeout without a
+        "Timing out client" line in the log.
+        """
+        options = Options()
+        options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1"])
+        site = makeService(options).factory  # type: ignore[attr-defined]
+        clock = Clock()
+        site.reactor = clock
+        channel = site.buildProtocol(None)
+        transport = StringTransport()
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        channel.makeConnection(transport)
+        clock.advance(site.timeOut + 1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual([e for e in events if "Timing out" in str(e.get("log_format"))], [])
         channel.connectionLost(Failure(ConnectionDone()))

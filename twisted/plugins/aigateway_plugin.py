@@ -1,6 +1,7 @@
 """
 twistd plugins for aigateway: C{twistd aigateway} runs the gateway and
-C{twistd fakellm} runs the bundled OpenAI-compatible fake LLM.
+C{twistd fakellm} runs the bundled fake LLM, which speaks every provider's
+native API.
 
 Both are lazy: nothing from aigateway is imported until one is chosen.
 """
@@ -17,6 +18,6 @@ aigateway = ServiceMaker(
 fakellm = ServiceMaker(
     "fakellm",
     "aigateway.testing.fakellm",
-    "An OpenAI-compatible fake LLM for demos, tests and benchmarks.",
+    "A fake LLM speaking every provider's API, for demos, tests and benchmarks.",
     "fakellm",
 )
