@@ -31,9 +31,10 @@ class MemoryGateway:
     """
 
     def __init__(self, configText: str, key: str | None = None, tracerProvider: Any = None,
-                 readFile: Any = None, reportDelay: float | None = None) -> None:
+                 readFile: Any = None, reportDelay: float | None = None,
+                 environ: dict[str, str] | None = None, **fakeOptions: Any) -> None:
         self.clock = Clock()
-        self.fakellm = FakeLLM(self.clock, key=key)
+        self.fakellm = FakeLLM(self.clock, key=key, **fakeOptions)
         self.upstream = RequestTraversalAgent(self.fakellm)
         config = loadConfig(configText)
         self.metrics = Metrics()
@@ -41,7 +42,8 @@ class MemoryGateway:
                               accessLog=config.accessLog, reportDelay=reportDelay)
         extra = {"readFile": readFile} if readFile is not None else {}
         self.telemetry = telemetry
-        root = buildGateway(config, self.upstream, self.clock, {}, telemetry=telemetry, **extra).root
+        root = buildGateway(config, self.upstream, self.clock, environ or {}, telemetry=telemetry,
+                            **extra).root
         self.client = StubTreq(root)
 
     def pump(self) -> None:
@@ -50,9 +52,12 @@ class MemoryGateway:
             self.client.flush()
 
     def post(self, case: SynchronousTestCase, path: str, body: object,
-             headers: dict | None = None) -> tuple[Any, bytes]:
+             headers: dict | None = None, broken: bool = False) -> tuple[Any, bytes]:
         """
         POST C{body} (JSON, unless bytes) and read the whole answer.
+
+        @param broken: the answer is expected to end without its last
+            chunk, as a broken stream does; what came before is returned.
         """
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         d = self.client.post("http://gw" + path, data, unbuffered=True,
@@ -62,7 +67,10 @@ class MemoryGateway:
         chunks: list[bytes] = []
         done = collect(response, chunks.append)
         self.pump()
-        case.successResultOf(done)
+        if broken:
+            case.failureResultOf(done)
+        else:
+            case.successResultOf(done)
         return response, b"".join(chunks)
 
 

@@ -1,0 +1,332 @@
+"""
+Every provider behind one OpenAI API, end to end in memory: the gateway
+built from configuration, the fake LLM speaking each provider's own API
+behind it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.memory import MemoryGateway
+
+KEY = "sk-upstream-secret"
+AWS = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"}
+
+CONFIG = f"""
+listen: tcp:0
+backends:
+  openai:
+    provider: openai
+    url: http://fake/v1
+    authToken: {{value: {KEY}}}
+  azure:
+    provider: azure-openai
+    url: http://fake
+    deployment: gpt-4o-mini-prod
+    authToken: {{value: {KEY}}}
+  gemini:
+    provider: gemini
+    url: http://fake
+    authToken: {{value: {KEY}}}
+  bedrock:
+    provider: bedrock
+    region: us-east-1
+    url: http://fake
+    model: anthropic.claude-3-haiku-20240307-v1:0
+routes:
+  - {{name: openai, match: {{pathPrefix: /openai}}, backend: openai}}
+  - {{name: azure, match: {{pathPrefix: /azure}}, backend: azure}}
+  - {{name: gemini, match: {{pathPrefix: /gemini}}, backend: gemini}}
+  - {{name: bedrock, match: {{pathPrefix: /bedrock}}, backend: bedrock}}
+"""
+
+# Each provider: its route, the model asked for, the field its key goes
+# in, the name spans and metrics give it.
+PROVIDERS = {
+    "openai": ("/openai", "gpt-4o-mini", "authorization", "openai"),
+    "azure": ("/azure", "gpt-4o-mini", "api-key", "azure.ai.openai"),
+    "gemini": ("/gemini", "gemini-2.5-flash", "x-goog-api-key", "gcp.gemini"),
+    "bedrock": ("/bedrock", "claude", None, "aws.bedrock"),
+}
+
+
+def _gateway() -> MemoryGateway:
+    return MemoryGateway(CONFIG, key=KEY, environ=AWS, awsAccessKeyId=AWS["AWS_ACCESS_KEY_ID"],
+                         awsSecretAccessKey=AWS["AWS_SECRET_ACCESS_KEY"])
+
+
+def _chat(model: str, **fields: Any) -> dict[str, Any]:
+    return dict({"model": model, "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Say a line of a sonnet."}]}, **fields)
+
+
+_TOOLS = [{"type": "function", "function": {
+    "name": "count", "description": "Count words.",
+    "parameters": {"type": "object", "properties": {"words": {"type": "integer"}}}}}]
+
+
+def _events(body: bytes) -> list[Any]:
+    """
+    The data of each server-sent event, decoded where it is JSON.
+    """
+    out: list[Any] = []
+    for block in body.split(b"\n\n"):
+        for line in block.split(b"\n"):
+            if line.startswith(b"data: "):
+                data = line[6:]
+                out.append(data.decode() if data == b"[DONE]" else json.loads(data))
+    return out
+
+
+class ProviderChatTests(SynchronousTestCase):
+    """
+    The OpenAI SDK's requests, whatever the backend.
+    """
+
+    def setUp(self) -> None:
+        self.gateway = _gateway()
+
+    def each(self):
+        for name, (prefix, model, field, semconv) in PROVIDERS.items():
+            yield name, prefix, model, field, semconv
+
+    def test_plain(self) -> None:
+        """
+        A plain chat gets a chat.completion with the answer's text, a stop
+        finish, and usage in OpenAI's terms.
+        """
+        for name, prefix, model, _, _ in self.each():
+            with self.subTest(provider=name):
+                response, body = self.gateway.post(self, prefix + "/v1/chat/completions",
+                                                   _chat(model), {"x-fakellm-chunks": "4"})
+                self.assertEqual(response.code, 200, body)
+                answer = json.loads(body)
+                self.assertEqual(answer["object"], "chat.completion")
+                choice = answer["choices"][0]
+                self.assertEqual(choice["message"]["role"], "assistant")
+                self.assertEqual(choice["message"]["content"].split(), ["Shall", "I", "compare", "thee"])
+                self.assertEqual(choice["finish_reason"], "stop")
+                usage = answer["usage"]
+                self.assertEqual(usage["completion_tokens"], 4)
+                self.assertGreater(usage["prompt_tokens"], 0)
+                self.assertEqual(usage["total_tokens"], usage["prompt_tokens"] + 4)
+
+    def test_stream(self) -> None:
+        """
+        A streamed chat gets OpenAI chunks, role first, the words, a stop
+        finish and [DONE]; no usage chunk when the client did not ask.
+        """
+        for name, prefix, model, _, _ in self.each():
+            with self.subTest(provider=name):
+                response, body = self.gateway.post(self, prefix + "/v1/chat/completions",
+                                                   _chat(model, stream=True), {"x-fakellm-chunks": "3"})
+                self.assertEqual(response.code, 200, body)
+                self.assertTrue(response.headers.getRawHeaders("content-type")[0].startswith(
+                    "text/event-stream"))
+                events = _events(body)
+                self.assertEqual(events[-1], "[DONE]")
+                chunks = events[:-1]
+                self.assertTrue(all(c["object"] == "chat.completion.chunk" for c in chunks))
+                self.assertTrue(all(c["choices"] for c in chunks), "a usage chunk nobody asked for")
+                self.assertEqual(chunks[0]["choices"][0]["delta"].get("role"), "assistant")
+                text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+                self.assertEqual(text.split(), ["Shall", "I", "compare"])
+                self.assertEqual(chunks[-1]["choices"][0]["finish_reason"], "stop")
+
+    def test_streamUsage(self) -> None:
+        """
+        A client that asks for stream usage gets it last, in OpenAI's terms.
+        """
+        for name, prefix, model, _, _ in self.each():
+            with self.subTest(provider=name):
+                response, body = self.gateway.post(
+                    self, prefix + "/v1/chat/completions",
+                    _chat(model, stream=True, stream_options={"include_usage": True}),
+                    {"x-fakellm-chunks": "3"})
+                events = _events(body)
+                usage = events[-2]
+                self.assertEqual(usage["choices"], [])
+                self.assertEqual(usage["usage"]["completion_tokens"], 3)
+
+    def test_cachedAndReasoningTokens(self) -> None:
+        """
+        Cached input tokens count in prompt_tokens and are named in its
+        details, whichever way the provider counts them.
+        """
+        for name, prefix, model, _, _ in self.each():
+            with self.subTest(provider=name):
+                plain = self.gateway.post(self, prefix + "/v1/chat/completions", _chat(model),
+                                          {"x-fakellm-chunks": "2"})[1]
+                cached = self.gateway.post(self, prefix + "/v1/chat/completions", _chat(model),
+                                           {"x-fakellm-chunks": "2", "x-fakellm-cached-tokens": "7"})[1]
+                before, after = json.loads(plain)["usage"], json.loads(cached)["usage"]
+                self.assertEqual(after["prompt_tokens"], before["prompt_tokens"] + 7)
+                self.assertEqual(after["prompt_tokens_details"]["cached_tokens"], 7)
+
+    def test_toolCall(self) -> None:
+        """
+        A tool call comes back as OpenAI tool_calls, plain and streamed,
+        with one id and whole JSON arguments.
+        """
+        for name, prefix, model, _, _ in self.each():
+            with self.subTest(provider=name):
+                headers = {"x-fakellm-tool-call": "count", "x-fakellm-chunks": "5"}
+                response, body = self.gateway.post(
+                    self, prefix + "/v1/chat/completions", _chat(model, tools=_TOOLS), headers)
+                self.assertEqual(response.code, 200, body)
+                choice = json.loads(body)["choices"][0]
+                self.assertEqual(choice["finish_reason"], "tool_calls")
+                [call] = choice["message"]["tool_calls"]
+                self.assertEqual(call["function"]["name"], "count")
+                self.assertEqual(json.loads(call["function"]["arguments"]), {"words": 5})
+                response, body = self.gateway.post(
+                    self, prefix + "/v1/chat/completions",
+                    _chat(model, tools=_TOOLS, stream=True), headers)
+                chunks = _events(body)[:-1]
+                calls = [c for chunk in chunks for c in chunk["choices"][0]["delta"].get("tool_calls") or ()]
+                self.assertEqual({c["index"] for c in calls}, {0})
+                self.assertEqual(len([c for c in calls if c.get("id")]), 1)
+                arguments = "".join(c["function"].get("arguments") or "" for c in calls)
+                self.assertEqual(json.loads(arguments), {"words": 5})
+                self.assertEqual(chunks[-1]["choices"][0]["finish_reason"], "tool_calls")
+
+    def test_keyInItsField(self) -> None:
+        """
+        The backend's key goes in the field its API reads, the caller's
+        credentials in no field at all.
+        """
+        for name, prefix, model, field, _ in self.each():
+            with self.subTest(provider=name):
+                headers = {"authorization": "Bearer caller-token", "x-api-key": "caller-key",
+                           "api-key": "caller-key", "x-goog-api-key": "caller-key"}
+                if name == "bedrock":
+                    headers["x-amz-security-token"] = "caller-token"
+                self.gateway.post(self, prefix + "/v1/chat/completions", _chat(model), headers)
+                seen = self.gateway.fakellm.requests[-1]
+                values = " ".join(seen.headers.values())
+                self.assertNotIn("caller", values)
+                if field == "authorization":
+                    self.assertEqual(seen.headers[field], "Bearer " + KEY)
+                elif field is not None:
+                    self.assertEqual(seen.headers[field], KEY)
+                else:
+                    self.assertTrue(seen.headers["authorization"].startswith(
+                        "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"))
+
+    def test_rateLimited(self) -> None:
+        """
+        A provider's rate limit is a 429 in the OpenAI envelope, with the
+        wait it asked for in Retry-After.
+        """
+        for name, prefix, model, _, _ in self.each():
+            with self.subTest(provider=name):
+                response, body = self.gateway.post(self, prefix + "/v1/chat/completions",
+                                                   _chat(model), {"x-fakellm-status": "429"})
+                self.assertEqual(response.code, 429, body)
+                error = json.loads(body)["error"]
+                self.assertIsInstance(error["message"], str)
+                self.assertEqual(error["type"], "rate_limit_error")
+                self.assertEqual(response.headers.getRawHeaders("retry-after"), ["1"])
+
+    def test_serverErrors(self) -> None:
+        """
+        A provider's 5xx keeps a 5xx status and the OpenAI envelope.
+        """
+        for name, prefix, model, _, _ in self.each():
+            with self.subTest(provider=name):
+                response, body = self.gateway.post(self, prefix + "/v1/chat/completions",
+                                                   _chat(model), {"x-fakellm-status": "503"})
+                self.assertEqual(response.code, 503, body)
+                self.assertIn("message", json.loads(body)["error"])
+
+    def test_streamError(self) -> None:
+        """
+        An error event inside a provider's stream ends the client's stream
+        with an error and without [DONE]: it never looks complete.  (An
+        OpenAI-style stream reaches the client as the upstream wrote it.)
+        """
+        for name, prefix, model, _, _ in self.each():
+            with self.subTest(provider=name):
+                response, body = self.gateway.post(
+                    self, prefix + "/v1/chat/completions", _chat(model, stream=True),
+                    {"x-fakellm-stream-error": "overloaded", "x-fakellm-chunks": "2"},
+                    broken=name in ("gemini", "bedrock"))
+                self.assertEqual(response.code, 200)
+                self.assertNotIn(b"[DONE]", body)
+                self.assertIn("error", _events(body)[-1])
+                if name in ("gemini", "bedrock"):
+                    self.assertIn(b"event: error", body)
+
+    def test_models(self) -> None:
+        """
+        C{GET /v1/models} answers in OpenAI's shape for every provider.
+        """
+        for name, prefix, _, _, _ in self.each():
+            with self.subTest(provider=name):
+                response = self.successResultOf(
+                    self.gateway.client.get("http://gw" + prefix + "/v1/models"))
+                self.gateway.pump()
+                body = self.successResultOf(response.content())
+                self.assertEqual(response.code, 200, body)
+                listing = json.loads(body)
+                self.assertEqual(listing["object"], "list")
+                self.assertTrue(listing["data"])
+                self.assertTrue(all(m["object"] == "model" and m["id"] for m in listing["data"]))
+
+    def test_providerName(self) -> None:
+        """
+        Metrics name each provider as the GenAI conventions do.
+        """
+        from prometheus_client import generate_latest
+
+        for name, prefix, model, _, semconv in self.each():
+            self.gateway.post(self, prefix + "/v1/chat/completions", _chat(model))
+        self.gateway.clock.advance(1)
+        text = generate_latest(self.gateway.metrics.registry).decode()
+        for name, (_, _, _, semconv) in PROVIDERS.items():
+            self.assertIn(f'gen_ai_provider_name="{semconv}"', text)
+
+
+class ProviderRefusalTests(SynchronousTestCase):
+    """
+    What a provider cannot take is a 400 that names it, before anything
+    goes upstream.
+    """
+
+    def setUp(self) -> None:
+        self.gateway = _gateway()
+
+    def refused(self, prefix: str, body: Any, path: str = "/v1/chat/completions") -> dict:
+        before = len(self.gateway.fakellm.requests)
+        response, answer = self.gateway.post(self, prefix + path, body)
+        self.assertEqual(response.code, 400, answer)
+        self.assertEqual(len(self.gateway.fakellm.requests), before)
+        return json.loads(answer)["error"]
+
+    def test_fieldsWithoutEquivalent(self) -> None:
+        """
+        A field the provider has no equivalent for is named in the 400.
+        """
+        for prefix, model in (("/gemini", "gemini-2.5-flash"), ("/bedrock", "claude")):
+            for field, value in (("n", 2), ("logprobs", True), ("logit_bias", {"1": 2}),
+                                 ("no_such_field", 1)):
+                with self.subTest(prefix=prefix, field=field):
+                    error = self.refused(prefix, _chat(model, **{field: value}))
+                    self.assertIn(field, error["message"])
+
+    def test_otherEndpoints(self) -> None:
+        """
+        OpenAI endpoints a provider does not have are refused, naming the
+        provider.
+        """
+        for prefix, kind in (("/gemini", "gemini"), ("/bedrock", "bedrock")):
+            for path in ("/v1/embeddings", "/v1/responses", "/v1/completions"):
+                with self.subTest(prefix=prefix, path=path):
+                    error = self.refused(prefix, {"model": "m", "input": "x"}, path)
+                    self.assertIn(kind, error["message"])
+                    self.assertIn(path, error["message"])
