@@ -544,9 +544,9 @@ def _assistantBlocks(message: dict[str, Any], path: str) -> list[dict[str, Any]]
 
 def _chatTool(tool: object, path: str) -> dict[str, Any]:
     tool = _object(tool, path)
-    _onlyKeys(tool, {"type", "function"}, path)
     if tool.get("type") != "function":
         raise _refuse(f"{path}.type", "only function tools are supported by this backend")
+    _onlyKeys(tool, {"type", "function"}, path)
     function = _object(tool.get("function"), f"{path}.function")
     _onlyKeys(function, {"name", "description", "parameters", "strict"}, f"{path}.function")
     if function.get("strict") not in (None, False):
@@ -677,12 +677,16 @@ class MessagesStream:
         self._blocks: dict[int, tuple[str, int]] = {}
         self._tools = 0
         self._started = False
+        self._error: StreamError | None = None
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         """
         Read more of the upstream's body.
 
-        @return: the chunks it completed.
+        @return: the chunks it completed.  When the same bytes also hold an
+            error, the chunks before it are returned and the error is
+            raised by the next call (L{end} at the latest), so that every
+            cut of a stream gives the same chunks before its error.
         @raise StreamError: on an error event or a frame that is not what
             Anthropic sends.
         """
@@ -693,7 +697,8 @@ class MessagesStream:
         The upstream's body has ended.
 
         @return: the last chunks, if any.
-        @raise StreamError: when the stream ended before C{message_stop}.
+        @raise StreamError: when the stream ended before C{message_stop}, or
+            on an error still to be raised.
         """
         out = self._events(self._parser.end())
         if not self.complete:
@@ -701,9 +706,19 @@ class MessagesStream:
         return out
 
     def _events(self, events: list[Event]) -> list[dict[str, Any]]:
+        if self._error is not None:
+            raise self._error
         out: list[dict[str, Any]] = []
-        for event in events:
-            self._event(event, out)
+        try:
+            for event in events:
+                self._event(event, out)
+        except StreamError as error:
+            # The stream is over; the chunks before the error go out
+            # first, and the error is raised by the next call (end() at the
+            # latest) and every one after it.
+            self._error = error
+            if not out:
+                raise
         return out
 
     def _chunk(self, delta: dict[str, Any] | None, finishReason: str | None = None,
