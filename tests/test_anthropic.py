@@ -550,6 +550,7 @@ class MessagesToChatTests(SynchronousTestCase):
                 out = messagesToChat(_messages(tools=tools, tool_choice=choice))
                 self.assertEqual(out["tool_choice"], expected)
                 self.assertNotIn("parallel_tool_calls", out)
+        self.assertNotIn("tool_choice", messagesToChat(_messages(tool_choice={"type": "any"})))
 
     def test_thinkingBudgets(self) -> None:
         """
@@ -563,8 +564,9 @@ class MessagesToChatTests(SynchronousTestCase):
                 out = messagesToChat(_messages(thinking={"type": "enabled",
                                                          "budget_tokens": budget}))
                 self.assertEqual(out["reasoning_effort"], effort)
-        self.assertNotIn("reasoning_effort",
-                         messagesToChat(_messages(thinking={"type": "disabled"})))
+        for kind in ["disabled", "adaptive"]:
+            self.assertNotIn("reasoning_effort",
+                             messagesToChat(_messages(thinking={"type": kind})))
 
     def test_refused(self) -> None:
         """
@@ -577,7 +579,7 @@ class MessagesToChatTests(SynchronousTestCase):
             ({"mcp_servers": [{"type": "url", "url": "https://mcp", "name": "x"}]},
              "mcp_servers"),
             ({"context_management": {}}, "context_management"),
-            ({"thinking": {"type": "adaptive"}}, "thinking.type"),
+            ({"thinking": {"type": "sometimes"}}, "thinking.type"),
             ({"service_tier": "standard_only"}, "service_tier"),
             ({"tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}]},
              "tools[0].type"),
@@ -718,6 +720,19 @@ class ChunksToMessagesTests(SynchronousTestCase):
         finish = dict(chunks[3], usage=chunks[4]["usage"])
         events = _events(_door(chunks[:3] + [finish]))
         self.assertEqual(events[-2][1]["usage"]["input_tokens"], 9)
+
+    def test_refusal(self) -> None:
+        """
+        A refusal streamed as OpenAI's C{refusal} text is a text block, and
+        the message stops as a refusal.
+        """
+        docs = [chunk("c", "m", 1, {"role": "assistant", "content": None}),
+                chunk("c", "m", 1, {"refusal": "I can't help with that."}),
+                chunk("c", "m", 1, {}, "stop")]
+        events = _events(_door(docs))
+        self.assertEqual([data["delta"] for name, data in events if name == "content_block_delta"],
+                         [{"type": "text_delta", "text": "I can't help with that."}])
+        self.assertEqual(events[-2][1]["delta"]["stop_reason"], "refusal")
 
     def test_noFinish(self) -> None:
         """

@@ -43,7 +43,8 @@ Chat request -> Messages request (L{chatToMessages}):
     guarantee is given) become tools with C{input_schema}; C{tool_choice}
     C{auto}/C{required}/C{none}/a named function is C{auto}/C{any}/C{none}/
     C{tool}; C{parallel_tool_calls: false} is C{disable_parallel_tool_use}
-    (with C{auto} when no C{tool_choice} was given);
+    (with C{auto} when no C{tool_choice} was given); without tools there is
+    no tool choice to send, and none is;
   - C{user} is C{metadata.user_id};
   - C{reasoning_effort} turns extended thinking on with a budget:
     C{minimal} and C{low} 1024 tokens, C{medium} 4096, C{high} 16384
@@ -51,7 +52,10 @@ Chat request -> Messages request (L{chatToMessages}):
     C{max_tokens} not above the budget is refused.  Anthropic wants a
     thinking turn that called tools to be sent back with its thinking
     blocks, which an OpenAI client cannot do: such a conversation gets
-    Anthropic's own 400;
+    Anthropic's own 400, as do its other rules for thinking (no
+    C{temperature} but 1, no forced tool choice);
+  - a last C{assistant} message is sent as it is, and Anthropic continues
+    it (a prefill) where OpenAI would answer after it;
   - hints that do not change the answer are dropped: C{stream_options}
     (the translated stream always ends with a usage chunk and the gateway
     decides whether the client sees it), C{metadata} (labels for stored
@@ -77,7 +81,7 @@ L{MessagesStream}):
     C{max_tokens} and C{model_context_window_exceeded} are C{length},
     C{tool_use} is C{tool_calls}, C{refusal} is C{content_filter}, and
     C{pause_turn} (the answer is not finished and can be continued) is
-    C{length};
+    C{length}, and a stop reason this module does not know is C{stop};
   - usage: C{prompt_tokens} = C{input_tokens} + C{cache_read_input_tokens}
     + C{cache_creation_input_tokens}, C{cached_tokens} =
     C{cache_read_input_tokens} (when reported), C{completion_tokens} =
@@ -102,8 +106,12 @@ Messages request -> chat request, at the door (L{messagesToChat}):
     and C{tool_choice} (C{disable_parallel_tool_use} is
     C{parallel_tool_calls: false});
   - C{thinking} C{enabled} is C{reasoning_effort} by its budget: under
-    4096 C{low}, under 16384 C{medium}, else C{high}; C{disabled} is
-    nothing; other kinds are refused;
+    4096 C{low}, under 16384 C{medium}, else C{high}; C{disabled} and
+    C{adaptive} (the model decides) send no effort, leaving it to the
+    backend's default;
+  - a last C{assistant} turn (a prefill) is sent as history: an
+    OpenAI-style backend answers after it instead of continuing it;
+  - a C{tool_choice} without tools is not sent;
   - refused: C{top_k}, document and other block kinds, server tools
     (C{web_search} and the like, any tool with a C{type} other than
     C{custom}), C{container}, C{mcp_servers}, C{service_tier} other than
@@ -114,7 +122,8 @@ L{ChunksToMessages}): the id is C{msg_} and the completion's id without
 its C{chatcmpl-}; C{reasoning_content} is a thinking block (with an empty
 signature) before the text; C{stop} is C{end_turn} (which stop sequence
 matched is not known), C{length} C{max_tokens}, C{tool_calls} C{tool_use},
-C{content_filter} C{refusal}; C{input_tokens} = C{prompt_tokens} - cached,
+C{content_filter} C{refusal} (as is an answer with OpenAI's C{refusal}
+text, which becomes a text block); C{input_tokens} = C{prompt_tokens} - cached,
 C{cache_read_input_tokens} = cached, C{output_tokens} =
 C{completion_tokens}.  Tool call ids pass unchanged both ways, so an
 Anthropic client's C{tool_use_id} is the id the OpenAI-style upstream
@@ -123,6 +132,14 @@ gave.
 An upstream answer that cannot be translated (a stream's error event, a
 frame that is not JSON, an end before C{message_stop}, tool arguments
 that are not a JSON object) raises L{aigateway.llm.translate.StreamError}.
+L{MessagesStream} first hands out the chunks that came before the error
+in the same bytes and raises it on the next call, L{MessagesStream.end} at
+the latest, so every cut of a broken stream gives the same chunks.
+
+Upstream requests need the headers C{anthropic-version:}
+L{ANTHROPIC_VERSION}, C{x-api-key} (the backend's key) and
+C{content-type: application/json}; Anthropic answers errors with its own
+statuses (529 when overloaded), which L{errorFromAnthropic} translates.
 """
 
 from __future__ import annotations
@@ -351,7 +368,7 @@ def chatToMessages(chat: dict[str, Any], *, model: str, defaultMaxTokens: int) -
         choice = {"type": "auto"}
     if parallel is False and choice is not None and choice["type"] != "none":
         choice["disable_parallel_tool_use"] = True
-    if choice is not None:
+    if choice is not None and "tools" in out:
         out["tool_choice"] = choice
 
     effort = chat.get("reasoning_effort")
@@ -967,6 +984,8 @@ def messagesToChat(body: dict[str, Any]) -> dict[str, Any]:
     choice = body.get("tool_choice")
     if choice is not None:
         _doorToolChoice(_object(choice, "tool_choice"), out)
+        if "tools" not in out:
+            out.pop("tool_choice")
     thinking = body.get("thinking")
     if thinking is not None:
         thinking = _object(thinking, "thinking")
@@ -978,10 +997,10 @@ def messagesToChat(body: dict[str, Any]) -> dict[str, Any]:
                 raise _refuse("thinking.budget_tokens", "must be a positive integer")
             out["reasoning_effort"] = ("low" if budget < _MEDIUM_FROM
                                        else "medium" if budget < _HIGH_FROM else "high")
-        elif kind == "disabled":
+        elif kind in ("disabled", "adaptive"):
             _onlyKeys(thinking, {"type"}, "thinking")
         else:
-            raise _refuse("thinking.type", "must be enabled or disabled")
+            raise _refuse("thinking.type", "must be enabled, adaptive or disabled")
     return out
 
 
@@ -1233,6 +1252,7 @@ class ChunksToMessages:
         self._tools: dict[int, int] = {}
         self._stopReason: str | None = None
         self._usage: dict[str, Any] | None = None
+        self._refused = False
         self._done = False
 
     def chunk(self, doc: dict[str, Any]) -> bytes:
@@ -1316,14 +1336,17 @@ class ChunksToMessages:
         reasoning = delta.get("reasoning_content")
         if isinstance(reasoning, str) and reasoning:
             if self._open != "thinking":
-                self._startBlock("thinking", {"type": "thinking", "thinking": "", "signature": ""},
-                            out)
+                self._startBlock("thinking",
+                                 {"type": "thinking", "thinking": "", "signature": ""}, out)
             self._blockDelta({"type": "thinking_delta", "thinking": reasoning}, out)
-        text = delta.get("content")
-        if isinstance(text, str) and text:
-            if self._open != "text":
-                self._startBlock("text", {"type": "text", "text": ""}, out)
-            self._blockDelta({"type": "text_delta", "text": text}, out)
+        for field in ("content", "refusal"):
+            text = delta.get(field)
+            if isinstance(text, str) and text:
+                if field == "refusal":
+                    self._refused = True
+                if self._open != "text":
+                    self._startBlock("text", {"type": "text", "text": ""}, out)
+                self._blockDelta({"type": "text_delta", "text": text}, out)
         for call in delta.get("tool_calls") or []:
             if not isinstance(call, dict):
                 raise StreamError("the upstream sent a tool call that is not an object")
@@ -1360,7 +1383,8 @@ class ChunksToMessages:
         else:
             counts = {"output_tokens": 0}
         out.append(encodeEvent({"type": "message_delta",
-                                "delta": {"stop_reason": self._stopReason,
+                                "delta": {"stop_reason": "refusal" if self._refused
+                                          else self._stopReason,
                                           "stop_sequence": None},
                                 "usage": counts}, event="message_delta"))
         out.append(encodeEvent({"type": "message_stop"}, event="message_stop"))
