@@ -183,7 +183,7 @@ class ChatToMessagesTests(SynchronousTestCase):
         """
         Values outside what Anthropic takes are refused, naming the field.
         """
-        cases = [
+        cases: list[tuple[dict[str, Any], str]] = [
             ({"temperature": 1.5}, "temperature"),
             ({"max_tokens": 0}, "max_tokens"),
             ({"max_completion_tokens": "10"}, "max_completion_tokens"),
@@ -573,7 +573,7 @@ class MessagesToChatTests(SynchronousTestCase):
         What OpenAI chat cannot say is refused naming its path.
         """
         image = {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}
-        cases = [
+        cases: list[tuple[dict[str, Any], str]] = [
             ({"top_k": 5}, "top_k"),
             ({"container": "container_1"}, "container"),
             ({"mcp_servers": [{"type": "url", "url": "https://mcp", "name": "x"}]},
@@ -607,7 +607,7 @@ class MessagesToChatTests(SynchronousTestCase):
         """
         A request of the wrong shape is refused naming the path at fault.
         """
-        cases = [
+        cases: list[tuple[dict[str, Any], str]] = [
             ({"max_tokens": None}, "max_tokens"),
             ({"max_tokens": "100"}, "max_tokens"),
             ({"max_tokens": True}, "max_tokens"),

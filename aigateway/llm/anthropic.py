@@ -146,7 +146,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 from aigateway.llm.sse import Event, SSEParser
 from aigateway.llm.translate import (
@@ -243,11 +243,11 @@ _MESSAGES_FIELDS = frozenset([
 
 # -- small checks ------------------------------------------------------------
 
-def _isInt(value: object) -> bool:
+def _isInt(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _isNumber(value: object) -> bool:
+def _isNumber(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -278,6 +278,10 @@ def _onlyKeys(doc: dict[str, Any], allowed: frozenset[str] | set[str], path: str
         if key not in allowed:
             raise _refuse(f"{path}.{key}" if path else key,
                           "is not supported by this backend")
+
+
+def _count(value: object) -> int:
+    return value if _isInt(value) else 0
 
 
 def _compact(value: object) -> str:
@@ -604,8 +608,7 @@ def _usageFromAnthropic(native: dict[str, Any]) -> dict[str, Any]:
     OpenAI's usage for Anthropic's counts.
     """
     def count(name: str) -> int:
-        value = native.get(name)
-        return value if _isInt(value) else 0
+        return _count(native.get(name))
 
     cacheRead = native.get("cache_read_input_tokens")
     prompt = count("input_tokens") + count("cache_read_input_tokens") + count(
@@ -837,7 +840,7 @@ class MessagesStream:
     def _blockDelta(self, data: dict[str, Any], out: list[dict[str, Any]]) -> None:
         index = data.get("index")
         delta = data.get("delta")
-        if not isinstance(delta, dict) or index not in self._blocks:
+        if not isinstance(delta, dict) or not _isInt(index) or index not in self._blocks:
             raise StreamError("the upstream sent a delta for a block it did not start")
         kind, toolIndex = self._blocks[index]
         deltaType = delta.get("type")
@@ -1163,17 +1166,13 @@ def _messageId(completionId: object) -> str:
 
 def _usageToAnthropic(openAI: object) -> dict[str, Any]:
     doc = openAI if isinstance(openAI, dict) else {}
-    prompt = doc.get("prompt_tokens")
-    output = doc.get("completion_tokens")
     details = doc.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    cached = cached if _isInt(cached) else 0
-    prompt = prompt if _isInt(prompt) else 0
+    cached = _count(details.get("cached_tokens") if isinstance(details, dict) else None)
     return {
-        "input_tokens": max(prompt - cached, 0),
+        "input_tokens": max(_count(doc.get("prompt_tokens")) - cached, 0),
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": cached,
-        "output_tokens": output if _isInt(output) else 0,
+        "output_tokens": _count(doc.get("completion_tokens")),
     }
 
 
