@@ -853,6 +853,44 @@ def _chatRequests(draw: st.DrawFn) -> dict[str, Any]:
     return request
 
 
+@st.composite
+def _messagesRequests(draw: st.DrawFn) -> dict[str, Any]:
+    """
+    Messages requests that both APIs can express: alternating text turns,
+    a system text, sampling fields, tools and a thinking budget.
+    """
+    turns = draw(st.integers(1, 5))
+    request: dict[str, Any] = {
+        "model": "m",
+        "max_tokens": draw(st.integers(16385, 100000)),
+        "messages": [{"role": "user" if i % 2 == 0 else "assistant", "content": draw(_text)}
+                     for i in range(turns)],
+    }
+    if draw(st.booleans()):
+        request["system"] = draw(_text)
+    if draw(st.booleans()):
+        request["temperature"] = draw(st.floats(0, 1))
+    if draw(st.booleans()):
+        request["stop_sequences"] = draw(st.lists(_text, min_size=1, max_size=3))
+    if draw(st.booleans()):
+        request["metadata"] = {"user_id": draw(_text)}
+    if draw(st.booleans()):
+        request["thinking"] = {"type": "enabled",
+                               "budget_tokens": draw(st.sampled_from([1024, 4096, 16384]))}
+    if draw(st.booleans()):
+        request["tools"] = [{"name": name, "description": draw(_text),
+                             "input_schema": {"type": "object"}}
+                            for name in draw(st.lists(st.sampled_from(["a", "b"]), min_size=1,
+                                                      max_size=2, unique=True))]
+        choice: dict[str, Any] = {"type": draw(st.sampled_from(["auto", "any", "tool"]))}
+        if choice["type"] == "tool":
+            choice["name"] = request["tools"][0]["name"]
+        if draw(st.booleans()):
+            choice["disable_parallel_tool_use"] = True
+        request["tool_choice"] = choice
+    return request
+
+
 class RoundTripTests(SynchronousTestCase):
     """
     What both APIs can express survives a trip through the other one.
@@ -869,6 +907,19 @@ class RoundTripTests(SynchronousTestCase):
         for message in back["messages"]:
             if isinstance(message["content"], list):
                 message["content"] = "".join(part["text"] for part in message["content"])
+        self.assertEqual(back, request)
+
+    @settings(max_examples=200, deadline=None)
+    @given(_messagesRequests())
+    def test_messagesThroughChat(self, request: dict[str, Any]) -> None:
+        """
+        A Messages request read at the door and sent to an Anthropic
+        backend asks the same.
+        """
+        back = chatToMessages(messagesToChat(request), model="m", defaultMaxTokens=10)
+        for message in back["messages"]:
+            if message["role"] == "assistant":
+                message["content"] = "".join(block["text"] for block in message["content"])
         self.assertEqual(back, request)
 
     def test_streamThroughDoor(self) -> None:

@@ -277,7 +277,7 @@ def _onlyKeys(doc: dict[str, Any], allowed: frozenset[str] | set[str], path: str
     for key in doc:
         if key not in allowed:
             raise _refuse(f"{path}.{key}" if path else key,
-                          "is not supported by this backend")
+                          "is not a field this gateway can translate")
 
 
 def _count(value: object) -> int:
