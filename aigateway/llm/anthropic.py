@@ -79,9 +79,9 @@ L{MessagesStream}):
     skipped;
   - stop reasons: C{end_turn} and C{stop_sequence} are C{stop},
     C{max_tokens} and C{model_context_window_exceeded} are C{length},
-    C{tool_use} is C{tool_calls}, C{refusal} is C{content_filter}, and
+    C{tool_use} is C{tool_calls}, C{refusal} is C{content_filter},
     C{pause_turn} (the answer is not finished and can be continued) is
-    C{length}, and a stop reason this module does not know is C{stop};
+    C{length}; a stop reason this module does not know is C{stop};
   - usage: C{prompt_tokens} = C{input_tokens} + C{cache_read_input_tokens}
     + C{cache_creation_input_tokens}, C{cached_tokens} =
     C{cache_read_input_tokens} (when reported), C{completion_tokens} =
@@ -673,6 +673,8 @@ class MessagesStream:
     Translates an Anthropic Messages stream (SSE bytes, cut anywhere) into
     OpenAI C{chat.completion.chunk} documents.
 
+    @ivar model: the model named in chunks until the upstream names its own.
+    @ivar created: every chunk's C{created} time.
     @ivar responseId: the message id from C{message_start}, or L{None}.
     @ivar responseModel: the model from C{message_start}, or L{None}.
     @ivar usage: OpenAI's usage for the counts read so far (final once the
@@ -1237,6 +1239,8 @@ class ChunksToMessages:
     C{message_delta} and C{message_stop}.  The usage comes last in OpenAI
     streams, after the finish reason, so C{message_delta} waits for it (or
     for L{end}).
+
+    @ivar model: the model named in C{message_start}.
     """
 
     def __init__(self, model: str) -> None:
