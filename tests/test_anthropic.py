@@ -62,6 +62,22 @@ def _door(chunks: list[dict[str, Any]], model: str = "claude-sonnet-4-5") -> byt
     return b"".join(door.chunk(doc) for doc in chunks) + door.end()
 
 
+def _answering(body: bytes) -> Any:
+    """
+    An HTTP client for the official SDKs that answers every request with
+    C{body} as an event stream, in memory.
+    """
+    try:
+        import httpx2 as httpx
+    except ImportError:
+        import httpx  # type: ignore[no-redef]
+
+    def handler(request: Any) -> Any:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    return httpx.Client(transport=httpx.MockTransport(handler))
+
+
 def _chat(**fields: Any) -> dict[str, Any]:
     request: dict[str, Any] = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]}
     request.update(fields)
@@ -445,19 +461,13 @@ class MessagesStreamTests(SynchronousTestCase):
         answer with the tool calls assembled.
         """
         try:
-            import httpx2
             import openai
         except ImportError:
-            raise self.skipTest("the openai SDK over httpx2 is not installed")
+            raise self.skipTest("the openai SDK is not installed")
         chunks = _translate([_raw("stream_tool_call.sse")])
         body = b"".join(encodeEvent(c) for c in chunks) + b"data: [DONE]\n\n"
-
-        def handler(request: Any) -> Any:
-            return httpx2.Response(200, headers={"content-type": "text/event-stream"},
-                                   content=body)
-
         client = openai.OpenAI(api_key="test", base_url="http://gateway/v1",
-                               http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))
+                               http_client=_answering(body))
         with client.chat.completions.stream(
                 model="claude", messages=[{"role": "user", "content": "hi"}]) as stream:
             final = stream.get_final_completion()
@@ -773,18 +783,10 @@ class ChunksToMessagesTests(SynchronousTestCase):
         """
         try:
             import anthropic
-            import httpx2
         except ImportError:
-            raise self.skipTest("the anthropic SDK over httpx2 is not installed")
-        body = _door(_json("door_stream_tool_call"))
-
-        def handler(request: Any) -> Any:
-            return httpx2.Response(200, headers={"content-type": "text/event-stream"},
-                                   content=body)
-
-        client = anthropic.Anthropic(
-            api_key="test", base_url="http://gateway",
-            http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))
+            raise self.skipTest("the anthropic SDK is not installed")
+        client = anthropic.Anthropic(api_key="test", base_url="http://gateway",
+                                     http_client=_answering(_door(_json("door_stream_tool_call"))))
         with client.messages.stream(model="claude-sonnet-4-5", max_tokens=100,
                                     messages=[{"role": "user", "content": "hi"}]) as stream:
             message = stream.get_final_message()
