@@ -32,6 +32,10 @@ backends:
     provider: gemini
     url: http://fake
     authToken: {{value: {KEY}}}
+  claude:
+    provider: anthropic
+    url: http://fake
+    authToken: {{value: {KEY}}}
   bedrock:
     provider: bedrock
     region: us-east-1
@@ -41,6 +45,7 @@ routes:
   - {{name: openai, match: {{pathPrefix: /openai}}, backend: openai}}
   - {{name: azure, match: {{pathPrefix: /azure}}, backend: azure}}
   - {{name: gemini, match: {{pathPrefix: /gemini}}, backend: gemini}}
+  - {{name: claude, match: {{pathPrefix: /claude}}, backend: claude}}
   - {{name: bedrock, match: {{pathPrefix: /bedrock}}, backend: bedrock}}
 """
 
@@ -50,6 +55,7 @@ PROVIDERS = {
     "openai": ("/openai", "gpt-4o-mini", "authorization", "openai"),
     "azure": ("/azure", "gpt-4o-mini", "api-key", "azure.ai.openai"),
     "gemini": ("/gemini", "gemini-2.5-flash", "x-goog-api-key", "gcp.gemini"),
+    "anthropic": ("/claude", "claude-sonnet-4-5", "x-api-key", "anthropic"),
     "bedrock": ("/bedrock", "claude", None, "aws.bedrock"),
 }
 
@@ -255,11 +261,11 @@ class ProviderChatTests(SynchronousTestCase):
                 response, body = self.gateway.post(
                     self, prefix + "/v1/chat/completions", _chat(model, stream=True),
                     {"x-fakellm-stream-error": "overloaded", "x-fakellm-chunks": "2"},
-                    broken=name in ("gemini", "bedrock"))
+                    broken=name in ("gemini", "bedrock", "anthropic"))
                 self.assertEqual(response.code, 200)
                 self.assertNotIn(b"[DONE]", body)
                 self.assertIn("error", _events(body)[-1])
-                if name in ("gemini", "bedrock"):
+                if name in ("gemini", "bedrock", "anthropic"):
                     self.assertIn(b"event: error", body)
 
     def test_models(self) -> None:
@@ -312,7 +318,8 @@ class ProviderRefusalTests(SynchronousTestCase):
         """
         A field the provider has no equivalent for is named in the 400.
         """
-        for prefix, model in (("/gemini", "gemini-2.5-flash"), ("/bedrock", "claude")):
+        for prefix, model in (("/gemini", "gemini-2.5-flash"), ("/bedrock", "claude"),
+                              ("/claude", "claude-sonnet-4-5")):
             for field, value in (("n", 2), ("logprobs", True), ("logit_bias", {"1": 2}),
                                  ("no_such_field", 1)):
                 with self.subTest(prefix=prefix, field=field):
@@ -324,9 +331,175 @@ class ProviderRefusalTests(SynchronousTestCase):
         OpenAI endpoints a provider does not have are refused, naming the
         provider.
         """
-        for prefix, kind in (("/gemini", "gemini"), ("/bedrock", "bedrock")):
+        for prefix, kind in (("/gemini", "gemini"), ("/bedrock", "bedrock"), ("/claude", "anthropic")):
             for path in ("/v1/embeddings", "/v1/responses", "/v1/completions"):
                 with self.subTest(prefix=prefix, path=path):
                     error = self.refused(prefix, {"model": "m", "input": "x"}, path)
                     self.assertIn(kind, error["message"])
                     self.assertIn(path, error["message"])
+
+
+def _messages(model: str, **fields: Any) -> dict[str, Any]:
+    return dict({"model": model, "max_tokens": 100, "system": "Be brief.",
+                 "messages": [{"role": "user", "content": "Say a line of a sonnet."}]}, **fields)
+
+
+_ANTHROPIC_TOOLS = [{"name": "count", "description": "Count words.",
+                     "input_schema": {"type": "object", "properties": {"words": {"type": "integer"}}}}]
+
+
+def _anthropicEvents(body: bytes) -> list[tuple[str, dict]]:
+    out = []
+    for block in body.split(b"\n\n"):
+        name = data = None
+        for line in block.split(b"\n"):
+            if line.startswith(b"event: "):
+                name = line[7:].decode()
+            elif line.startswith(b"data: "):
+                data = json.loads(line[6:])
+        if name is not None and data is not None:
+            out.append((name, data))
+    return out
+
+
+class DoorTests(SynchronousTestCase):
+    """
+    Anthropic's Messages API at C{/v1/messages}: native to an anthropic
+    backend, translated for every other.
+    """
+
+    def setUp(self) -> None:
+        self.gateway = _gateway()
+
+    def each(self):
+        for name, (prefix, model, _, _) in PROVIDERS.items():
+            yield name, prefix, model
+
+    def test_plain(self) -> None:
+        """
+        A Messages request gets an Anthropic message: text blocks,
+        end_turn, input and output tokens.
+        """
+        for name, prefix, model in self.each():
+            with self.subTest(provider=name):
+                response, body = self.gateway.post(self, prefix + "/v1/messages", _messages(model),
+                                                   {"x-fakellm-chunks": "4"})
+                self.assertEqual(response.code, 200, body)
+                message = json.loads(body)
+                self.assertEqual((message["type"], message["role"]), ("message", "assistant"))
+                self.assertEqual(message["stop_reason"], "end_turn")
+                text = "".join(b["text"] for b in message["content"] if b["type"] == "text")
+                self.assertEqual(text.split(), ["Shall", "I", "compare", "thee"])
+                self.assertEqual(message["usage"]["output_tokens"], 4)
+                self.assertGreater(message["usage"]["input_tokens"], 0)
+
+    def test_stream(self) -> None:
+        """
+        A streamed Messages request gets Anthropic's event sequence, from
+        message_start to message_stop, with the usage in message_delta.
+        """
+        for name, prefix, model in self.each():
+            with self.subTest(provider=name):
+                response, body = self.gateway.post(self, prefix + "/v1/messages",
+                                                   _messages(model, stream=True),
+                                                   {"x-fakellm-chunks": "3"})
+                self.assertEqual(response.code, 200, body)
+                events = _anthropicEvents(body)
+                names = [n for n, _ in events if n != "ping"]
+                self.assertEqual(names[0], "message_start")
+                self.assertEqual(names[1], "content_block_start")
+                self.assertEqual(names[-3:], ["content_block_stop", "message_delta", "message_stop"])
+                text = "".join(d["delta"].get("text", "") for n, d in events
+                               if n == "content_block_delta")
+                self.assertEqual(text.split(), ["Shall", "I", "compare"])
+                delta = [d for n, d in events if n == "message_delta"][0]
+                self.assertEqual(delta["delta"]["stop_reason"], "end_turn")
+                self.assertEqual(delta["usage"]["output_tokens"], 3)
+
+    def test_toolUse(self) -> None:
+        """
+        A tool call reaches an Anthropic client as a tool_use block, its
+        input whole, plain and streamed.
+        """
+        for name, prefix, model in self.each():
+            with self.subTest(provider=name):
+                headers = {"x-fakellm-tool-call": "count", "x-fakellm-chunks": "6"}
+                response, body = self.gateway.post(
+                    self, prefix + "/v1/messages", _messages(model, tools=_ANTHROPIC_TOOLS), headers)
+                self.assertEqual(response.code, 200, body)
+                message = json.loads(body)
+                self.assertEqual(message["stop_reason"], "tool_use")
+                [use] = [b for b in message["content"] if b["type"] == "tool_use"]
+                self.assertEqual((use["name"], use["input"]), ("count", {"words": 6}))
+                response, body = self.gateway.post(
+                    self, prefix + "/v1/messages",
+                    _messages(model, tools=_ANTHROPIC_TOOLS, stream=True), headers)
+                events = _anthropicEvents(body)
+                starts = [d for n, d in events if n == "content_block_start"
+                          and d["content_block"]["type"] == "tool_use"]
+                self.assertEqual(len(starts), 1)
+                partial = "".join(d["delta"]["partial_json"] for n, d in events
+                                  if n == "content_block_delta" and d["delta"]["type"] == "input_json_delta")
+                self.assertEqual(json.loads(partial), {"words": 6})
+
+    def test_errors(self) -> None:
+        """
+        Upstream errors and the gateway's own reach a door client in
+        Anthropic's error shape.
+        """
+        for name, prefix, model in self.each():
+            with self.subTest(provider=name):
+                response, body = self.gateway.post(self, prefix + "/v1/messages", _messages(model),
+                                                   {"x-fakellm-status": "429"})
+                self.assertEqual(response.code, 429, body)
+                error = json.loads(body)
+                self.assertEqual(error["type"], "error")
+                self.assertEqual(error["error"]["type"], "rate_limit_error")
+                response, body = self.gateway.post(self, prefix + "/v1/messages", b'{"model": 1}')
+                self.assertEqual(response.code, 400, body)
+                self.assertEqual(json.loads(body)["error"]["type"], "invalid_request_error")
+
+    def test_overloaded(self) -> None:
+        """
+        Anthropic's 529 overloaded is a 503 for an OpenAI client, and stays
+        Anthropic's own for a door client.
+        """
+        response, body = self.gateway.post(self, "/claude/v1/chat/completions",
+                                           _chat("claude-sonnet-4-5"), {"x-fakellm-status": "529"})
+        self.assertEqual(response.code, 503, body)
+        self.assertIn("message", json.loads(body)["error"])
+        response, body = self.gateway.post(self, "/claude/v1/messages", _messages("claude-sonnet-4-5"),
+                                           {"x-fakellm-status": "529"})
+        self.assertEqual(json.loads(body)["error"]["type"], "overloaded_error")
+
+    def test_nativePassThrough(self) -> None:
+        """
+        To an anthropic backend the door's request goes as it came, with
+        the backend's key in x-api-key, and the usage is still read.
+        """
+        request = _messages("claude-sonnet-4-5", stream=True)
+        self.gateway.post(self, "/claude/v1/messages", request, {"x-fakellm-chunks": "3"})
+        seen = self.gateway.fakellm.requests[-1]
+        self.assertEqual(seen.path, "/v1/messages")
+        self.assertEqual(json.loads(seen.body), request)
+        self.assertEqual(seen.headers["x-api-key"], KEY)
+        self.assertEqual(seen.headers["anthropic-version"], "2023-06-01")
+        self.gateway.clock.advance(1)
+        from prometheus_client import generate_latest
+
+        text = generate_latest(self.gateway.metrics.registry).decode()
+        self.assertIn('gen_ai_token_type="output"', text)
+
+    def test_countTokens(self) -> None:
+        """
+        count_tokens is passed through to anthropic backends and refused,
+        in Anthropic's shape, elsewhere.
+        """
+        body = {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "two words"}]}
+        response, answer = self.gateway.post(self, "/claude/v1/messages/count_tokens", body)
+        self.assertEqual(response.code, 200, answer)
+        self.assertIn("input_tokens", json.loads(answer))
+        response, answer = self.gateway.post(self, "/openai/v1/messages/count_tokens", body)
+        self.assertEqual(response.code, 400, answer)
+        self.assertEqual(json.loads(answer)["type"], "error")
+        self.assertIn("anthropic", json.loads(answer)["error"]["message"])

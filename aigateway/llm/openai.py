@@ -34,9 +34,13 @@ from typing import Any
 
 from aigateway.config import Backend
 from aigateway.llm.provider import (
+    COUNT_TOKENS,
+    DOOR,
+    OpenAIReader,
     Provider,
     ProviderError,
     UpstreamCall,
+    Writer,
     canonicalEndpoint,
     chatParameters,
     checkMethod,
@@ -100,6 +104,8 @@ class OpenAIProvider(Provider):
     ) -> UpstreamCall:
         path, endpoint = self.upstreamPath(remainder)
         checkMethod(method, endpoint)
+        if endpoint in (DOOR, COUNT_TOKENS):
+            return self.door(method, endpoint, body, now)
         fullPath = path + b"?" + query if query else path
         if method != b"POST":
             return UpstreamCall(method, fullPath, body, modelUnknown=bool(body))
@@ -110,6 +116,31 @@ class OpenAIProvider(Provider):
         if operation is None:
             return UpstreamCall(method, fullPath, body, requestModel=document.get("model"))
         return self.modelCall(method, fullPath, body, document, operation)
+
+    def chatPath(self) -> bytes:
+        """
+        Where chat completions translated from the door go.
+        """
+        return self.basePath + b"/v1/chat/completions"
+
+    def chatCall(self, chat: dict[str, Any], writer: Writer, now: float) -> UpstreamCall:
+        if self.backend.model is not None:
+            chat["model"] = self.backend.model
+        stream = chat.get("stream") is True
+        if stream:
+            askForUsage(chat)
+        return UpstreamCall(
+            b"POST",
+            self.chatPath(),
+            encodeBody(chat),
+            operation="chat",
+            requestModel=chat.get("model"),
+            stream=stream,
+            document=chat,
+            parameters=chatParameters(chat),
+            reader=OpenAIReader(),
+            writer=writer,
+        )
 
     def modelCall(self, method: bytes, path: bytes, body: bytes, document: dict[str, Any],
                   operation: str) -> UpstreamCall:
@@ -168,6 +199,8 @@ class AzureOpenAIProvider(OpenAIProvider):
         checkMethod(method, endpoint)
         if endpoint == b"/v1/models":
             return UpstreamCall(method, b"", b"", local=self._models())
+        if endpoint in (DOOR, COUNT_TOKENS):
+            return self.door(method, endpoint, body, now)
         if endpoint not in _AZURE_DEPLOYMENT:
             raise ProviderError(
                 400, f"the azure-openai backend '{self.backend.name}' serves chat completions, "
@@ -179,6 +212,9 @@ class AzureOpenAIProvider(OpenAIProvider):
         if operation is None:
             return UpstreamCall(method, path, body, requestModel=document.get("model"))
         return self.modelCall(method, path, body, document, operation)
+
+    def chatPath(self) -> bytes:
+        return self.deploymentPath + b"/chat/completions?" + self.apiVersion
 
     def _models(self) -> bytes:
         model = self.backend.model or self.backend.deployment

@@ -28,6 +28,7 @@ from twisted.web.http_headers import Headers
 
 from aigateway.config import Backend
 from aigateway.llm.body import BodyError, readJSONObject
+from aigateway.llm.messages import ChunksToMessages, completionToMessage, errorToAnthropic, messagesToChat
 from aigateway.llm.sse import SSEParser
 from aigateway.llm.translate import (
     StreamError,
@@ -225,6 +226,21 @@ def canonicalEndpoint(remainder: bytes) -> bytes:
     return endpoint if endpoint in _METHODS else rest
 
 
+DOOR = b"/v1/messages"
+COUNT_TOKENS = b"/v1/messages/count_tokens"
+
+
+def clientAPI(remainder: bytes) -> str:
+    """
+    The API a client speaks, from the path after the route's prefix:
+    C{anthropic} at the C{/v1/messages} door, C{openai} everywhere else.
+    """
+    if remainder[-9:].lower() == b"/messages" or remainder[-22:].lower() == b"/messages/count_tokens":
+        if canonicalEndpoint(remainder).lower() in (DOOR, COUNT_TOKENS):
+            return "anthropic"
+    return "openai"
+
+
 def checkMethod(method: bytes, endpoint: bytes) -> None:
     """
     Refuse a method the endpoint does not take, with a 405 and C{Allow}.
@@ -328,6 +344,28 @@ class Provider:
             takes.
         """
         raise NotImplementedError()
+
+    def chatCall(self, chat: dict[str, Any], writer: Writer, now: float) -> UpstreamCall:
+        """
+        The upstream call for an OpenAI chat request (perhaps translated
+        from the door), its answer written by C{writer}.
+        """
+        raise NotImplementedError()
+
+    def door(self, method: bytes, endpoint: bytes, body: bytes, now: float) -> UpstreamCall:
+        """
+        The call for the C{/v1/messages} door: an Anthropic client's
+        request, translated to OpenAI chat and then to the provider.
+        """
+        if endpoint == COUNT_TOKENS:
+            raise ProviderError(400, f"counting tokens is served by anthropic backends; backend "
+                                f"'{self.backend.name}' is {self.kind}", "unsupported_endpoint")
+        document = readBody(body)
+        try:
+            chat = messagesToChat(document)
+        except TranslationError as e:
+            raise ProviderError(400, f"{e.param}: {e.message}", e.code) from None
+        return self.chatCall(chat, AnthropicWriter(), now)
 
     def sign(self, method: bytes, url: bytes, headers: Headers, body: bytes) -> None:
         """
@@ -454,6 +492,47 @@ class OpenAIWriter:
             UpstreamError(502, message, "upstream_error", "upstream_stream_error")) + b"\n\n"
 
 
+class AnthropicWriter:
+    """
+    Writes answers for a client at the C{/v1/messages} door, in the
+    Messages API.
+    """
+
+    def plain(self, completion: dict[str, Any]) -> bytes:
+        return json.dumps(completionToMessage(completion), separators=(",", ":"),
+                          ensure_ascii=False).encode("utf-8")
+
+    def stream(self) -> ClientStream:
+        return _MessagesClientStream()
+
+    def error(self, status: int, message: str, type: str, code: str | None) -> bytes:
+        return errorToAnthropic(status, message)
+
+    def streamError(self, message: str) -> bytes:
+        return b"event: error\ndata: " + errorToAnthropic(502, message) + b"\n\n"
+
+
+class _MessagesClientStream:
+    """
+    The Messages stream for chunks, its model the one the first chunk
+    names.
+    """
+
+    def __init__(self) -> None:
+        self._stream: ChunksToMessages | None = None
+
+    def chunk(self, document: dict[str, Any]) -> bytes:
+        if self._stream is None:
+            model = document.get("model")
+            self._stream = ChunksToMessages(model if isinstance(model, str) else "")
+        return self._stream.chunk(document)
+
+    def end(self) -> bytes:
+        if self._stream is None:
+            raise StreamError("the upstream's stream ended before its first event")
+        return self._stream.end()
+
+
 class TranslatingProvider(Provider):
     """
     A provider whose API is not OpenAI's: chat completions are translated
@@ -470,6 +549,8 @@ class TranslatingProvider(Provider):
         checkMethod(method, endpoint)
         if endpoint == b"/v1/models":
             return self.models(method)
+        if endpoint in (DOOR, COUNT_TOKENS):
+            return self.door(method, endpoint, body, now)
         if endpoint != b"/v1/chat/completions" or method != b"POST":
             raise ProviderError(
                 400, f"the {self.kind} backend '{self.backend.name}' serves chat completions "

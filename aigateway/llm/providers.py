@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from aigateway.config import Backend
+from aigateway.llm.anthropic import AnthropicProvider
 from aigateway.llm.bedrock import BedrockProvider
 from aigateway.llm.gemini import GeminiProvider
 from aigateway.llm.openai import AzureOpenAIProvider, OpenAIProvider
@@ -16,6 +17,7 @@ __all__ = ["providerFor"]
 
 _CLASSES: dict[str, type] = {
     "openai": OpenAIProvider,
+    "anthropic": AnthropicProvider,
     "azure-openai": AzureOpenAIProvider,
     "gemini": GeminiProvider,
 }

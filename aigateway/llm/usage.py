@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Callable
 
 from aigateway.llm.sse import SSEParser
+from aigateway.llm.translate import StreamError
 
 __all__ = ["AnswerObserver", "MAX_OBSERVED_BODY"]
 
@@ -34,6 +36,8 @@ class AnswerObserver:
     Collects what an answer reports, from a stream or from a whole body.
 
     @ivar capture: whether to keep the answer's text.
+    @ivar translate: turns a whole answer in the provider's API into a
+        chat completion, when the answer is not in OpenAI's.
     """
 
     def __init__(self, stream: bool, capture: bool = False) -> None:
@@ -45,6 +49,7 @@ class AnswerObserver:
         self.inputTokens: int | None = None
         self.outputTokens: int | None = None
         self.text: list[str] = []
+        self.translate: Callable[[dict], dict] | None = None
         self._parser = SSEParser() if stream else None
         self._body: list[bytes] | None = None if stream else []
         self._size = 0
@@ -92,6 +97,13 @@ class AnswerObserver:
         except ValueError:
             return
         if isinstance(document, dict):
+            if self.translate is not None:
+                try:
+                    document = self.translate(document)
+                except (ValueError, TypeError, KeyError, StreamError):
+                    # An answer that cannot be read in the common form
+                    # says nothing about usage; the client has it as is.
+                    return
             self.document(document)
 
     def document(self, document: dict) -> None:

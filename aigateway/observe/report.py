@@ -60,12 +60,15 @@ class Exchange:
 
     @ivar reason: why the gateway refused or failed the request, in words.
     @ivar errorCode: the short code of that reason.
+    @ivar api: the API the client speaks (C{openai}, or C{anthropic} at the
+        C{/v1/messages} door), which its error answers are written in.
     """
 
     started: float
     method: str
     path: str
     route: str | None = None
+    api: str = "openai"
     status: int = 0
     reason: str | None = None
     errorCode: str | None = None

@@ -1,6 +1,8 @@
 """
 Error answers in the OpenAI error envelope, so SDKs show them as they
-show the provider's own: C{{"error": {"message", "type", "code"}}}.
+show the provider's own: C{{"error": {"message", "type", "code"}}}; at the
+C{/v1/messages} door, in Anthropic's (C{{"type": "error", "error": {"type",
+"message"}}}), which Anthropic clients read.
 
 A stage that refuses a request does so with L{refuse} (or returns an
 L{ErrorResource}), which also writes why on the request's record, so the
@@ -16,6 +18,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from aigateway.llm.messages import errorToAnthropic
 from aigateway.observe.record import IExchange
 
 __all__ = ["ErrorResource", "errorBody", "finishWith", "refuse", "writeError"]
@@ -88,6 +91,9 @@ def refuse(
     if exchange is not None:
         exchange.reason = message
         exchange.errorCode = code
+        if exchange.api == "anthropic":
+            writeError(request, status, message, code, headers)
+            return errorToAnthropic(status, message)
     return writeError(request, status, message, code, headers)
 
 

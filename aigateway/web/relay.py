@@ -336,7 +336,10 @@ class _Relay:
             self.observer = None
         if self.observer is not None and call.reader is not None and call.writer is None:
             # Passed on as it comes, and read in the common form for usage.
-            self._hub = call.reader.stream() if self.stream else None
+            if self.stream:
+                self._hub = call.reader.stream()
+            else:
+                self.observer.translate = call.reader.plain
         response.deliverBody(_BodyRelay(self))
 
     def _passHead(self, response: IResponse) -> None:
@@ -435,16 +438,32 @@ class _Relay:
             return
         self._writeDocuments(documents)
 
-    def _writeDocuments(self, documents: list) -> None:
+    def _writeDocuments(self, documents: list, last: bool = False) -> bool:
+        """
+        Write chunk documents in the client's API (and, with C{last}, the
+        stream's end).
+
+        @return: whether the stream can go on.
+        """
         out = self._out
         assert out is not None
         observer = self.observer
         pieces = []
-        for document in documents:
-            if observer is not None:
-                observer.document(document)
-            pieces.append(out.chunk(document))
-        written = b"".join(pieces)
+        try:
+            for document in documents:
+                if observer is not None:
+                    observer.document(document)
+                pieces.append(out.chunk(document))
+            if last:
+                pieces.append(out.end())
+        except StreamError as e:
+            self._writeOut(b"".join(pieces))
+            self._translationBroke(e.message)
+            return False
+        self._writeOut(b"".join(pieces))
+        return True
+
+    def _writeOut(self, written: bytes) -> None:
         if written:
             self.exchange.bytesOut += len(written)
             self.request.write(written)
@@ -477,8 +496,8 @@ class _Relay:
                 except StreamError as e:
                     self._translationBroke(e.message)
                     return
-                self._writeDocuments(documents)
-                self.request.write(self._out.end())
+                if not self._writeDocuments(documents, last=True):
+                    return
             elif self._filter is not None:
                 rest = self._filter.end()
                 if rest:

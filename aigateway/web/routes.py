@@ -21,6 +21,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource, getChildForRequest
 
 from aigateway.config import Match, Route
+from aigateway.llm.provider import clientAPI
 from aigateway.observe.record import IExchange
 from aigateway.observe.report import Exchange, Telemetry
 from aigateway.web.errors import refuse
@@ -122,6 +123,8 @@ class RouteTable(Resource):
         segments = path[1:].split(b"/")
         depth = self._depth[route.name]
         request.prepath, request.postpath = segments[:depth], segments[depth:]
+        if route.match.pathPrefix is not None:
+            exchange.api = clientAPI(path[len(b"/".join(request.prepath)) + 1:])
         return renderChild(resource, request)
 
     def _finished(self, result: object, request: IRequest, exchange: Exchange) -> None:

@@ -1,5 +1,5 @@
 """
-Tests for L{aigateway.llm.anthropic}: OpenAI chat and Anthropic Messages,
+Tests for L{aigateway.llm.messages}: OpenAI chat and Anthropic Messages,
 translated both ways, on golden fixtures written from both APIs' references.
 """
 
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from aigateway.llm.anthropic import (
+from aigateway.llm.messages import (
     ChunksToMessages,
     MessagesStream,
     chatToMessages,
