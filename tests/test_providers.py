@@ -503,3 +503,71 @@ class DoorTests(SynchronousTestCase):
         self.assertEqual(response.code, 400, answer)
         self.assertEqual(json.loads(answer)["type"], "error")
         self.assertIn("anthropic", json.loads(answer)["error"]["message"])
+
+
+class EveryFeatureTests(SynchronousTestCase):
+    """
+    What the gateway does on one provider it does on every one: rules on
+    the provider, token limits charged with the translated usage, a
+    missing AWS credential named.
+    """
+
+    def test_ruleOnProvider(self) -> None:
+        """
+        A rule on C{llm.provider} sees the provider as the configuration
+        names it.
+        """
+        config = CONFIG + "authorization:\n  rules:\n    - deny: 'llm.provider == \"gemini\"'\n"
+        gateway = MemoryGateway(config, key=KEY, environ=AWS)
+        self.assertEqual(gateway.post(self, "/gemini/v1/chat/completions",
+                                      _chat("gemini-2.5-flash"))[0].code, 403)
+        self.assertEqual(gateway.post(self, "/claude/v1/chat/completions",
+                                      _chat("claude-sonnet-4-5"))[0].code, 200)
+
+    def test_tokenLimit(self) -> None:
+        """
+        A token budget is charged with each provider's real usage, read
+        from the translated answer, streamed or not.
+        """
+        for name, (prefix, model, _, _) in PROVIDERS.items():
+            with self.subTest(provider=name):
+                config = CONFIG.replace(
+                    f"match: {{pathPrefix: {prefix}}}, backend:",
+                    f"rateLimits: [{{key: route.name, tokens: {{limit: 30, per: 1m}}}}], "
+                    f"match: {{pathPrefix: {prefix}}}, backend:")
+                gateway = MemoryGateway(config, key=KEY, environ=AWS)
+                headers = {"x-fakellm-chunks": "25"}
+                self.assertEqual(gateway.post(self, prefix + "/v1/chat/completions",
+                                              _chat(model, stream=True), headers)[0].code, 200)
+                response, body = gateway.post(self, prefix + "/v1/chat/completions", _chat(model),
+                                              headers)
+                self.assertEqual(response.code, 429, body)
+
+    def test_noAWSCredentials(self) -> None:
+        """
+        A Bedrock backend without AWS credentials answers 503 naming what
+        to set, and sends nothing.
+        """
+        gateway = MemoryGateway(CONFIG, key=KEY, environ={})
+        response, body = gateway.post(self, "/bedrock/v1/chat/completions", _chat("claude"))
+        self.assertEqual(response.code, 503, body)
+        self.assertIn("AWS_ACCESS_KEY_ID", json.loads(body)["error"]["message"])
+        self.assertEqual(len(gateway.fakellm.requests), 0)
+
+    def test_withoutBotocore(self) -> None:
+        """
+        Without botocore, a Bedrock backend says which extra to install.
+        """
+        import sys
+
+        saved = {name: module for name, module in sys.modules.items()
+                 if name == "botocore" or name.startswith("botocore.")}
+        for name in saved:
+            sys.modules[name] = None  # type: ignore[assignment]
+        try:
+            gateway = MemoryGateway(CONFIG, key=KEY, environ=AWS)
+        finally:
+            sys.modules.update(saved)
+        response, body = gateway.post(self, "/bedrock/v1/chat/completions", _chat("claude"))
+        self.assertEqual(response.code, 503, body)
+        self.assertIn("aigateway[bedrock]", json.loads(body)["error"]["message"])
