@@ -571,3 +571,36 @@ class EveryFeatureTests(SynchronousTestCase):
         response, body = gateway.post(self, "/bedrock/v1/chat/completions", _chat("claude"))
         self.assertEqual(response.code, 503, body)
         self.assertIn("aigateway[bedrock]", json.loads(body)["error"]["message"])
+
+
+class ResponsesTests(SynchronousTestCase):
+    """
+    The Responses API passes through to OpenAI-style backends, its usage
+    read from plain answers and from streams' C{response.completed}.
+    """
+
+    def test_streamUsageCharged(self) -> None:
+        """
+        A streamed Responses answer's usage is charged to a token budget.
+        """
+        config = CONFIG.replace(
+            "match: {pathPrefix: /openai}, backend:",
+            "rateLimits: [{key: route.name, tokens: {limit: 30, per: 1m}}], "
+            "match: {pathPrefix: /openai}, backend:")
+        gateway = MemoryGateway(config, key=KEY, environ=AWS)
+        request = {"model": "gpt-4o-mini", "input": "Say a line of a sonnet.", "stream": True}
+        response, body = gateway.post(self, "/openai/v1/responses", request, {"x-fakellm-chunks": "25"})
+        self.assertEqual(response.code, 200, body)
+        self.assertIn(b"response.completed", body)
+        response, body = gateway.post(self, "/openai/v1/responses", request)
+        self.assertEqual(response.code, 429, body)
+
+    def test_otherProviders(self) -> None:
+        """
+        To other providers the Responses API is a 400 naming the provider.
+        """
+        gateway = _gateway()
+        for prefix, kind in (("/claude", "anthropic"), ("/gemini", "gemini"), ("/bedrock", "bedrock")):
+            response, body = gateway.post(self, prefix + "/v1/responses", {"model": "m", "input": "x"})
+            self.assertEqual(response.code, 400, body)
+            self.assertIn(kind, json.loads(body)["error"]["message"])
