@@ -49,7 +49,8 @@ from aigateway.web.policy import (
     Rule,
     compileExpression,
 )
-from aigateway.web.relay import RelayResource
+from aigateway.web.balance import Health
+from aigateway.web.relay import RelayResource, Upstream
 from aigateway.web.routes import RouteTable
 
 __all__ = ["Gateway", "buildGateway", "compileLimits", "compileRules", "readFile"]
@@ -135,7 +136,9 @@ class _Builder:
         fetch: Callable[[str], Deferred[bytes]] | None,
         telemetry: Telemetry,
         buckets: BucketStore,
+        health: dict[tuple[str, str], Health],
     ) -> None:
+        self.health = health
         self.config = config
         self.telemetry = telemetry
         self.buckets = buckets
@@ -231,14 +234,11 @@ class _Builder:
         if route.authorization is not None or route.rateLimits:
             rules = self.rules[route.authorization] if route.authorization is not None else ()
             policy = RoutePolicy(route.name, rules, self.limits[route.rateLimits], self.buckets)
-        relay = RelayResource(
-            route,
-            self.providers[backend],
-            self.credentials[backend],
-            self.agent,
-            self.clock,
-            self.telemetry,
-        )
+        upstreams = [Upstream(t.backend, self.providers[t.backend.name],
+                              self.credentials[t.backend.name]) for t in route.targets]
+        health = [self.health.setdefault((route.name, t.backend.name), Health())
+                  for t in route.targets]
+        relay = RelayResource(route, upstreams, health, self.agent, self.clock, self.telemetry)
         judged = PolicyResource(route.name, route.maxRequestBody, route.match.pathPrefix,
                                 self.providers[backend], policy, relay, self.clock,
                                 guarded=route.jwt is not None)
@@ -271,6 +271,7 @@ def buildGateway(
     fetch: Callable[[str], Deferred[bytes]] | None = None,
     telemetry: Telemetry | None = None,
     buckets: BucketStore | None = None,
+    health: dict[tuple[str, str], Health] | None = None,
 ) -> Gateway:
     """
     Build every route's resource chain, once for this configuration.
@@ -283,6 +284,8 @@ def buildGateway(
         registry of their own and no traces.
     @param buckets: where rate limits keep their buckets (across reloads);
         by default, new ones in memory.
+    @param health: the passive health of each route's targets, by route
+        and backend name (kept across reloads); by default, all healthy.
     @raise ConfigError: when an expression does not compile, a key does not
         load or a file the configuration names is unusable.
     """
@@ -290,4 +293,5 @@ def buildGateway(
         telemetry = Telemetry(config.tracing, Metrics(), clock, accessLog=config.accessLog)
     if buckets is None:
         buckets = MemoryBuckets()
-    return _Builder(config, agent, clock, environ, readFile, fetch, telemetry, buckets).build()
+    return _Builder(config, agent, clock, environ, readFile, fetch, telemetry, buckets,
+                    health if health is not None else {}).build()

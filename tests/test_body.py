@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -470,7 +470,7 @@ class PropertyTests(SynchronousTestCase):
     Properties that hold for every object.
     """
 
-    @settings(max_examples=200)
+    @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
     @given(_OBJECTS, st.booleans())
     def test_roundTrip(self, d: dict[str, Any], asciiOnly: bool) -> None:
         """
@@ -485,7 +485,7 @@ class PropertyTests(SynchronousTestCase):
                 readJSONObject(raw)
             self.assertEqual(caught.exception.code, "invalid_field")
 
-    @settings(max_examples=200)
+    @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
     @given(st.binary(max_size=60) | st.builds(_cut, _OBJECTS, st.integers(min_value=0)))
     def test_returnsOrRefuses(self, body: bytes) -> None:
         """

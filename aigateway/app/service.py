@@ -90,6 +90,9 @@ class GatewayService(MultiService):
         self.metrics = Metrics()
         self.inFlight = InFlight(self.metrics)
         self.buckets = MemoryBuckets()
+        # The targets' health, by route and backend, outlives reloads as
+        # the buckets do.
+        self.health: dict = {}
         self.file = ConfigFile(configPath, readFile, listen)
         config, text = self.file.load()
         self.tracerProvider = buildTracerProvider(config.tracing, reactor, self.agent, environ)
@@ -126,7 +129,7 @@ class GatewayService(MultiService):
                               accessLog=config.accessLog, reportDelay=REPORT_DELAY)
         return buildGateway(
             config, self.agent, self.reactor, self.environ, self.readFile,
-            treqFetch(self.agent, self.reactor), telemetry, self.buckets,
+            treqFetch(self.agent, self.reactor), telemetry, self.buckets, self.health,
         )
 
     def _followListeners(self, config: Config) -> None:

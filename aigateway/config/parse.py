@@ -19,6 +19,8 @@ from aigateway.config.schema import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_REQUEST_BODY,
     DEFAULT_REQUEST_HEAD_TIMEOUT,
+    DEFAULT_ROUTE_TIMEOUT,
+    RETRY_CONDITIONS,
     AdminConfig,
     AuthorizationPolicy,
     Backend,
@@ -31,9 +33,13 @@ from aigateway.config.schema import (
     JWTProviderConfig,
     LimitConfig,
     Match,
+    Outlier,
+    Retries,
     Route,
     RuleConfig,
     SecretRef,
+    Target,
+    Timeouts,
     TokenSource,
     TracingConfig,
 )
@@ -461,17 +467,23 @@ def _route(
     fields = _Fields(value, path)
     name = fields.take("name", _string, required=True)
     match = fields.take("match", _match, required=True)
-    backendName = fields.take("backend", _string, required=True)
-    assert name is not None and match is not None and backendName is not None
-    if backendName not in backends:
-        hint = difflib.get_close_matches(backendName, list(backends), n=1)
-        extra = f" (did you mean '{hint[0]}'?)" if hint else ""
-        raise ConfigError(fields.at("backend"), f"no backend named {backendName!r}{extra}")
+    assert name is not None and match is not None
+    if fields.oneOf("backend", "backends") == "backend":
+        backendName = fields.take("backend", _string, required=True)
+        assert backendName is not None
+        targets: tuple[Target, ...] = (Target(_named(backendName, backends, fields.at("backend"))),)
+    else:
+        targets = fields.take("backends", lambda v, p: _targets(v, p, backends)) or ()
+    retries = fields.take("retries", _retries) or Retries(attempts=min(len(targets), 3))
     route = Route(
         name=name,
         match=match,
-        backend=backends[backendName],
-        timeout=fields.take("timeout", _positiveDuration),
+        backend=targets[0].backend,
+        targets=targets,
+        retries=retries,
+        timeouts=fields.take("timeouts", _timeouts) or Timeouts(),
+        outlier=fields.take("outlier", _outlier) or Outlier(),
+        timeout=fields.take("timeout", _positiveDuration, DEFAULT_ROUTE_TIMEOUT),
         maxRequestBody=fields.take("maxRequestBody", parseSize, maxRequestBody)
         or maxRequestBody,
         jwt=fields.take("jwt", _override(gatewayPolicy, _jwtPolicy, "jwt policy"), gatewayPolicy),
@@ -484,6 +496,91 @@ def _route(
     )
     fields.done()
     return route
+
+
+def _named(name: str, backends: Mapping[str, Backend], path: str) -> Backend:
+    if name not in backends:
+        hint = difflib.get_close_matches(name, list(backends), n=1)
+        extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+        raise ConfigError(path, f"no backend named {name!r}{extra}")
+    return backends[name]
+
+
+def _nonNegativeInteger(value: object, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(path, f"must be a whole number, zero or more, not {value!r}")
+    return value
+
+
+def _target(value: object, path: str, backends: Mapping[str, Backend]) -> Target:
+    fields = _Fields(value, path)
+    name = fields.take("backend", _string, required=True)
+    assert name is not None
+    target = Target(
+        backend=_named(name, backends, fields.at("backend")),
+        weight=fields.take("weight", _positiveInteger, 1),  # type: ignore[arg-type]
+        priority=fields.take("priority", _nonNegativeInteger, 0),  # type: ignore[arg-type]
+        models=fields.take("models", _stringList),
+    )
+    fields.done()
+    return target
+
+
+def _targets(value: object, path: str, backends: Mapping[str, Backend]) -> tuple[Target, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(path, "must be a non-empty list of {backend: name} entries")
+    targets = tuple(_target(v, f"{path}[{i}]", backends) for i, v in enumerate(value))
+    seen: set[str] = set()
+    for i, target in enumerate(targets):
+        if target.backend.name in seen:
+            raise ConfigError(f"{path}[{i}].backend", f"backend {target.backend.name!r} is listed twice")
+        seen.add(target.backend.name)
+    return targets
+
+
+def _retryConditions(value: object, path: str) -> frozenset[str]:
+    if not isinstance(value, list):
+        raise ConfigError(path, f"must be a list of {', '.join(RETRY_CONDITIONS)}")
+    parse = _oneOf(RETRY_CONDITIONS)
+    return frozenset(parse(str(v) if isinstance(v, int) else v, f"{path}[{i}]")
+                     for i, v in enumerate(value))
+
+
+def _retries(value: object, path: str) -> Retries:
+    fields = _Fields(value, path)
+    attempts = fields.take("attempts", _positiveInteger, 1)
+    assert attempts is not None
+    if attempts > 10:
+        raise ConfigError(fields.at("attempts"), f"must be at most 10, not {attempts}")
+    retries = Retries(
+        attempts=attempts,
+        on=fields.take("on", _retryConditions, frozenset(RETRY_CONDITIONS)),  # type: ignore[arg-type]
+        backoff=fields.take("backoff", parseDuration, 0.1),  # type: ignore[arg-type]
+    )
+    fields.done()
+    return retries
+
+
+def _timeouts(value: object, path: str) -> Timeouts:
+    fields = _Fields(value, path)
+    defaults = Timeouts()
+    timeouts = Timeouts(
+        connect=fields.take("connect", _positiveDuration, defaults.connect),  # type: ignore[arg-type]
+        firstByte=fields.take("firstByte", _positiveDuration, defaults.firstByte),  # type: ignore[arg-type]
+        idle=fields.take("idle", _positiveDuration, defaults.idle),  # type: ignore[arg-type]
+    )
+    fields.done()
+    return timeouts
+
+
+def _outlier(value: object, path: str) -> Outlier:
+    fields = _Fields(value, path)
+    outlier = Outlier(
+        consecutiveFailures=fields.take("consecutiveFailures", _positiveInteger, 5),  # type: ignore[arg-type]
+        ejection=fields.take("ejection", _positiveDuration, 30.0),  # type: ignore[arg-type]
+    )
+    fields.done()
+    return outlier
 
 
 def _admin(value: object, path: str) -> AdminConfig:

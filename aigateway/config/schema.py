@@ -15,6 +15,10 @@ __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_REQUEST_BODY",
     "DEFAULT_REQUEST_HEAD_TIMEOUT",
+    "DEFAULT_FIRST_BYTE_TIMEOUT",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_ROUTE_TIMEOUT",
+    "RETRY_CONDITIONS",
     "AdminConfig",
     "AuthorizationPolicy",
     "Backend",
@@ -27,9 +31,13 @@ __all__ = [
     "JWTProviderConfig",
     "LimitConfig",
     "Match",
+    "Outlier",
+    "Retries",
     "Route",
     "RuleConfig",
     "SecretRef",
+    "Target",
+    "Timeouts",
     "TokenSource",
     "TracingConfig",
 ]
@@ -252,11 +260,85 @@ class LimitConfig:
 
 
 @attrs.frozen
+class Target:
+    """
+    One backend of a route's C{backends:} list.
+
+    @ivar weight: its share of the traffic among the healthy targets of its
+        priority.
+    @ivar priority: lower is tried first; a higher priority serves only
+        while no target of a lower one is healthy, or all failed.
+    @ivar models: globs of the requested models it serves, or L{None} for
+        the models no target claims.
+    """
+
+    backend: Backend
+    weight: int = 1
+    priority: int = 0
+    models: tuple[str, ...] | None = None
+
+
+RETRY_CONDITIONS = ("connect-failure", "timeout", "429", "5xx")
+
+
+@attrs.frozen
+class Retries:
+    """
+    How a route tries again, before the first byte of the answer reached
+    the client.
+
+    @ivar attempts: total tries per request, across targets.
+    @ivar on: what counts as retryable, of L{RETRY_CONDITIONS}.
+    @ivar backoff: seconds before the second try; doubled for each next
+        one, with jitter; an upstream's C{Retry-After} is honoured.
+    """
+
+    attempts: int = 1
+    on: frozenset[str] = frozenset(RETRY_CONDITIONS)
+    backoff: float = 0.1
+
+
+DEFAULT_FIRST_BYTE_TIMEOUT = 300.0
+DEFAULT_IDLE_TIMEOUT = 300.0
+DEFAULT_ROUTE_TIMEOUT = 1800.0
+
+
+@attrs.frozen
+class Timeouts:
+    """
+    A route's timeouts per attempt.
+
+    @ivar connect: seconds a connection to the upstream may take.
+    @ivar firstByte: seconds until the answer's head.
+    @ivar idle: seconds between two pieces of the answer's body.
+    """
+
+    connect: float = 10.0
+    firstByte: float = DEFAULT_FIRST_BYTE_TIMEOUT
+    idle: float = DEFAULT_IDLE_TIMEOUT
+
+
+@attrs.frozen
+class Outlier:
+    """
+    Passive health: a target that fails C{consecutiveFailures} times in a
+    row is skipped for C{ejection} seconds, doubled on each repeat up to
+    five minutes.
+    """
+
+    consecutiveFailures: int = 5
+    ejection: float = 30.0
+
+
+@attrs.frozen
 class Route:
     """
     One entry of the route table.
 
-    @ivar timeout: seconds for the whole request, or L{None} for no limit.
+    @ivar backend: the first target's backend (the only one of a route
+        with C{backend:}).
+    @ivar targets: every backend the route sends to.
+    @ivar timeout: seconds for the whole request.
     @ivar maxRequestBody: the largest request body accepted, in bytes.
     @ivar jwt: the route's JWT policy, or L{None} when it has none.
     @ivar authorization: the route's rules, or L{None}.
@@ -271,6 +353,10 @@ class Route:
     jwt: JWTPolicy | None = None
     authorization: AuthorizationPolicy | None = None
     rateLimits: tuple[LimitConfig, ...] = ()
+    targets: tuple[Target, ...] = ()
+    retries: Retries = Retries()
+    timeouts: Timeouts = Timeouts()
+    outlier: Outlier = Outlier()
 
 
 @attrs.frozen

@@ -241,6 +241,29 @@ def clientAPI(remainder: bytes) -> str:
     return "openai"
 
 
+# The endpoints whose JSON body names the model asked for.
+_MODEL_ENDPOINTS = frozenset([
+    b"/v1/chat/completions", b"/v1/completions", b"/v1/embeddings", b"/v1/responses",
+    b"/v1/images/generations", b"/v1/audio/speech", b"/v1/moderations", DOOR, COUNT_TOKENS,
+])
+
+
+def clientModel(method: bytes, remainder: bytes, body: bytes) -> str | None:
+    """
+    The model a client asks for, as its request names it (before any
+    backend's override), or L{None} when it names none the gateway reads.
+    A body that is not strict JSON names none here; preparing the call
+    refuses it.
+    """
+    if method != b"POST" or canonicalEndpoint(remainder).lower() not in _MODEL_ENDPOINTS:
+        return None
+    try:
+        model = readJSONObject(body).get("model")
+    except BodyError:
+        return None
+    return model if isinstance(model, str) else None
+
+
 def checkMethod(method: bytes, endpoint: bytes) -> None:
     """
     Refuse a method the endpoint does not take, with a 405 and C{Allow}.

@@ -87,6 +87,8 @@ class Exchange:
     serverAddress: str | None = None
     serverPort: int | None = None
     answer: Any = None
+    target: str | None = None
+    attempts: list[tuple[str, str]] = attrs.Factory(list)
     bytesIn: int = 0
     bytesOut: int = 0
     serverSpan: Any = None

@@ -33,7 +33,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import Interface
 
-from aigateway.llm.provider import Provider, ProviderError, UpstreamCall
+from aigateway.llm.provider import Provider, ProviderError, UpstreamCall, clientModel
 from aigateway.observe.record import IExchange
 from aigateway.web.errors import finishWith, refuse
 from aigateway.web.guard import IIdentity
@@ -462,11 +462,32 @@ class Admission:
         without one.
     @ivar charge: takes the tokens the answer used from the route's token
         buckets, or L{None} when the route has none.
+    @ivar plan: the targets to try, in order, each with its health; C{call}
+        is for the first.
+    @ivar reading: what C{prepare} was given, for the calls of the next
+        targets.
     """
 
     call: UpstreamCall
     identity: Any = None
     charge: Callable[[int, float], None] | None = None
+    plan: list = attrs.Factory(list)
+    reading: tuple = ()
+
+
+RETRIES_FIELD = b"x-aigateway-retries"
+
+
+def _narrowed(request: IRequest) -> int | None:
+    """
+    The retries a client allows with C{x-aigateway-retries} (it can only
+    narrow the route's), or L{None}.
+    """
+    values = request.requestHeaders.getRawHeaders(RETRIES_FIELD)
+    if not values:
+        return None
+    value = values[-1].strip()
+    return int(value) if value.isdigit() and len(value) < 4 else None
 
 
 class PolicyResource(Resource):
@@ -537,26 +558,38 @@ class PolicyResource(Resource):
         query = request.uri.partition(b"?")[2]
         if identity is not None:
             query = identity.location.upstreamQuery(query)
+        reading = (request.method, remainder, query, body, self.clock.seconds())
         try:
-            call = self.provider.prepare(request.method, remainder, query, body, self.clock.seconds())
+            plan = self.relay.plan(
+                clientModel(request.method, remainder, body) if self.relay.planner.byModel else None,
+                _narrowed(request))
+            if not plan:
+                model = clientModel(request.method, remainder, body)
+                raise ProviderError(404, f"route {self.routeName} serves no model {model!r}"
+                                    if model else f"route {self.routeName} serves no request "
+                                    "without a model", "model_not_found")
+            provider = plan[0][0].provider
+            call = provider.prepare(*reading)
         except ProviderError as e:
             finishWith(request, refuse(request, e.status, e.message, e.code, e.headers))
             return
+        exchange.provider = provider.name
         charge = None
         if self.policy is not None:
             token = identity.token if identity is not None else None
-            refusal, charge = self._admit(request, token.claims if token is not None else None, call)
+            refusal, charge = self._admit(request, token.claims if token is not None else None, call,
+                                          provider.kind)
             if refusal is not None:
                 if refusal.status == 403:
                     exchange.authFailure = "authorization failed"
                 finishWith(request, refuse(request, refusal.status, refusal.message, refusal.code,
                                            refusal.headers))
                 return
-        request.setComponent(IAdmission, Admission(call, identity, charge))
+        request.setComponent(IAdmission, Admission(call, identity, charge, plan, reading))
         finishWith(request, renderChild(self.relay, request))
 
     def _admit(
-        self, request: IRequest, claims: Mapping[str, Any] | None, call: UpstreamCall
+        self, request: IRequest, claims: Mapping[str, Any] | None, call: UpstreamCall, kind: str
     ) -> tuple[Refusal | None, Callable[[int, float], None] | None]:
         """
         The route's authorization rules, then its rate limits.
@@ -581,7 +614,7 @@ class PolicyResource(Resource):
             headers,
             call.requestModel,
             call.stream,
-            self.provider.kind,
+            kind,
         )
         refusal = policy.authorize(variables)
         if refusal is not None:

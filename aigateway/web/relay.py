@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Callable, Optional
+import random as _random
+from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import (
@@ -40,20 +41,21 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from aigateway.config import Route
+from aigateway.config import Backend, Route
 from aigateway.http.client import BytesBody, ProtocolError
 from aigateway.llm.credentials import Credential
 from aigateway.llm.openai import UsageChunkFilter
-from aigateway.llm.provider import ClientStream, HubStream, Provider, UpstreamCall
+from aigateway.llm.provider import ClientStream, HubStream, Provider, ProviderError, UpstreamCall
 from aigateway.llm.translate import StreamError
 from aigateway.llm.usage import AnswerObserver
 from aigateway.observe.record import IExchange
 from aigateway.observe.report import Exchange, Telemetry
+from aigateway.web.balance import Health, Planner
 from aigateway.web.errors import errorBody, finishWith, refuse
 from aigateway.web.guard import Identity
 from aigateway.web.policy import IAdmission
 
-__all__ = ["RelayResource", "downstreamHeaders", "upstreamHeaders"]
+__all__ = ["RelayResource", "Upstream", "downstreamHeaders", "upstreamHeaders"]
 
 log = Logger()
 
@@ -75,7 +77,7 @@ HOP_BY_HOP = frozenset(
 # caller's credentials in any provider's field among them.
 _REPLACED_UPSTREAM = frozenset(
     [b"host", b"content-length", b"authorization", b"x-api-key", b"x-goog-api-key", b"api-key",
-     b"accept-encoding", b"x-forwarded-proto", b"x-forwarded-host"]
+     b"accept-encoding", b"x-forwarded-proto", b"x-forwarded-host", b"x-aigateway-retries"]
 )
 # A translated answer that is not a stream is read whole, up to this size.
 MAX_TRANSLATED_BODY = 16 * 1024 * 1024
@@ -173,6 +175,34 @@ def _malformed(failure: Failure) -> str | None:
     return None
 
 
+_IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"])
+
+
+def _retryAfter(headers: Headers) -> float | None:
+    """
+    The seconds an answer's C{Retry-After} asks to wait (its date form is
+    not read), or L{None}.
+    """
+    values = headers.getRawHeaders(b"retry-after")
+    if not values:
+        return None
+    try:
+        seconds = float(values[0])
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < 86400 else None
+
+
+class _Discard(Protocol):
+    """
+    Reads and drops the body of an answer that is not relayed (one a retry
+    replaces), so its connection can serve again.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+
 class _BodyRelay(Protocol):
     """
     Receives the upstream body and writes it to the client as it comes.
@@ -206,28 +236,36 @@ class _Relay:
 
     def __init__(
         self,
+        resource: "RelayResource",
         request: Request,
         exchange: Exchange,
-        agent: IAgent,
-        clock: IReactorTime,
-        timeout: float | None,
-        observer: AnswerObserver | None,
-        call: UpstreamCall,
-        charge: Callable[[int, float], None] | None = None,
+        admission: Any,
     ) -> None:
-        self.charge = charge
+        self.resource = resource
+        self.admission = admission
+        self.charge = admission.charge
         self.request = request
         self.exchange = exchange
-        self.agent = agent
-        self.clock = clock
-        self.timeout = timeout
-        self.observer = observer
-        self.call = call
+        self.agent = resource.agent
+        self.clock = resource.clock
+        route = resource.route
+        self.timeout = route.timeout
+        self.timeouts = route.timeouts
+        self.retries = route.retries
+        self.plan = admission.plan
+        self.observer: AnswerObserver | None = None
+        self.call: UpstreamCall = admission.call
+        self.upstream: Upstream = self.plan[0][0]
+        self.health: Health = self.plan[0][1]
+        self.tries = 0
         self.done = False
         self.stream = False
         self._pending: Optional[Deferred[IResponse]] = None
         self._bodyTransport: Optional[IPushProducer] = None
         self._deadline: Optional[IDelayedCall] = None
+        self._attemptTimer: Optional[IDelayedCall] = None
+        self._attemptTimedOut = False
+        self._idleTimer: Optional[IDelayedCall] = None
         self._relayedFields: list[bytes] = []
         # Set by the head of the answer, for the ways other than passing on.
         self._filter: UsageChunkFilter | None = None
@@ -237,15 +275,80 @@ class _Relay:
         self._wholeSize = 0
         self._response: IResponse | None = None
 
-    def start(self, url: bytes, headers: Headers) -> None:
-        call = self.call
+    def start(self) -> None:
         self.request.notifyFinish().addBoth(self._clientDone)
-        body = BytesBody(call.body) if call.body or call.method in (b"POST", b"PUT", b"PATCH") else None
         if self.timeout is not None:
             self._deadline = self.clock.callLater(self.timeout, self._timedOut)
+        self._attempt()
+
+    def _attempt(self) -> None:
+        """
+        Send the request to the next target of the plan.
+        """
+        self._attemptTimer = None
+        if self.done:
+            return
+        upstream, self.health = self.plan[self.tries]
+        self.tries += 1
+        if self.tries > 1:
+            try:
+                self.call = upstream.provider.prepare(*self.admission.reading)
+            except ProviderError as e:
+                self._record(upstream, "refused")
+                if self.tries < len(self.plan):
+                    self._attempt()
+                else:
+                    self._fail(e.status, e.message, e.code or "upstream_error")
+                return
+        self.upstream = upstream
+        call = self.call
+        url, headers, self.observer = self.resource.prepareAttempt(
+            upstream, call, self.request, self.admission.identity, self.exchange)
+        body = BytesBody(call.body) if call.body or call.method in (b"POST", b"PUT", b"PATCH") else None
+        self._attemptTimedOut = False
+        self._attemptTimer = self.clock.callLater(self.timeouts.firstByte, self._firstByteTimedOut)
         self._pending = pending = self.agent.request(call.method, url, headers, body)
         pending.addCallbacks(self._gotResponse, self._failed)
         pending.addErrback(self._bug)
+
+    def _record(self, upstream: "Upstream", outcome: str) -> None:
+        self.exchange.attempts.append((upstream.backend.name, outcome))
+
+    def _firstByteTimedOut(self) -> None:
+        self._attemptTimer = None
+        if self._pending is not None:
+            self._attemptTimedOut = True
+            self._pending.cancel()
+
+    def _cancelAttemptTimer(self) -> None:
+        if self._attemptTimer is not None and self._attemptTimer.active():
+            self._attemptTimer.cancel()
+        self._attemptTimer = None
+
+    def _retry(self, condition: str, retryAfter: float | None = None) -> bool:
+        """
+        Try the next target of the plan, if the route's retries allow it
+        for C{condition} and this request.
+
+        @return: whether another attempt is on its way.
+        """
+        self.health.failed(self.resource.route.outlier, self.clock.seconds())
+        if self.done or self.tries >= len(self.plan) or condition not in self.retries.on:
+            return False
+        idempotent = self.call.method in _IDEMPOTENT
+        if not idempotent and condition in ("5xx", "timeout") and not (
+                condition == "5xx" and retryAfter is not None):
+            # The upstream may have acted on it: a second try could do it
+            # twice.
+            return False
+        delay = self.retries.backoff * 2 ** (self.tries - 1) * (0.5 + self.resource.random())
+        nextUpstream = self.plan[self.tries][0]
+        if retryAfter is not None and nextUpstream is self.upstream:
+            delay = max(delay, retryAfter)
+        if self._deadline is not None and self._deadline.getTime() - self.clock.seconds() <= delay:
+            return False
+        self._attemptTimer = self.clock.callLater(delay, self._attempt)
+        return True
 
     def _bug(self, failure: Failure) -> None:
         log.error("unexpected {error} on route {route} while relaying the answer",
@@ -259,6 +362,7 @@ class _Relay:
         """
         self.done = True
         self._cancelDeadline()
+        self._cancelAttemptTimer()
         if isinstance(result, Failure):
             self._stopUpstream()
 
@@ -274,16 +378,41 @@ class _Relay:
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
+        self._cancelIdle()
 
     def _timedOut(self) -> None:
         self._deadline = None
         self.exchange.upstreamError = "timeout"
         message = f"the upstream did not answer within the route's timeout of {self.timeout:g}s"
-        if self._pending is not None or (self._whole is not None and not self.done):
+        self._timeOut(message)
+
+    def _timeOut(self, message: str) -> None:
+        if self.done:
+            return
+        if self._pending is not None or self._whole is not None or self._attemptTimer is not None:
+            self._cancelAttemptTimer()
             self._fail(504, message, "upstream_timeout")
             self._stopUpstream()
-        elif not self.done:
+        else:
             self._breakStream(message)
+
+    def _idleTimedOut(self) -> None:
+        self._idleTimer = None
+        self.exchange.upstreamError = "timeout"
+        self._timeOut(f"the upstream sent nothing for {self.timeouts.idle:g}s")
+
+    def _armIdle(self) -> None:
+        timer = self._idleTimer
+        if timer is not None and timer.active():
+            timer.reset(self.timeouts.idle)
+        else:
+            self._idleTimer = self.clock.callLater(self.timeouts.idle, self._idleTimedOut)
+
+    def _cancelIdle(self) -> None:
+        timer = self._idleTimer
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._idleTimer = None
 
     def _fail(self, status: int, message: str, code: str) -> None:
         if not self.done:
@@ -291,23 +420,42 @@ class _Relay:
 
     def _failed(self, failure: Failure) -> None:
         self._pending = None
+        self._cancelAttemptTimer()
         if self.done:
             return
         problem = _malformed(failure)
-        if failure.check(ConnectionRefusedError, DNSLookupError, ConnectTimeoutError, ConnectError):
+        upstream = self.upstream
+        if self._attemptTimedOut:
+            self._record(upstream, "timeout")
+            if self._retry("timeout"):
+                return
+            self.exchange.upstreamError = "timeout"
+            self._fail(504, f"the upstream did not answer within {self.timeouts.firstByte:g}s",
+                       "upstream_timeout")
+        elif failure.check(ConnectionRefusedError, DNSLookupError, ConnectTimeoutError, ConnectError):
+            self._record(upstream, "connect-failure")
+            if self._retry("connect-failure"):
+                return
             self.exchange.upstreamError = "unreachable"
             self._fail(502, "cannot connect to the upstream", "upstream_unreachable")
         elif problem is not None:
+            self._record(upstream, "malformed")
             log.warn("the upstream of route {route} sent a malformed answer: {problem}",
                      route=self.exchange.route, problem=problem)
+            if self._retry("5xx"):
+                return
             self.exchange.upstreamError = "malformed"
             self._fail(502, "the upstream's answer was malformed", "upstream_error")
         elif failure.check(ResponseFailed, ConnectionLost, CancelledError):
+            self._record(upstream, "reset")
+            if self._retry("5xx"):
+                return
             self.exchange.upstreamError = "reset"
             self._fail(502, "the upstream closed the connection before answering", "upstream_reset")
         else:
             # One line, no URI and no traceback: the URI's query can hold a
             # token, and whatever failed said so in its own words.
+            self._record(upstream, "failed")
             log.error("the upstream request on route {route} failed: {error}",
                       route=self.exchange.route, error=failure.type.__name__)
             self.exchange.upstreamError = "failed"
@@ -315,9 +463,21 @@ class _Relay:
 
     def _gotResponse(self, response: IResponse) -> None:
         self._pending = None
+        self._cancelAttemptTimer()
         if self.done:
             response.deliverBody(_BodyRelay(self))
             return
+        code = response.code
+        if code == 429 or code >= 500:
+            condition = "429" if code == 429 else "5xx"
+            self._record(self.upstream, condition)
+            if self._retry(condition, _retryAfter(response.headers)):
+                response.deliverBody(_Discard())
+                return
+        else:
+            self._record(self.upstream, "success")
+            self.health.succeeded()
+        self.exchange.target = self.upstream.backend.name
         self.exchange.upstreamStatus = response.code
         call = self.call
         if call.writer is None:
@@ -387,10 +547,12 @@ class _Relay:
             return
         self._bodyTransport = transport
         self.request.registerProducer(transport, True)
+        self._armIdle()
 
     def bodyData(self, data: bytes) -> None:
         if self.done:
             return
+        self._armIdle()
         exchange = self.exchange
         if exchange.firstChunk is None:
             exchange.firstChunk = self.clock.seconds()
@@ -482,6 +644,7 @@ class _Relay:
 
     def bodyEnded(self, reason: Failure) -> None:
         self._bodyTransport = None
+        self._cancelIdle()
         if self.done:
             return
         self.request.unregisterProducer()
@@ -605,34 +768,16 @@ class _Relay:
             transport.loseConnection()
 
 
-class RelayResource(Resource):
+class Upstream:
     """
-    The last stage of a route: sends the request the policy admitted (the
-    request's L{IAdmission}) to the route's backend and relays the answer.
-
-    Everything that does not depend on the request (the provider, the
-    credential) is fixed when the route table is built.
+    One target of a route, built once per configuration load: the backend,
+    its provider and credential.
     """
 
-    isLeaf = True
-
-    def __init__(
-        self,
-        route: Route,
-        provider: Provider,
-        credential: Credential,
-        agent: IAgent,
-        clock: IReactorTime,
-        telemetry: Telemetry,
-    ) -> None:
-        super().__init__()
-        self.route = route
+    def __init__(self, backend: Backend, provider: Provider, credential: Credential) -> None:
+        self.backend = backend
         self.provider = provider
         self.credential = credential
-        self.agent = agent
-        self.clock = clock
-        self.telemetry = telemetry
-        self.capture = telemetry.config.captureContent
 
     def unavailable(self) -> str | None:
         """
@@ -641,22 +786,74 @@ class RelayResource(Resource):
         problem = self.credential.problem or self.provider.problem
         if problem is None:
             return None
-        return f"backend '{self.route.backend.name}' has no credential: {problem}"
+        return f"backend '{self.backend.name}' has no credential: {problem}"
 
-    def render(self, request: Request) -> bytes | int:
-        exchange = request.getComponent(IExchange)
-        admission = request.getComponent(IAdmission)
-        identity = admission.identity
-        call = admission.call
-        provider = self.provider
-        if call.local is not None:
-            request.setHeader(b"content-type", b"application/json")
-            request.setHeader(b"content-length", b"%d" % len(call.local))
-            exchange.bytesOut = len(call.local)
-            return call.local if request.method != b"HEAD" else b""
+
+class RelayResource(Resource):
+    """
+    The last stage of a route: sends the request the policy admitted (the
+    request's L{IAdmission}) to the route's targets, one after another as
+    its plan says until one answers, and relays the answer.
+
+    Everything that does not depend on the request (the providers, the
+    credentials, the targets' health) is fixed when the route table is
+    built.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        route: Route,
+        upstreams: Sequence[Upstream],
+        health: Sequence[Health],
+        agent: IAgent,
+        clock: IReactorTime,
+        telemetry: Telemetry,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        super().__init__()
+        self.route = route
+        self.upstreams = tuple(upstreams)
+        self.planner = Planner(route.targets, self.upstreams, health)
+        self.provider = self.upstreams[0].provider
+        self.agent = agent
+        self.clock = clock
+        self.telemetry = telemetry
+        self.random = random
+        self.capture = telemetry.config.captureContent
+
+    def unavailable(self) -> str | None:
+        """
+        Why no target of this route can be called at all, or L{None}.
+        """
+        problems = [u.unavailable() for u in self.upstreams]
+        if all(problems):
+            return problems[0]
+        return None
+
+    def plan(self, model: str | None, narrowed: int | None) -> list[tuple[Upstream, Health]]:
+        """
+        The attempts for a request for C{model}: the route's retries, or
+        fewer when the client narrowed them.
+        """
+        attempts = self.route.retries.attempts
+        if narrowed is not None:
+            attempts = min(attempts, narrowed + 1)
+        plan = self.planner.plan(model, self.clock.seconds(), self.random, attempts)
+        return [(u, h) for u, h in plan if u.unavailable() is None] or plan[:1]
+
+    def prepareAttempt(
+        self, upstream: Upstream, call: UpstreamCall, request: Request, identity: Identity | None,
+        exchange: Exchange,
+    ) -> tuple[bytes, Headers, AnswerObserver | None]:
+        """
+        The URL and headers of one attempt, and the observer of its answer.
+        """
+        provider = upstream.provider
         headers = upstreamHeaders(
             request.requestHeaders,
-            self.credential,
+            upstream.credential,
             getattr(request.getClientAddress(), "host", ""),
             request.isSecure(),
             identity.location.dropHeaders if identity is not None else frozenset(),
@@ -669,6 +866,7 @@ class RelayResource(Resource):
         if call.document is not None and not headers.hasHeader(b"content-type"):
             headers.setRawHeaders(b"content-type", [b"application/json"])
         observer = None
+        exchange.provider = provider.name
         if call.operation is not None:
             exchange.operation = call.operation
             exchange.requestModel = call.requestModel
@@ -684,9 +882,18 @@ class RelayResource(Resource):
             headers.setRawHeaders(name, [value])
         url = provider.origin + call.path
         provider.sign(call.method, url, headers, call.body)
-        relay = _Relay(request, exchange, self.agent, self.clock, self.route.timeout, observer,
-                       call, admission.charge)
-        relay.start(url, headers)
+        return url, headers, observer
+
+    def render(self, request: Request) -> bytes | int:
+        exchange = request.getComponent(IExchange)
+        admission = request.getComponent(IAdmission)
+        call = admission.call
+        if call.local is not None:
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"content-length", b"%d" % len(call.local))
+            exchange.bytesOut = len(call.local)
+            return call.local if request.method != b"HEAD" else b""
+        _Relay(self, request, exchange, admission).start()
         return NOT_DONE_YET
 
 
