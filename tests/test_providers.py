@@ -226,14 +226,15 @@ class ProviderChatTests(SynchronousTestCase):
 
     def test_rateLimited(self) -> None:
         """
-        A provider's rate limit is a 429 in the OpenAI envelope, with the
-        wait it asked for in Retry-After.
+        A provider's rate limit is a 429 (its status line saying so) in the
+        OpenAI envelope, with the wait it asked for in Retry-After.
         """
         for name, prefix, model, _, _ in self.each():
             with self.subTest(provider=name):
                 response, body = self.gateway.post(self, prefix + "/v1/chat/completions",
                                                    _chat(model), {"x-fakellm-status": "429"})
                 self.assertEqual(response.code, 429, body)
+                self.assertEqual(response.phrase, b"Too Many Requests")
                 error = json.loads(body)["error"]
                 self.assertIsInstance(error["message"], str)
                 self.assertEqual(error["type"], "rate_limit_error")
