@@ -30,7 +30,7 @@ _PHRASES = {status.value: status.phrase.encode("ascii") for status in HTTPStatus
 _PHRASES[529] = b"Overloaded"
 
 
-def setStatus(request: IRequest, status: int) -> None:
+def setStatus(request: Request, status: int) -> None:
     """
     Set C{request}'s status with its standard reason phrase.
     """
