@@ -6,6 +6,7 @@ docs/ point only at things that exist.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 
@@ -145,3 +146,116 @@ class DocsTests(SynchronousTestCase):
         self.assertIn("`etc/gateway.yaml` is the reference", text)
         config = loadConfig(_read("etc", "gateway.yaml"))
         self.assertEqual([r.name for r in config.routes], ["openai", "local"])
+
+
+def _yamlBlocks(page: str) -> list[str]:
+    return re.findall(r"^```yaml\n(.*?)^```", _read(*page.split("/")), re.M | re.S)
+
+
+def _curls(page: str) -> list[tuple[str, str, dict[str, str], bytes | None]]:
+    """
+    The curl commands of a page's C{sh} blocks: method, path, headers and
+    body of each.
+    """
+    import shlex
+
+    out = []
+    for block in re.findall(r"^```sh\n(.*?)^```", _read(*page.split("/")), re.M | re.S):
+        for command in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(command)
+            if not words or words[0] != "curl":
+                continue
+            headers: dict[str, str] = {}
+            body = None
+            url = None
+            i = 1
+            while i < len(words):
+                word = words[i]
+                if word == "-H":
+                    name, value = words[i + 1].split(":", 1)
+                    headers[name.strip()] = value.strip()
+                    i += 1
+                elif word == "-d":
+                    body = words[i + 1].encode()
+                    i += 1
+                elif not word.startswith("-"):
+                    url = word
+                i += 1
+            assert url is not None and url.startswith("localhost:8080/"), command
+            out.append(("POST" if body is not None else "GET", url[len("localhost:8080"):],
+                        headers, body))
+    return out
+
+
+class ProvidersDocTests(SynchronousTestCase):
+    """
+    docs/providers.md and the config it runs, etc/providers.yaml, are
+    configurations the gateway accepts, and its requests work against it.
+    """
+
+    def test_yamlBlocks(self) -> None:
+        """
+        Every YAML block of docs/providers.md loads as a configuration,
+        a block of backends being loaded as the C{backends:} of one; every
+        provider has one.
+        """
+        blocks = _yamlBlocks("docs/providers.md")
+        providers = set()
+        for block in blocks:
+            document = yaml.safe_load(block)
+            self.assertIsInstance(document, dict, block)
+            if not {"backends", "routes", "listen"} & set(document):
+                block = "backends:\n" + "".join(
+                    "  " + line if line.strip() else line for line in block.splitlines(True))
+            config = loadConfig(block)
+            self.assertTrue(config.backends, block)
+            providers.update(b.provider for b in config.backends.values())
+        from aigateway.config.parse import PROVIDERS
+
+        self.assertEqual(providers, set(PROVIDERS))
+        self.assertGreaterEqual(len(blocks), len(PROVIDERS) + 2)
+
+    def test_providersConfig(self) -> None:
+        """
+        etc/providers.yaml loads, has one route per provider, and points
+        every backend at the fake LLM of the Procfile, with its key.
+        """
+        from aigateway.config.parse import PROVIDERS
+
+        config = loadConfig(_read("etc", "providers.yaml"))
+        procfile = _read("Procfile")
+        kinds = [route.backend.provider for route in config.routes]
+        self.assertEqual(sorted(kinds), sorted(PROVIDERS))
+        for backend in config.backends.values():
+            self.assertEqual(backend.url, "http://127.0.0.1:9000")
+            self.assertIn("tcp:9000", procfile)
+            if backend.provider != "bedrock":
+                self.assertIn(f"--key {backend.authToken.ref}", procfile)
+        self.assertIn("etc/providers.yaml", _read("docs", "providers.md"))
+
+    def test_providersRequests(self) -> None:
+        """
+        The curl requests of docs/providers.md get a 200 from
+        etc/providers.yaml, its bedrock route signing with the AWS keys of
+        the environment.
+        """
+        from tests.memory import MemoryGateway
+
+        aws = {"AWS_ACCESS_KEY_ID": "AKIDFAKELLM", "AWS_SECRET_ACCESS_KEY": "fakellm-secret-key"}
+        gateway = MemoryGateway(_read("etc", "providers.yaml"), key="sk-fakellm-local",
+                                environ=aws, awsAccessKeyId=aws["AWS_ACCESS_KEY_ID"],
+                                awsSecretAccessKey=aws["AWS_SECRET_ACCESS_KEY"])
+        curls = _curls("docs/providers.md")
+        self.assertGreaterEqual(len(curls), 4)
+        for method, path, headers, body in curls:
+            with self.subTest(path=path):
+                if method == "POST":
+                    response, answer = gateway.post(self, path, body, headers)
+                else:
+                    d = gateway.client.get("http://gw" + path, headers=headers)
+                    gateway.pump()
+                    response = self.successResultOf(d)
+                    answer = self.successResultOf(response.content())
+                self.assertEqual(response.code, 200, answer)
+                if b'"stream": true' not in (body or b""):
+                    self.assertIsInstance(json.loads(answer), dict)

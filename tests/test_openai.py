@@ -117,3 +117,65 @@ class BodyTests(SynchronousTestCase):
         """
         call = _provider().prepare(b"POST", b"/v1/files", b"", b"not json")
         self.assertEqual((call.body, call.operation), (b"not json", None))
+
+
+def _chunkEvent(content: str, finish: str | None = None) -> bytes:
+    return b"data: " + json.dumps({
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": "m",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]}).encode() + b"\n\n"
+
+
+class StreamReaderTests(SynchronousTestCase):
+    """
+    An OpenAI-style stream read into chunks, as the gateway does to
+    translate it for a client of another API.
+    """
+
+    ERROR = b'data: {"error": {"message": "Overloaded, try again.", "type": "server_error"}}\n\n'
+
+    def read(self, pieces: list[bytes]) -> tuple[list[str], str | None]:
+        """
+        The contents of the chunks read from C{pieces}, and the message of
+        the error that ended the stream.
+        """
+        from aigateway.llm.provider import OpenAIReader
+        from aigateway.llm.translate import StreamError
+
+        stream = OpenAIReader().stream()
+        contents: list[str] = []
+        try:
+            for piece in pieces:
+                contents += [c["choices"][0]["delta"]["content"] for c in stream.feed(piece)]
+            contents += [c["choices"][0]["delta"]["content"] for c in stream.end()]
+        except StreamError as e:
+            return contents, e.message
+        return contents, None
+
+    def test_errorAfterChunks(self) -> None:
+        """
+        The chunks before an error event are read however the bytes are
+        cut, even when they come in one piece with the error; then the
+        stream fails with the upstream's message.
+        """
+        body = _chunkEvent("Shall ") + _chunkEvent("I") + self.ERROR
+        cuts = [[body]] + [[body[:i], body[i:]] for i in range(1, len(body))]
+        cuts.append([body[i:i + 1] for i in range(len(body))])
+        for pieces in cuts:
+            contents, error = self.read(pieces)
+            self.assertEqual(contents, ["Shall ", "I"])
+            self.assertEqual(error, "the upstream's stream ended with an error: Overloaded, try again.")
+
+    def test_complete(self) -> None:
+        """
+        A stream with its finish and [DONE] reads whole, without an error.
+        """
+        body = _chunkEvent("Hi", "stop") + b"data: [DONE]\n\n"
+        self.assertEqual(self.read([body]), (["Hi"], None))
+
+    def test_earlyEnd(self) -> None:
+        """
+        A stream that ends before its finish fails after its chunks.
+        """
+        contents, error = self.read([_chunkEvent("Hi")])
+        self.assertEqual(contents, ["Hi"])
+        self.assertEqual(error, "the upstream's stream ended before its last event")

@@ -258,6 +258,7 @@ class RequestLimitTests(SynchronousTestCase):
         self.assertEqual([gateway.ask(self, alice)[0].code for _ in range(2)], [200, 200])
         response, body = gateway.ask(self, alice)
         self.assertEqual(response.code, 429)
+        self.assertEqual(response.phrase, b"Too Many Requests")
         headers = {name: response.headers.getRawHeaders(name)[0]
                    for name in ("retry-after", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")}
         self.assertEqual(headers, {"retry-after": "30", "x-ratelimit-limit": "2",

@@ -226,14 +226,15 @@ class ProviderChatTests(SynchronousTestCase):
 
     def test_rateLimited(self) -> None:
         """
-        A provider's rate limit is a 429 in the OpenAI envelope, with the
-        wait it asked for in Retry-After.
+        A provider's rate limit is a 429 (its status line saying so) in the
+        OpenAI envelope, with the wait it asked for in Retry-After.
         """
         for name, prefix, model, _, _ in self.each():
             with self.subTest(provider=name):
                 response, body = self.gateway.post(self, prefix + "/v1/chat/completions",
                                                    _chat(model), {"x-fakellm-status": "429"})
                 self.assertEqual(response.code, 429, body)
+                self.assertEqual(response.phrase, b"Too Many Requests")
                 error = json.loads(body)["error"]
                 self.assertIsInstance(error["message"], str)
                 self.assertEqual(error["type"], "rate_limit_error")
@@ -415,6 +416,30 @@ class DoorTests(SynchronousTestCase):
                 delta = [d for n, d in events if n == "message_delta"][0]
                 self.assertEqual(delta["delta"]["stop_reason"], "end_turn")
                 self.assertEqual(delta["usage"]["output_tokens"], 3)
+
+    def test_streamError(self) -> None:
+        """
+        An error inside a provider's stream reaches a door client after the
+        words that came before it, as an error event naming the upstream's
+        message, and never as a complete message.  (Anthropic's own stream
+        reaches the client as it came, its clean end included.)
+        """
+        for name, prefix, model in self.each():
+            with self.subTest(provider=name):
+                response, body = self.gateway.post(
+                    self, prefix + "/v1/messages", _messages(model, stream=True),
+                    {"x-fakellm-stream-error": "overloaded_error", "x-fakellm-chunks": "2"},
+                    broken=name != "anthropic")
+                self.assertEqual(response.code, 200, body)
+                events = _anthropicEvents(body)
+                text = "".join(d["delta"].get("text", "") for n, d in events
+                               if n == "content_block_delta")
+                self.assertEqual(text.split(), ["Shall", "I"])
+                self.assertEqual(events[-1][0], "error")
+                self.assertNotIn("message_stop", [n for n, _ in events])
+                if name in ("openai", "azure"):
+                    self.assertIn("The fake LLM was asked to fail the stream",
+                                  events[-1][1]["error"]["message"])
 
     def test_toolUse(self) -> None:
         """

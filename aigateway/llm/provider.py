@@ -417,35 +417,66 @@ class _OpenAIStream:
         self._parser = SSEParser()
         self._finished = False
         self._done = False
+        self._error: StreamError | None = None
 
     def _events(self, events: list) -> list[dict[str, Any]]:
-        out = []
-        for event in events:
-            if event.data == "[DONE]":
-                self._done = True
-                continue
-            try:
-                document = json.loads(event.data)
-            except ValueError:
-                raise StreamError("the upstream sent an event that is not JSON") from None
-            if not isinstance(document, dict):
-                raise StreamError("the upstream sent an event that is not a chunk")
-            if event.event == "error" or "error" in document and "choices" not in document:
-                raise StreamError("the upstream's stream ended with an error")
-            for choice in document.get("choices") or ():
-                if isinstance(choice, dict) and choice.get("finish_reason"):
-                    self._finished = True
-            out.append(document)
+        """
+        The chunks of C{events}.  When an event cannot go on, the chunks
+        before it are returned and the error is kept for the next call, so
+        that the client gets what came before it however the bytes were cut.
+        """
+        if self._error is not None:
+            raise self._error
+        out: list[dict[str, Any]] = []
+        try:
+            for event in events:
+                document = self._event(event)
+                if document is not None:
+                    out.append(document)
+        except StreamError as e:
+            if not out:
+                raise
+            self._error = e
         return out
+
+    def _event(self, event: Any) -> dict[str, Any] | None:
+        if event.data == "[DONE]":
+            self._done = True
+            return None
+        try:
+            document = json.loads(event.data)
+        except ValueError:
+            raise StreamError("the upstream sent an event that is not JSON") from None
+        if not isinstance(document, dict):
+            raise StreamError("the upstream sent an event that is not a chunk")
+        if event.event == "error" or "error" in document and "choices" not in document:
+            raise StreamError(_streamErrorMessage(document))
+        for choice in document.get("choices") or ():
+            if isinstance(choice, dict) and choice.get("finish_reason"):
+                self._finished = True
+        return document
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         return self._events(self._parser.feed(data))
 
     def end(self) -> list[dict[str, Any]]:
-        out = self._events(self._parser.end())
+        if self._error is not None:
+            raise self._error
+        out = [d for d in map(self._event, self._parser.end()) if d is not None]
         if not (self._finished or self._done):
             raise StreamError("the upstream's stream ended before its last event")
         return out
+
+
+def _streamErrorMessage(document: dict[str, Any]) -> str:
+    """
+    What an OpenAI-style error event says, as the reason a stream ended.
+    """
+    error = document.get("error")
+    message = error.get("message") if isinstance(error, dict) else error
+    if isinstance(message, str) and message.strip():
+        return f"the upstream's stream ended with an error: {message.strip()[:500]}"
+    return "the upstream's stream ended with an error"
 
 
 class OpenAIReader:

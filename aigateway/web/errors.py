@@ -12,6 +12,7 @@ report says it.
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Iterable
 
 from twisted.web.iweb import IRequest
@@ -21,7 +22,19 @@ from twisted.web.server import NOT_DONE_YET, Request
 from aigateway.llm.messages import errorToAnthropic
 from aigateway.observe.record import IExchange
 
-__all__ = ["ErrorResource", "errorBody", "finishWith", "refuse", "writeError"]
+__all__ = ["ErrorResource", "errorBody", "finishWith", "refuse", "setStatus", "writeError"]
+
+# Twisted has no reason phrase for some statuses (429 among them): its
+# status lines would say "Unknown Status".
+_PHRASES = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+_PHRASES[529] = b"Overloaded"
+
+
+def setStatus(request: Request, status: int) -> None:
+    """
+    Set C{request}'s status with its standard reason phrase.
+    """
+    request.setResponseCode(status, _PHRASES.get(status))
 
 # The envelope's "type" for each status the gateway itself answers with.
 _TYPES = {
@@ -67,7 +80,7 @@ def writeError(
     for a C{render} method to return.
     """
     body = errorBody(status, message, code)
-    request.setResponseCode(status)
+    setStatus(request, status)
     request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
     for name, value in headers:
         request.responseHeaders.setRawHeaders(name, [value])

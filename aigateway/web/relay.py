@@ -51,7 +51,7 @@ from aigateway.llm.usage import AnswerObserver
 from aigateway.observe.record import IExchange
 from aigateway.observe.report import Exchange, Telemetry
 from aigateway.web.balance import Health, Planner
-from aigateway.web.errors import errorBody, finishWith, refuse
+from aigateway.web.errors import errorBody, finishWith, refuse, setStatus
 from aigateway.web.guard import Identity
 from aigateway.web.policy import IAdmission
 
@@ -712,7 +712,7 @@ class _Relay:
             error = call.reader.error(response.code, response.headers, body)
             written = call.writer.error(error.status, error.message, error.type, error.code)
             self.exchange.reason = error.message
-            request.setResponseCode(error.status)
+            setStatus(request, error.status)
             retryAfter = response.headers.getRawHeaders(b"retry-after")
             if retryAfter:
                 request.responseHeaders.setRawHeaders(b"retry-after", retryAfter[:1])
