@@ -7,9 +7,11 @@ the agent against the fake LLM over real sockets.
 from __future__ import annotations
 
 import json
+import random
+from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
 from twisted.internet.error import (ConnectionAborted, ConnectionDone, ConnectionLost, ConnectionRefusedError,
                                     DNSLookupError)
 from twisted.internet.protocol import Factory, Protocol
@@ -744,26 +746,272 @@ class PoolTests(SynchronousTestCase):
         h.request()
         self.assertEqual(len(h.endpoints.connections), 2)
 
-    def test_retry(self) -> None:
+
+def _carrying(h: _Harness) -> int:
+    """
+    The index of the one connection that carries a request.
+    """
+    [index] = [i for i, (_, protocol) in enumerate(h.endpoints.connections) if protocol.exchange is not None]
+    return index
+
+
+def _answered(case: SynchronousTestCase, h: _Harness, d: Deferred, answer: bytes = OK) -> int:
+    """
+    Answer the request C{d} with C{answer} and read its body whole; returns
+    the index of the connection it went on.
+    """
+    index = _carrying(h)
+    h.answer(answer, index=index)
+    case.successResultOf(readBody(case.successResultOf(d)))
+    return index
+
+
+def _keeping(hint: bytes) -> bytes:
+    """
+    L{OK} with C{Keep-Alive: hint}.
+    """
+    return OK.replace(b"OK\r\n", b"OK\r\nKeep-Alive: " + hint + b"\r\n", 1)
+
+
+class IdleTimeTests(SynchronousTestCase):
+    """
+    How long an idle connection is used again: the agent's idle time (per
+    origin if set so), shortened by the upstream's C{Keep-Alive} hint.
+    """
+
+    def reusedAfter(self, h: _Harness, seconds: float, answer: bytes = OK,
+                    uri: bytes = b"http://up.example:8000/v1/chat?x=1") -> bool:
         """
-        A GET on a kept-alive connection that turns out closed before a
-        byte of the answer is sent again on a new one; a POST is not (it
-        may have been acted on).
+        Whether a request sent C{seconds} after C{answer} ended goes on the
+        connection that carried it; an idle one not reused is closed.
+        """
+        used = h.transport(_answered(self, h, h.request(uri=uri), answer))
+        before = len(h.endpoints.connections)
+        h.clock.advance(seconds)
+        d = h.request(uri=uri)
+        reused = len(h.endpoints.connections) == before
+        self.assertEqual(used.disconnecting, not reused)
+        self.assertEqual(h.transport(_answered(self, h, d)) is used, reused)
+        return reused
+
+    def test_defaultIdleTime(self) -> None:
+        """
+        By default a connection idle for 4 s is not used again (Node and
+        uvicorn close theirs after 5 s); one idle for less is.
+        """
+        self.assertTrue(self.reusedAfter(_Harness(), 3.9))
+        self.assertFalse(self.reusedAfter(_Harness(), 4.0))
+
+    def test_keepAliveHint(self) -> None:
+        """
+        C{Keep-Alive: timeout=5} keeps a connection 4 s at most (a 1 s
+        margin), even when the agent would keep it longer; parameters
+        around it and the field's case do not matter.
+        """
+        for hint in (b"timeout=5", b"timeout=5, max=1000", b"max=99, TimeOut = 5", b'timeout="5"'):
+            self.assertTrue(self.reusedAfter(_Harness(idleTimeout=30), 3.9, _keeping(hint)), hint)
+            self.assertFalse(self.reusedAfter(_Harness(idleTimeout=30), 4.0, _keeping(hint)), hint)
+
+    def test_shortHints(self) -> None:
+        """
+        A hint under 2 s loses half of itself rather than a whole second;
+        C{timeout=0} keeps nothing: the connection is closed at once.
+        """
+        for hint, keep in ((b"2", 1.0), (b"1", 0.5)):
+            self.assertTrue(self.reusedAfter(_Harness(), keep - 0.01, _keeping(b"timeout=" + hint)), hint)
+            self.assertFalse(self.reusedAfter(_Harness(), keep, _keeping(b"timeout=" + hint)), hint)
+        h = _Harness()
+        _answered(self, h, h.request(), _keeping(b"timeout=0"))
+        self.assertTrue(h.transport().disconnecting)
+
+    def test_hintNeverLongerThanIdleTime(self) -> None:
+        """
+        A hint longer than the agent's idle time does not lengthen it.
+        """
+        self.assertFalse(self.reusedAfter(_Harness(idleTimeout=4), 4.0, _keeping(b"timeout=600")))
+        self.assertFalse(self.reusedAfter(_Harness(idleTimeout=2), 2.5, _keeping(b"timeout=5")))
+
+    def test_shortestHint(self) -> None:
+        """
+        Of several timeouts, in one field or in several, the shortest holds.
+        """
+        answer = OK.replace(b"OK\r\n", b"OK\r\nKeep-Alive: timeout=30\r\nKeep-Alive: timeout=3, timeout=9\r\n", 1)
+        self.assertTrue(self.reusedAfter(_Harness(idleTimeout=60), 1.9, answer))
+        self.assertFalse(self.reusedAfter(_Harness(idleTimeout=60), 2.0, answer))
+
+    def test_malformedHint(self) -> None:
+        """
+        A hint that is not whole seconds, or a field without one, says
+        nothing: the agent's idle time holds.
+        """
+        for hint in (b"timeout=abc", b"timeout=-3", b"timeout=1.5", b"timeout=", b"max=5", b"timeout=5x",
+                     b"timeout=1234567890"):
+            self.assertTrue(self.reusedAfter(_Harness(idleTimeout=30), 29, _keeping(hint)), hint)
+
+    def test_hintPerAnswer(self) -> None:
+        """
+        Each answer's hint holds for the time after it: a later answer
+        without one gives the connection the agent's idle time again.
+        """
+        h = _Harness(idleTimeout=30)
+        self.assertTrue(self.reusedAfter(h, 0, _keeping(b"timeout=2")))
+        self.assertTrue(self.reusedAfter(h, 10))
+        self.assertEqual(len(h.endpoints.connections), 1)
+
+    def test_perOrigin(self) -> None:
+        """
+        Idle times set per origin, by any URL on it, hold for that origin
+        alone; setting them anew replaces them all, for connections that go
+        idle from then on.
+        """
+        a, b, c = b"http://up.example:8000/v1/chat", b"https://other.example/", b"http://third.example/"
+        h = _Harness(idleTimeout=3, idleTimeouts={"http://UP.example:8000/v1": 10, b"https://other.example:443": 1})
+        self.assertTrue(self.reusedAfter(h, 9.9, uri=a))
+        self.assertFalse(self.reusedAfter(h, 1.0, uri=b))
+        self.assertTrue(self.reusedAfter(h, 2.9, uri=c))
+        self.assertFalse(self.reusedAfter(h, 3.0, uri=c))
+        h.agent.setIdleTimeouts({b"http://third.example:80/v1": 20, "http://third.example": 6})
+        self.assertFalse(self.reusedAfter(h, 3.0, uri=a))
+        self.assertTrue(self.reusedAfter(h, 2.9, uri=b))
+        self.assertTrue(self.reusedAfter(h, 5.9, uri=c))
+        self.assertFalse(self.reusedAfter(h, 6.0, uri=c))
+
+    def test_badOriginKey(self) -> None:
+        """
+        An idle time keyed by something that is not an http(s) URL is
+        refused.
         """
         h = _Harness()
-        d = h.agent.request(b"GET", b"http://up.example/models")
-        h.answer(OK)
-        self.successResultOf(readBody(self.successResultOf(d)))
-        d = h.agent.request(b"GET", b"http://up.example/models")
-        h.protocol(0).connectionLost(Failure(ConnectionDone()))
-        self.assertEqual(len(h.endpoints.connections), 2)
-        self.assertEqual(h.transport(1).value(), b"GET /models HTTP/1.1\r\nHost: up.example\r\n\r\n")
-        h.answer(OK)
-        self.assertEqual(self.successResultOf(d).code, 200)
+        for key in ("up.example", "ftp://up.example/", "/v1"):
+            self.assertRaises(ValueError, h.agent.setIdleTimeouts, {key: 1})
 
-        d = h.request(uri=b"http://up.example/models")
-        h.protocol(1).connectionLost(Failure(ConnectionDone()))
+
+class ResendTests(SynchronousTestCase):
+    """
+    A request that meets the upstream's close of a kept-alive connection
+    before a byte of the answer came is written once more, on a new
+    connection; never otherwise.
+    """
+
+    def reusing(self, h: _Harness, method: bytes = b"POST", body: Any = b'{"a":1}') -> tuple[Deferred, bytes]:
+        """
+        Send a request on a connection that carried one already; returns it
+        and the bytes it wrote.
+        """
+        _answered(self, h, h.request())
+        before = len(h.transport(0).value())
+        if isinstance(body, bytes) or body is None:
+            d = h.request(method=method, body=body)
+        else:
+            d = h.agent.request(method, b"http://up.example:8000/v1/chat?x=1", None, body)
+        self.assertEqual(len(h.endpoints.connections), 1)
+        return d, h.transport(0).value()[before:]
+
+    def test_resentOnNewConnection(self) -> None:
+        """
+        A POST with its body, or a GET, written on a reused connection that
+        then closes or is reset with nothing received, is written again,
+        the same bytes, on a new connection, and gets its answer there.
+        """
+        for method, body in ((b"POST", b'{"model":"m"}'), (b"GET", None), (b"POST", b"")):
+            for lost in (ConnectionDone(), ConnectionLost()):
+                h = _Harness()
+                d, sent = self.reusing(h, method, body)
+                h.protocol(0).connectionLost(Failure(lost))
+                self.assertEqual(len(h.endpoints.connections), 2)
+                self.assertEqual(h.transport(1).value(), sent)
+                self.assertNoResult(d)
+                h.answer(OK, index=1)
+                self.assertEqual(self.successResultOf(readBody(self.successResultOf(d))), b"hello world")
+
+    def test_resentOnce(self) -> None:
+        """
+        When the new connection fails too, the request fails: it is not
+        written a third time.
+        """
+        h = _Harness()
+        d, _ = self.reusing(h)
+        h.protocol(0).connectionLost(Failure(ConnectionDone()))
+        h.protocol(1).connectionLost(Failure(ConnectionLost()))
         self.failureResultOf(d, ResponseFailed)
+        self.assertEqual(len(h.endpoints.connections), 2)
+
+    def test_resendConnectFails(self) -> None:
+        """
+        When the new connection cannot be made, the request fails with the
+        reason.
+        """
+        h = _Harness()
+        d, _ = self.reusing(h)
+        h.endpoints.failure = Failure(ConnectionRefusedError())
+        h.protocol(0).connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(d, ConnectionRefusedError)
+
+    def test_cancelWhileResending(self) -> None:
+        """
+        Cancelling while the new connection is being made cancels it.
+        """
+        h = _Harness()
+        d, _ = self.reusing(h)
+        cancelled = []
+        h.endpoints.connect = lambda factory: Deferred(cancelled.append)
+        h.protocol(0).connectionLost(Failure(ConnectionDone()))
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(len(cancelled), 1)
+
+    def test_notAfterAByte(self) -> None:
+        """
+        Once any byte of the answer came (part of a head, an interim
+        answer, a head, part of a body), a lost connection fails the
+        request or its body: nothing is written again.
+        """
+        for partial in (b"H", b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 100 Continue\r\n\r\n"):
+            for lost in (ConnectionDone(), ConnectionLost()):
+                h = _Harness()
+                d, _ = self.reusing(h)
+                h.answer(partial)
+                h.protocol(0).connectionLost(Failure(lost))
+                self.failureResultOf(d, ResponseFailed)
+                self.assertEqual(len(h.endpoints.connections), 1, partial)
+        for partial in (OK[:OK.index(b"\r\n\r\n") + 4], OK[:-1]):
+            h = _Harness()
+            d, _ = self.reusing(h)
+            h.answer(partial)
+            reader = _Reader()
+            self.successResultOf(d).deliverBody(reader)
+            h.protocol(0).connectionLost(Failure(ConnectionLost()))
+            reader.reason.trap(ResponseFailed)
+            self.assertEqual(len(h.endpoints.connections), 1)
+
+    def test_notOnFreshConnection(self) -> None:
+        """
+        A request on a new connection that is closed or reset before the
+        answer fails: the upstream could not have closed it for idleness.
+        """
+        for lost in (ConnectionDone(), ConnectionLost()):
+            h = _Harness()
+            d = h.request()
+            h.protocol(0).connectionLost(Failure(lost))
+            self.failureResultOf(d, ResponseFailed)
+            self.assertEqual(len(h.endpoints.connections), 1)
+
+    def test_bodyNotReplayable(self) -> None:
+        """
+        A request whose body came from a producer other than L{BytesBody}
+        (of known length or not) is never written again: its body is gone.
+        """
+        import io
+
+        for length in (3, UNKNOWN_LENGTH):
+            h = _Harness()
+            producer = FileBodyProducer(io.BytesIO(b"abc"), cooperator=_Immediate())
+            producer.length = length
+            d, sent = self.reusing(h, body=producer)
+            self.assertTrue(sent.endswith(b"abc") or sent.endswith(b"0\r\n\r\n"), sent)
+            h.protocol(0).connectionLost(Failure(ConnectionDone()))
+            self.failureResultOf(d, ResponseFailed)
+            self.assertEqual(len(h.endpoints.connections), 1)
 
 
 # An answer a faulty or hostile upstream sends where none was asked for.
@@ -1104,6 +1352,61 @@ class RealSocketTests(TestCase):
         self.assertIn(b"data: [DONE]", text)
         self.assertGreaterEqual(len(reader.chunks), 3)
         self.assertGreater(reader.chunks[-1][0] - reader.chunks[0][0], 0.05)
+
+    async def test_upstreamClosingIdle(self) -> None:
+        """
+        An upstream that closes connections idle for 50 ms, asked 600
+        POSTs (ten callers side by side, sixty each in turn) with gaps
+        around 50 ms, so that many meet its close on the way: every one
+        gets its answer.
+        """
+        from twisted.internet.task import deferLater
+
+        class Closing(Protocol):
+            """
+            Answers each request (a head and its Content-Length body), and
+            closes the connection 50 ms after the last answer.
+            """
+
+            timer = None
+            buffer = b""
+
+            def dataReceived(self, data: bytes) -> None:
+                if self.timer is not None and self.timer.active():
+                    self.timer.cancel()
+                self.buffer += data
+                while b"\r\n\r\n" in self.buffer:
+                    head, _, rest = self.buffer.partition(b"\r\n\r\n")
+                    length = int(head.lower().partition(b"content-length:")[2].split(b"\r\n")[0] or b"0")
+                    if len(rest) < length:
+                        break
+                    self.buffer = rest[length:]
+                    self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                self.timer = reactor.callLater(0.05, self.transport.loseConnection)
+
+            def connectionLost(self, reason: Failure) -> None:
+                if self.timer is not None and self.timer.active():
+                    self.timer.cancel()
+
+        gaps = random.Random(16)
+        failures: list[str] = []
+
+        async def caller() -> None:
+            # Each caller has an upstream (an origin) of its own, so that
+            # its next request finds the connection idle for the gap alone.
+            port = reactor.listenTCP(0, Factory.forProtocol(Closing), interface="127.0.0.1")
+            self.addCleanup(port.stopListening)
+            url = b"http://127.0.0.1:%d/v1/chat/completions" % port.getHost().port
+            for _ in range(60):
+                try:
+                    response = await self.agent.request(b"POST", url, None, BytesBody(b'{"model": "m"}'))
+                    self.assertEqual(await readBody(response), b"ok")
+                except Exception as e:
+                    failures.append(repr(e))
+                await deferLater(reactor, gaps.uniform(0.045, 0.055), lambda: None)
+
+        await gatherResults([Deferred.fromCoroutine(caller()) for _ in range(10)])
+        self.assertEqual(failures, [])
 
     async def _cut(self, answer: bytes, reset: bool) -> _Reader:
         """

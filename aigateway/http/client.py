@@ -23,12 +23,24 @@ any time, and nothing would tell it from the next request's answer), nor
 after one framed with both C{Content-Length} and C{Transfer-Encoding}, or
 with a transfer coding other than C{chunked} alone.  Bytes that arrive when
 no request is waiting close the connection and take it out of the pool.
+
+An idle connection is not used again once the upstream may be about to
+close it: after the agent's C{idleTimeout} (per origin if need be), and
+after the upstream's C{Keep-Alive: timeout=N} hint less a safety margin
+(see L{keepAliveLimit}), counted from the end of the answer.  Some
+upstreams close sooner than they say, or say nothing, and a request can
+still meet a close on its way: one that was written on a reused connection
+and lost before a byte of the answer came is written once more, on a new
+connection, whatever its method, when its body can be written again (no
+body, or a L{BytesBody}).  The upstream closed the connection while it was
+idle, so the request was most likely never read; it is not resent after any
+byte of an answer, nor when it failed on a new connection, nor twice.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Mapping
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -47,13 +59,21 @@ from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
 from zope.interface import implementer
 
 
-__all__ = ["BytesBody", "UpstreamAgent", "UpstreamResponse"]
+__all__ = ["BytesBody", "DEFAULT_IDLE_TIMEOUT", "UpstreamAgent", "UpstreamResponse", "keepAliveLimit"]
 
 # The longest response head (status line and fields) taken.
 MAX_HEAD = 64 * 1024
-# The methods a request may be sent again for when a kept-alive connection
-# turns out to have been closed before a byte of the answer came.
-_IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"DELETE"])
+# Seconds an idle connection is kept unless set otherwise: under the 5 s
+# after which Node and uvicorn close idle connections, so that a connection
+# is not reused just as they close it.  Servers that close sooner are left
+# to the resend of a request that met the close.
+DEFAULT_IDLE_TIMEOUT = 4.0
+# The safety margin taken off an upstream's Keep-Alive timeout (but never
+# more than half of it).
+_KEEP_ALIVE_MARGIN = 1.0
+# The parameter of a Keep-Alive field that says how long the upstream keeps
+# an idle connection: whole seconds, maybe quoted.
+_KEEP_ALIVE_TIMEOUT = re.compile(rb'\s*timeout\s*=\s*"?([0-9]{1,9})"?\s*', re.IGNORECASE)
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 # A chunk's size line: hexadecimal digits, then maybe extensions, which are
@@ -69,6 +89,35 @@ _DIGITS = re.compile(rb"[0-9]{1,18}")
 # The control characters a response head must not hold, but CR and LF,
 # which are counted instead (they may only come as the CRLF ending a line).
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def keepAliveLimit(hint: float) -> float:
+    """
+    The seconds a connection is kept idle after an answer whose
+    C{Keep-Alive} field says C{timeout=hint}: the hint less one second, or
+    less half of it when it is under two seconds, so that the connection is
+    not used as the upstream's own timer runs out (the upstream started it
+    when it wrote the answer's end, a little before it was read here).
+
+    @param hint: the seconds the upstream says it keeps an idle connection.
+    """
+    return hint - min(_KEEP_ALIVE_MARGIN, hint / 2)
+
+
+def _keepAliveTimeout(values: list[bytes]) -> float | None:
+    """
+    The smallest C{timeout} among C{Keep-Alive} field values, or C{None}
+    when none says one (a malformed one says none).
+    """
+    found: float | None = None
+    for value in values:
+        for parameter in value.split(b","):
+            match = _KEEP_ALIVE_TIMEOUT.fullmatch(parameter)
+            if match is not None:
+                seconds = float(int(match.group(1)))
+                if found is None or seconds < found:
+                    found = seconds
+    return found
 
 
 class ProtocolError(Exception):
@@ -204,9 +253,13 @@ class _Exchange:
         self.trailer = 0
         self.keepAlive = False
         self.produced = producer is None or isinstance(producer, BytesBody)
+        # Only a request written whole with its head can be written again.
+        self.resendable = self.produced
+        self.resent = False
         self.paused = False
         self.received = False
         self.reused = False
+        self.keepAliveTimeout: float | None = None
         self.response: UpstreamResponse | None = None
 
     # Sending.
@@ -225,7 +278,7 @@ class _Exchange:
     def _connected(self, connection: "_Connection") -> None:
         self.connecting = None
         if self.deferred is None:
-            self.origin.release(connection, self.agent.reactor.seconds())
+            self.origin.release(connection, self.agent.reactor.seconds(), None)
             return
         self.send(connection, reused=False)
 
@@ -340,6 +393,7 @@ class _Exchange:
         headers = Headers()
         lengths: list[bytes] = []
         codings: list[bytes] = []
+        keepAliveFields: list[bytes] = []
         connection = b""
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
@@ -357,6 +411,8 @@ class _Exchange:
                 continue
             if lower == b"connection":
                 connection += b"," + value.lower()
+            elif lower == b"keep-alive":
+                keepAliveFields.append(value)
             headers.addRawHeader(name, value)
         if 100 <= status < 200:
             if status == 101:
@@ -396,6 +452,8 @@ class _Exchange:
         else:
             self.state, length = _UNTIL_CLOSE, UNKNOWN_LENGTH
         self.keepAlive = keepAlive and self.state != _UNTIL_CLOSE
+        if keepAliveFields:
+            self.keepAliveTimeout = _keepAliveTimeout(keepAliveFields)
         self.response = UpstreamResponse(status, phrase, headers, length, _BodyProducer(self))
         d, self.deferred = self.deferred, None
         if d is not None:
@@ -481,7 +539,7 @@ class _Exchange:
             if self.paused:
                 connection.transport.resumeProducing()
             if self.keepAlive and self.produced and not extra:
-                self.origin.release(connection, self.agent.reactor.seconds())
+                self.origin.release(connection, self.agent.reactor.seconds(), self.keepAliveTimeout)
             else:
                 connection.transport.loseConnection()
         self.response._end(Failure(ResponseDone()))  # type: ignore[union-attr]
@@ -506,10 +564,13 @@ class _Exchange:
             return
         if (
             self.state == _HEAD and not self.received and self.reused and self.deferred is not None
-            and self.method in _IDEMPOTENT and self.producer is None
+            and self.resendable and not self.resent
         ):
-            # A kept-alive connection the upstream had closed: once more on
-            # a new one.
+            # A kept-alive connection the upstream had closed (the close
+            # crossed the request, or the request met a reset): once more,
+            # on a new connection, never again after it.
+            self.resent = True
+            self.reused = False
             self._connect()
             return
         self._fail(reason)
@@ -634,12 +695,18 @@ class _Origin:
     """
     One C{scheme://host:port}: its endpoint (made once: building one runs
     IDNA on the host name), its C{Host} value, and its idle connections,
-    the most recently used last.
+    the most recently used last, each with the time after which it is not
+    used again.
+
+    @ivar address: the scheme, host and port, as settings name the origin.
+    @ivar idleTimeout: the seconds a connection is kept idle at most.
     """
 
-    def __init__(self, endpoint: Any, host: bytes, maxIdle: int, idleTimeout: float) -> None:
+    def __init__(self, endpoint: Any, host: bytes, address: tuple[bytes, bytes, int], maxIdle: int,
+                 idleTimeout: float) -> None:
         self.endpoint = endpoint
         self.host = host
+        self.address = address
         self.maxIdle = maxIdle
         self.idleTimeout = idleTimeout
         self.factory = _ConnectionFactory(self)
@@ -648,22 +715,29 @@ class _Origin:
     def idleConnection(self, now: float) -> _Connection | None:
         idle = self.idle
         while idle:
-            connection, since = idle.pop()
-            if now - since < self.idleTimeout:
+            connection, until = idle.pop()
+            if now < until:
                 return connection
             connection.transport.loseConnection()
         return None
 
-    def release(self, connection: _Connection, now: float) -> None:
+    def release(self, connection: _Connection, now: float, keepAliveTimeout: float | None) -> None:
+        """
+        Keep C{connection} for the next request, until C{idleTimeout} has
+        passed, or the upstream's C{keepAliveTimeout} less its margin.
+        """
         if connection.broken:
             return
         idle = self.idle
-        if len(idle) >= self.maxIdle:
+        keep = self.idleTimeout
+        if keepAliveTimeout is not None:
+            keep = min(keep, keepAliveLimit(keepAliveTimeout))
+        if len(idle) >= self.maxIdle or keep <= 0:
             connection.transport.loseConnection()
             return
-        idle.append((connection, now))
+        idle.append((connection, now + keep))
         # Connections idle for too long are closed as traffic passes.
-        while now - idle[0][1] >= self.idleTimeout:
+        while now >= idle[0][1]:
             idle.pop(0)[0].transport.loseConnection()
 
     def forget(self, connection: _Connection) -> None:
@@ -673,6 +747,21 @@ class _Origin:
                 return
 
 
+def _address(url: bytes) -> tuple[bytes, bytes, int]:
+    """
+    The scheme, host (in lower case) and port of an absolute URL's origin.
+
+    @raise ValueError: when C{url} is not an absolute C{http} or C{https}
+        URL.
+    """
+    if b"://" not in url:
+        raise ValueError("not an absolute URL")
+    parsed = URI.fromBytes(url)
+    if parsed.scheme not in (b"http", b"https") or not parsed.host:
+        raise ValueError("not an http or https URL")
+    return parsed.scheme, parsed.host.lower(), parsed.port
+
+
 @implementer(IAgent, IAgentEndpointFactory)
 class UpstreamAgent:
     """
@@ -680,7 +769,12 @@ class UpstreamAgent:
 
     @param connectTimeout: seconds a connection attempt may take.
     @param maxIdle: idle connections kept per origin.
-    @param idleTimeout: seconds an idle connection is kept.
+    @param idleTimeout: seconds an idle connection is kept at most, for
+        every origin that C{idleTimeouts} does not name; an upstream's
+        shorter C{Keep-Alive: timeout} hint shortens it.
+    @param idleTimeouts: the same per origin, keyed by a URL on it (a
+        backend's URL, path and all, as text or bytes); see
+        L{setIdleTimeouts}.
     @param endpointFactory: makes the endpoint of each origin, once; by
         default a TCP endpoint (a C{HostnameEndpoint} for a host name),
         wrapped in TLS for C{https} with the server's certificate verified
@@ -688,7 +782,8 @@ class UpstreamAgent:
     """
 
     def __init__(self, reactor: Any, connectTimeout: float = 10.0, maxIdle: int = 256,
-                 idleTimeout: float = 120.0, endpointFactory: IAgentEndpointFactory | None = None) -> None:
+                 idleTimeout: float = DEFAULT_IDLE_TIMEOUT, endpointFactory: IAgentEndpointFactory | None = None,
+                 idleTimeouts: Mapping[str | bytes, float] | None = None) -> None:
         self.reactor = reactor
         self.connectTimeout = connectTimeout
         self.maxIdle = maxIdle
@@ -696,6 +791,29 @@ class UpstreamAgent:
         self._endpointFactory = endpointFactory if endpointFactory is not None else self
         self._tls = BrowserLikePolicyForHTTPS()
         self._origins: dict[bytes, _Origin] = {}
+        self._idleTimeouts: dict[tuple[bytes, bytes, int], float] = {}
+        if idleTimeouts:
+            self.setIdleTimeouts(idleTimeouts)
+
+    def setIdleTimeouts(self, idleTimeouts: Mapping[str | bytes, float]) -> None:
+        """
+        Replace the idle times set per origin (a configuration load calls it
+        with every backend's): an origin named by no URL of C{idleTimeouts}
+        gets the agent's C{idleTimeout} again.  URLs on the same origin
+        (C{http://h} and C{http://h:80/v1}) are one origin, which keeps the
+        shortest of their times.  Connections already idle keep the time
+        they were given when they went idle.
+
+        @param idleTimeouts: seconds, keyed by a URL on each origin.
+        @raise ValueError: for a key that is not an absolute URL.
+        """
+        timeouts: dict[tuple[bytes, bytes, int], float] = {}
+        for url, seconds in idleTimeouts.items():
+            address = _address(url.encode("ascii") if isinstance(url, str) else url)
+            timeouts[address] = min(seconds, timeouts.get(address, seconds))
+        self._idleTimeouts = timeouts
+        for origin in self._origins.values():
+            origin.idleTimeout = timeouts.get(origin.address, self.idleTimeout)
 
     def request(self, method: bytes, uri: bytes, headers: Headers | None = None,
                 bodyProducer: IBodyProducer | None = None) -> Deferred[IResponse]:
@@ -782,7 +900,9 @@ class UpstreamAgent:
         hostValue = b"[" + parsed.host + b"]" if b":" in parsed.host else parsed.host
         if parsed.port != (443 if parsed.scheme == b"https" else 80):
             hostValue += b":%d" % parsed.port
-        return _Origin(endpoint, hostValue, self.maxIdle, self.idleTimeout)
+        address = (parsed.scheme, parsed.host.lower(), parsed.port)
+        return _Origin(endpoint, hostValue, address, self.maxIdle,
+                       self._idleTimeouts.get(address, self.idleTimeout))
 
     def closeCachedConnections(self) -> Deferred[None]:
         """
