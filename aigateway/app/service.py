@@ -41,6 +41,21 @@ REPORT_DELAY = 0.001
 TRACE_FLUSH_GRACE = 5.0
 
 
+def configureAgent(agent: UpstreamAgent, config: Config) -> None:
+    """
+    Give the upstream agent each backend's idle time and the connection
+    timeout of the routes that use it (the shortest, when several do).
+    """
+    agent.setIdleTimeouts({b.url: b.idleTimeout for b in config.backends.values()
+                           if b.idleTimeout is not None})
+    connect: dict[str, float] = {}
+    for route in config.routes:
+        for target in route.targets:
+            url = target.backend.url
+            connect[url] = min(route.timeouts.connect, connect.get(url, route.timeouts.connect))
+    agent.setConnectTimeouts(connect)
+
+
 class GatewayService(MultiService):
     """
     The running gateway: its listeners and admin listener, the remote key
@@ -127,10 +142,13 @@ class GatewayService(MultiService):
     def _build(self, config: Config) -> Gateway:
         telemetry = Telemetry(config.tracing, self.metrics, self.reactor, self.tracerProvider, self.inFlight,
                               accessLog=config.accessLog, reportDelay=REPORT_DELAY)
-        return buildGateway(
+        gateway = buildGateway(
             config, self.agent, self.reactor, self.environ, self.readFile,
             treqFetch(self.agent, self.reactor), telemetry, self.buckets, self.health,
         )
+        if isinstance(self.agent, UpstreamAgent):
+            configureAgent(self.agent, config)
+        return gateway
 
     def _followListeners(self, config: Config) -> None:
         for listener in self.listeners:

@@ -298,6 +298,7 @@ def _backend(name: str, value: object, path: str) -> Backend:
         apiVersion=fields.take("apiVersion", _string,
                                DEFAULT_AZURE_API_VERSION if kind == "azure-openai" else None),
         region=region,
+        idleTimeout=fields.take("idleTimeout", _positiveDuration),
     )
     fields.done()
     if kind == "bedrock" and backend.authToken is not None and backend.authToken.kind == "passthrough":

@@ -101,6 +101,8 @@ class Backend:
     @ivar deployment: C{azure-openai}: the deployment requests go to.
     @ivar apiVersion: C{azure-openai}: the C{api-version} query parameter.
     @ivar region: C{bedrock}: the AWS region, for the URL and the signature.
+    @ivar idleTimeout: seconds a kept-alive connection to it waits for the
+        next request, or L{None} for the gateway's default.
     """
 
     name: str
@@ -113,6 +115,7 @@ class Backend:
     deployment: str | None = None
     apiVersion: str | None = None
     region: str | None = None
+    idleTimeout: float | None = None
 
 
 @attrs.frozen

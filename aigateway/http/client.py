@@ -791,6 +791,7 @@ class UpstreamAgent:
         self._endpointFactory = endpointFactory if endpointFactory is not None else self
         self._tls = BrowserLikePolicyForHTTPS()
         self._origins: dict[bytes, _Origin] = {}
+        self._connectTimeouts: dict[tuple[bytes, bytes, int], float] = {}
         self._idleTimeouts: dict[tuple[bytes, bytes, int], float] = {}
         if idleTimeouts:
             self.setIdleTimeouts(idleTimeouts)
@@ -814,6 +815,27 @@ class UpstreamAgent:
         self._idleTimeouts = timeouts
         for origin in self._origins.values():
             origin.idleTimeout = timeouts.get(origin.address, self.idleTimeout)
+
+    def setConnectTimeouts(self, connectTimeouts: Mapping[str | bytes, float]) -> None:
+        """
+        Replace the connection timeouts set per origin, as
+        L{setIdleTimeouts} does the idle times: an origin named by no URL
+        gets the agent's C{connectTimeout}; several URLs on one origin keep
+        the shortest.  Connections made from now on use them.
+
+        @param connectTimeouts: seconds, keyed by a URL on each origin.
+        @raise ValueError: for a key that is not an absolute URL.
+        """
+        timeouts: dict[tuple[bytes, bytes, int], float] = {}
+        for url, seconds in connectTimeouts.items():
+            address = _address(url.encode("ascii") if isinstance(url, str) else url)
+            timeouts[address] = min(seconds, timeouts.get(address, seconds))
+        changed = {a for a in set(timeouts) | set(self._connectTimeouts)
+                   if timeouts.get(a) != self._connectTimeouts.get(a)}
+        self._connectTimeouts = timeouts
+        for key, origin in self._origins.items():
+            if origin.address in changed:
+                origin.endpoint = self._endpointFactory.endpointForURI(URI.fromBytes(key + b"/"))
 
     def request(self, method: bytes, uri: bytes, headers: Headers | None = None,
                 bodyProducer: IBodyProducer | None = None) -> Deferred[IResponse]:
@@ -881,13 +903,14 @@ class UpstreamAgent:
         thread, would cost more CPU than the connection itself.
         """
         host = uri.host.decode("ascii")
+        timeout = self._connectTimeouts.get((uri.scheme, uri.host.lower(), uri.port), self.connectTimeout)
         endpoint: Any
         if isIPAddress(host):
-            endpoint = TCP4ClientEndpoint(self.reactor, host, uri.port, timeout=self.connectTimeout)
+            endpoint = TCP4ClientEndpoint(self.reactor, host, uri.port, timeout=timeout)
         elif isIPv6Address(host):
-            endpoint = TCP6ClientEndpoint(self.reactor, host, uri.port, timeout=self.connectTimeout)
+            endpoint = TCP6ClientEndpoint(self.reactor, host, uri.port, timeout=timeout)
         else:
-            endpoint = HostnameEndpoint(self.reactor, host, uri.port, timeout=self.connectTimeout)
+            endpoint = HostnameEndpoint(self.reactor, host, uri.port, timeout=timeout)
         if uri.scheme == b"https":
             endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
         return endpoint
