@@ -117,6 +117,21 @@ class Gateway:
 
     root: RouteTable
     keySets: tuple[RemoteJWKS, ...] = ()
+    relays: tuple[RelayResource, ...] = ()
+
+    def health(self, now: float) -> dict[str, list[dict[str, object]]]:
+        """
+        Each route's targets and whether they are ejected, for C{/readyz}.
+        """
+        return {
+            relay.route.name: [
+                {"backend": target.backend.name,
+                 "healthy": not health.ejected(now),
+                 **({"ejectedFor": round(health.ejectedUntil - now, 3)} if health.ejected(now) else {})}
+                for target, health in zip(relay.planner.targets, relay.planner.health)
+            ]
+            for relay in self.relays
+        }
 
 
 class _Builder:
@@ -139,6 +154,7 @@ class _Builder:
         health: dict[tuple[str, str], Health],
     ) -> None:
         self.health = health
+        self.relays: list[RelayResource] = []
         self.config = config
         self.telemetry = telemetry
         self.buckets = buckets
@@ -239,6 +255,7 @@ class _Builder:
         health = [self.health.setdefault((route.name, t.backend.name), Health())
                   for t in route.targets]
         relay = RelayResource(route, upstreams, health, self.agent, self.clock, self.telemetry)
+        self.relays.append(relay)
         judged = PolicyResource(route.name, route.maxRequestBody, route.match.pathPrefix,
                                 self.providers[backend], policy, relay, self.clock,
                                 guarded=route.jwt is not None)
@@ -259,7 +276,7 @@ class _Builder:
         root = RouteTable(
             [(r, self.route(i, r)) for i, r in enumerate(self.config.routes)], self.telemetry
         )
-        return Gateway(root, tuple(self.keySets.values()))
+        return Gateway(root, tuple(self.keySets.values()), tuple(self.relays))
 
 
 def buildGateway(

@@ -20,6 +20,7 @@ class FakeControl:
     loadedAt: float = 1.5
     lastError: str | None = None
     ready: list[str] = attrs.Factory(list)
+    routes: dict = attrs.Factory(dict)
     refusal: str | None = None
     reloads: list[str] = attrs.Factory(list)
 
@@ -58,9 +59,20 @@ class AdminRootTests(SynchronousTestCase):
         """
         C{/readyz} is 200 with nothing pending, else 503 with what is.
         """
-        self.assertEqual(self.json("/readyz"), (200, {"ready": True, "pending": []}))
+        self.assertEqual(self.json("/readyz"), (200, {"ready": True, "pending": [], "routes": {}}))
         self.control.ready = ["jwks https://keys"]
-        self.assertEqual(self.json("/readyz"), (503, {"ready": False, "pending": ["jwks https://keys"]}))
+        self.assertEqual(self.json("/readyz"),
+                         (503, {"ready": False, "pending": ["jwks https://keys"], "routes": {}}))
+
+    def test_readyzRoutes(self) -> None:
+        """
+        C{/readyz} shows each route's targets and their health.
+        """
+        self.control.routes = {"chat": [{"backend": "a", "healthy": False, "ejectedFor": 12.5},
+                                        {"backend": "b", "healthy": True}]}
+        status, body = self.json("/readyz")
+        self.assertEqual(status, 200)
+        self.assertEqual(body["routes"], self.control.routes)
 
     def test_metrics(self) -> None:
         """

@@ -316,3 +316,32 @@ class BalanceTests(SynchronousTestCase):
         self.assertEqual(gateway.agent.hosts, ["refuse", "s429"])
         status, _ = gateway.send(self, wait=1)
         self.assertEqual(gateway.agent.hosts[2], "refuse")
+
+
+class HealthReportTests(SynchronousTestCase):
+    """
+    What C{/readyz} shows of each route's targets.
+    """
+
+    def test_ejectedShown(self) -> None:
+        """
+        An ejected target is shown unhealthy, with the seconds left.
+        """
+        clock = Clock()
+        agent = _Agent(clock)
+        config = loadConfig(_config(BACKENDS, _route(
+            [{"backend": "refuse"}, {"backend": "good", "priority": 1}],
+            outlier={"consecutiveFailures": 1, "ejection": "30s"})))
+        gateway = buildGateway(config, agent, clock, {})
+        client = StubTreq(gateway.root)
+        d = client.post("http://gw/r/v1/chat/completions", json.dumps(CHAT).encode(),
+                        headers={"content-type": "application/json"})
+        for _ in range(10):
+            agent.upstream.flush()
+            clock.advance(0.1)
+        self.assertEqual(self.successResultOf(d).code, 200)
+        health = gateway.health(clock.seconds())
+        self.assertEqual(health["r"][0]["backend"], "refuse")
+        self.assertFalse(health["r"][0]["healthy"])
+        self.assertGreater(health["r"][0]["ejectedFor"], 28)
+        self.assertEqual(health["r"][1], {"backend": "good", "healthy": True})

@@ -3,7 +3,9 @@ The admin listener, loopback by default:
 
   - C{GET /healthz}: the process is up;
   - C{GET /readyz}: 200 once every remote key set has keys, else 503 with
-    what is pending;
+    what is pending; either way, each route's targets and which of them
+    are ejected (a route whose targets are all ejected still serves: it
+    tries the least recently ejected);
   - C{GET /metrics}: the Prometheus metrics;
   - C{GET /config}: the configuration being served, secrets redacted, with
     its SHA-256, when it was loaded and why the last reload failed;
@@ -90,6 +92,12 @@ class GatewayControl(Protocol):
         What the gateway still waits for before it can serve.
         """
 
+    @property
+    def routes(self) -> dict[str, list[dict[str, object]]]:
+        """
+        Each route's targets and their health.
+        """
+
     def reload(self, reason: str) -> str | None:
         """
         Load the configuration again; L{None}, or why it was not taken.
@@ -119,7 +127,8 @@ class AdminRoot(Resource):
             return b"ok\n"
         if path == b"/readyz":
             pending = gateway.ready
-            return _json(request, {"ready": not pending, "pending": pending}, 503 if pending else 200)
+            return _json(request, {"ready": not pending, "pending": pending, "routes": gateway.routes},
+                         503 if pending else 200)
         if path == b"/metrics":
             request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
             return generate_latest(self.registry)

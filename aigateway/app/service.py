@@ -203,6 +203,13 @@ class GatewayService(MultiService):
         """
         return self.current.pending
 
+    @property
+    def routes(self) -> dict[str, list[dict[str, object]]]:
+        """
+        Each route's targets and their health.
+        """
+        return self.current.gateway.health(self.reactor.seconds())
+
     def reload(self, reason: str) -> str | None:
         """
         Load the configuration again and, if it is good, serve it.
