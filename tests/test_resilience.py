@@ -338,6 +338,7 @@ class HealthReportTests(SynchronousTestCase):
                         headers={"content-type": "application/json"})
         for _ in range(10):
             agent.upstream.flush()
+            client.flush()
             clock.advance(0.1)
         self.assertEqual(self.successResultOf(d).code, 200)
         health = gateway.health(clock.seconds())
