@@ -395,15 +395,62 @@ def providerRows(fakellmPort: int, directory: str, seconds: int) -> list[tuple[s
     return rows
 
 
+def resilienceRows(fakellmPort: int, directory: str, seconds: int) -> list[tuple[str, str, str]]:
+    """
+    The cost of a route with three targets over a route with one, and the
+    latency a failover from a refusing target adds.
+    """
+    url = f"http://127.0.0.1:{fakellmPort}"
+    dead = freePort()
+    port, admin = freePort(), freePort()
+    path = os.path.join(directory, "resilience.yaml")
+    with open(path, "w") as f:
+        f.write(
+            f"accessLog: false\nlisten: 'tcp:{port}:interface=127.0.0.1'\n"
+            f"admin: {{listen: 'tcp:{admin}:interface=127.0.0.1'}}\nbackends:\n"
+            + "".join(f"  {n}: {{provider: openai, url: '{url}', authToken: {{value: {KEY}}}}}\n"
+                      for n in ("a", "b", "c"))
+            + f"  dead: {{provider: openai, url: 'http://127.0.0.1:{dead}'}}\n"
+            "routes:\n"
+            "  - {name: one, match: {pathPrefix: /one}, backend: a}\n"
+            "  - name: three\n    match: {pathPrefix: /three}\n    backends:\n"
+            "      - {backend: a, weight: 2}\n      - {backend: b}\n      - {backend: c, priority: 1}\n"
+            "  - name: failover\n    match: {pathPrefix: /failover}\n    backends:\n"
+            "      - {backend: dead}\n      - {backend: a, priority: 1}\n"
+            "    retries: {attempts: 2, backoff: 0ms}\n    outlier: {consecutiveFailures: 1000000}\n")
+    gateway = Process(twistd("aigateway", "-c", path), port, directory, "gateway-resilience")
+    rows = []
+    try:
+        results = {}
+        for name in ("one", "three"):
+            target = f"http://127.0.0.1:{port}/{name}"
+            wrk(target, 16, 2, None, KEY)
+            results[name] = loaded(gateway, target, None, seconds)
+        rows.append(("route of three targets", "S2 64 connections",
+                     loadedText(results["three"])
+                     + f"; {results['three']['cpu'] - results['one']['cpu']:+.0f} us over one target"))
+        one = wrk(f"http://127.0.0.1:{port}/one", 1, seconds, None, KEY)
+        failover = wrk(f"http://127.0.0.1:{port}/failover", 1, seconds, None, KEY)
+        rows.append(("route with a refusing first target", "S1 one connection",
+                     f"p50 {failover['p50']:.2f} ms, p99 {failover['p99']:.2f} ms: "
+                     f"{failover['p50'] - one['p50']:+.2f} ms over one healthy target, errors "
+                     f"{failover['errors']}"))
+    finally:
+        gateway.stop()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
     parser.add_argument("--write", action="store_true", help="record the table in bench/RESULTS.md")
     parser.add_argument("--providers", action="store_true",
                         help="only the rows of each provider (translation's cost)")
+    parser.add_argument("--resilience", action="store_true",
+                        help="only the rows of routes with several targets")
     args = parser.parse_args()
-    if args.providers and args.write:
-        parser.error("--write records the whole table; run it without --providers")
+    if (args.providers or args.resilience) and args.write:
+        parser.error("--write records the whole table; run it without --providers or --resilience")
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -433,8 +480,11 @@ def main() -> None:
     rows: list[tuple[str, str, str]] = []
     speedBefore = calibrate()
     try:
-        if args.providers:
-            rows.extend(providerRows(fakellmPort, directory, args.seconds))
+        if args.providers or args.resilience:
+            if args.providers:
+                rows.extend(providerRows(fakellmPort, directory, args.seconds))
+            if args.resilience:
+                rows.extend(resilienceRows(fakellmPort, directory, args.seconds))
             return finish(rows, args, speedBefore, directory)
         direct = f"http://127.0.0.1:{fakellmPort}/v1/chat/completions"
         base1 = wrk(direct, 1, args.seconds, None, KEY)
@@ -510,6 +560,7 @@ def main() -> None:
                 finally:
                     gateway.stop()
         rows.extend(providerRows(fakellmPort, directory, args.seconds))
+        rows.extend(resilienceRows(fakellmPort, directory, args.seconds))
     finally:
         collector.terminate()
         fakellm.stop()

@@ -88,6 +88,8 @@ class Planner(Generic[T]):
         self.health = tuple(health)
         self.byModel = any(t.models is not None for t in self.targets)
         self._all = tuple(range(len(self.targets)))
+        self._pairs = tuple(zip(self.upstreams, self.health))
+        self._groups: dict[tuple[int, ...], tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]] = {}
         self._unclaimed = tuple(i for i, t in enumerate(self.targets) if t.models is None)
 
     def serving(self, model: str | None) -> tuple[int, ...]:
@@ -111,18 +113,41 @@ class Planner(Generic[T]):
         no target serves C{model}.
         """
         serving = self.serving(model)
+        if len(serving) == 1:
+            return [self._pairs[serving[0]]] * attempts
         if not serving:
             return []
-        healthy = [i for i in serving if not self.health[i].ejected(now)]
-        ejected = sorted((i for i in serving if self.health[i].ejected(now)),
-                         key=lambda i: self.health[i].ejectedAt)
+        health = self.health
+        ejected = [i for i in serving if health[i].ejectedUntil > now]
+        if ejected:
+            groups = self._grouped(tuple(i for i in serving if i not in ejected))
+        else:
+            groups = self._groups.get(serving) or self._grouped(serving)
         order: list[int] = []
-        for priority in sorted({self.targets[i].priority for i in healthy}):
-            group = [i for i in healthy if self.targets[i].priority == priority]
-            order += _weightedOrder(group, [self.targets[i].weight for i in group], random)
-        order += ejected
-        return [(self.upstreams[order[k % len(order)]], self.health[order[k % len(order)]])
-                for k in range(attempts)]
+        for members, weights in groups:
+            if len(members) == 1:
+                order.append(members[0])
+            else:
+                order += _weightedOrder(list(members), list(weights), random)
+        if ejected:
+            order += sorted(ejected, key=lambda i: health[i].ejectedAt)
+        pairs = self._pairs
+        return [pairs[order[k % len(order)]] for k in range(attempts)]
+
+    def _grouped(self, serving: tuple[int, ...]) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+        """
+        C{serving} by priority, lowest first, each with its weights (kept
+        for the sets that serve whole).
+        """
+        targets = self.targets
+        groups = tuple(
+            (members, tuple(targets[i].weight for i in members))
+            for priority in sorted({targets[i].priority for i in serving})
+            for members in [tuple(i for i in serving if targets[i].priority == priority)]
+        )
+        if len(self._groups) < 64:
+            self._groups[serving] = groups
+        return groups
 
 
 def _weightedOrder(items: list[int], weights: list[int], random: Callable[[], float]) -> list[int]:

@@ -306,7 +306,7 @@ class _Relay:
             upstream, call, self.request, self.admission.identity, self.exchange)
         body = BytesBody(call.body) if call.body or call.method in (b"POST", b"PUT", b"PATCH") else None
         self._attemptTimedOut = False
-        self._attemptTimer = self.clock.callLater(self.timeouts.firstByte, self._firstByteTimedOut)
+        self._attemptTimer = self.clock.callLater(self.timeouts.firstByte, self._watchFired)
         self._pending = pending = self.agent.request(call.method, url, headers, body)
         pending.addCallbacks(self._gotResponse, self._failed)
         pending.addErrback(self._bug)
@@ -314,11 +314,17 @@ class _Relay:
     def _record(self, upstream: "Upstream", outcome: str) -> None:
         self.exchange.attempts.append((upstream.backend.name, outcome))
 
-    def _firstByteTimedOut(self) -> None:
-        self._attemptTimer = None
+    def _watchFired(self) -> None:
+        """
+        No head within C{timeouts.firstByte}, or, once the head came, no
+        more of the body within C{timeouts.idle}.
+        """
         if self._pending is not None:
+            self._attemptTimer = None
             self._attemptTimedOut = True
             self._pending.cancel()
+        else:
+            self._idleTimedOut()
 
     def _cancelAttemptTimer(self) -> None:
         if self._attemptTimer is not None and self._attemptTimer.active():
@@ -406,7 +412,7 @@ class _Relay:
         if timer is not None and timer.active():
             timer.reset(self.timeouts.idle)
         else:
-            self._idleTimer = self.clock.callLater(self.timeouts.idle, self._idleTimedOut)
+            self._idleTimer = self.clock.callLater(self.timeouts.idle, self._watchFired)
 
     def _cancelIdle(self) -> None:
         timer = self._idleTimer
@@ -463,8 +469,10 @@ class _Relay:
 
     def _gotResponse(self, response: IResponse) -> None:
         self._pending = None
-        self._cancelAttemptTimer()
+        # The head's timer goes on as the body's idle timer.
+        self._idleTimer, self._attemptTimer = self._attemptTimer, None
         if self.done:
+            self._cancelIdle()
             response.deliverBody(_BodyRelay(self))
             return
         code = response.code
@@ -472,11 +480,13 @@ class _Relay:
             condition = "429" if code == 429 else "5xx"
             self._record(self.upstream, condition)
             if self._retry(condition, _retryAfter(response.headers)):
+                self._cancelIdle()
                 response.deliverBody(_Discard())
                 return
         else:
             self._record(self.upstream, "success")
             self.health.succeeded()
+        self._armIdle()
         self.exchange.target = self.upstream.backend.name
         self.exchange.upstreamStatus = response.code
         call = self.call
@@ -547,7 +557,6 @@ class _Relay:
             return
         self._bodyTransport = transport
         self.request.registerProducer(transport, True)
-        self._armIdle()
 
     def bodyData(self, data: bytes) -> None:
         if self.done:
