@@ -13,13 +13,13 @@ from typing import Any
 from prometheus_client import generate_latest
 from treq.testing import RequestTraversalAgent
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import CannotListenError
 from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
 from aigateway.app.current import CurrentGateway
+from aigateway.app.listeners import CannotListen
 from aigateway.app.service import GatewayService
 from aigateway.build import Gateway
 from aigateway.config import loadConfig
@@ -269,7 +269,8 @@ class ListenerTests(SynchronousTestCase):
         """
         for port in (8080, 9090):
             gateway = MemoryService(self, configText(["a"]), refused=(port,))
-            self.assertRaises(CannotListenError, gateway.service.privilegedStartService)
+            caught = self.assertRaises(CannotListen, gateway.service.privilegedStartService)
+            self.assertEqual(str(caught), f"cannot listen on tcp:{port}: address already in use")
 
 
 class DrainTests(SynchronousTestCase):

@@ -13,9 +13,10 @@ import sys
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
+from aigateway.app.listeners import CannotListen
 from aigateway.config import ConfigError, parseEndpoint
 
-__all__ = ["Options", "makeService", "listenOverride"]
+__all__ = ["Options", "ProcessService", "makeService", "listenOverride"]
 
 
 class Options(usage.Options):
@@ -62,6 +63,40 @@ def fileReader(configPath: str):
     return readFile
 
 
+class ProcessService(MultiService):
+    """
+    The top of C{twistd aigateway}'s services.  A listener that cannot be
+    opened at the start ends a foreground process (C{twistd -n}) with one
+    line (C{aigateway: cannot listen on tcp:8080: address already in use})
+    and exit status 1, instead of C{twistd}'s traceback.  A daemon raises
+    the error to C{twistd}, which reports it to the shell that started it
+    and removes the pid file.
+
+    @ivar foreground: whether the process runs in the foreground.
+    """
+
+    def __init__(self, foreground: bool = True) -> None:
+        super().__init__()
+        self.foreground = foreground
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListen as e:
+            self._cannotListen(e)
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except CannotListen as e:
+            self._cannotListen(e)
+
+    def _cannotListen(self, error: CannotListen) -> None:
+        if self.foreground:
+            raise SystemExit(f"aigateway: {error}") from None
+        raise error
+
+
 def makeService(options: Options) -> IService:
     """
     Load the configuration and build the gateway; a broken configuration is
@@ -84,7 +119,8 @@ def makeService(options: Options) -> IService:
     signal.signal(
         signal.SIGHUP, lambda *args: reactor.callFromThread(service.reload, "SIGHUP")
     )
-    top = MultiService()
+    parent = getattr(options, "parent", None)
+    top = ProcessService(foreground=bool(parent is None or parent.get("nodaemon")))
     service.setServiceParent(top)
     HeapSettler().setServiceParent(top)
     return top
