@@ -13,6 +13,7 @@ import sys
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
+from aigateway import __version__
 from aigateway.app.listeners import CannotListen
 from aigateway.config import ConfigError, parseEndpoint
 
@@ -32,12 +33,19 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
 
+    # twistd shows these docstrings as the options' help: plain words.
     def opt_listen(self, description: str) -> None:
         """
-        Listen on this Twisted endpoint instead of the config's C{listen}
-        (repeat for several).
+        Listen on this Twisted endpoint instead of the config's listen (repeat for several).
         """
         self["listen"].append(description)
+
+    def opt_version(self) -> None:
+        """
+        Display aigateway's version and exit.
+        """
+        print(f"aigateway {__version__}")
+        sys.exit(0)
 
 
 def listenOverride(options: Options) -> tuple[str, ...]:
