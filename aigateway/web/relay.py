@@ -20,13 +20,16 @@ from __future__ import annotations
 import json
 import math
 from typing import Callable, Optional
+from urllib.parse import urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import (
     ConnectError,
+    ConnectionDone,
     ConnectionLost,
     ConnectionRefusedError,
     DNSLookupError,
+    TCPTimedOutError,
     TimeoutError as ConnectTimeoutError,
 )
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -53,7 +56,7 @@ from aigateway.web.errors import errorBody, finishWith, refuse
 from aigateway.web.guard import Identity
 from aigateway.web.policy import IAdmission
 
-__all__ = ["RelayResource", "downstreamHeaders", "upstreamHeaders"]
+__all__ = ["RelayResource", "describeUpstreamFailure", "downstreamHeaders", "upstreamHeaders", "upstreamHost"]
 
 log = Logger()
 
@@ -173,6 +176,70 @@ def _malformed(failure: Failure) -> str | None:
     return None
 
 
+def upstreamHost(url: bytes) -> str:
+    """
+    The host (and port, when the URL gives one) of an upstream URL: what
+    an error may name, never a user, password, path or query.
+    """
+    try:
+        parts = urlsplit(url.decode("ascii", "replace"))
+        host, port = parts.hostname or "?", parts.port
+    except ValueError:
+        return "?"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}" if port is not None else host
+
+
+def _tlsProblem(error: BaseException) -> str | None:
+    """
+    What went wrong in TLS, when C{error} is a TLS error: OpenSSL's own
+    reasons (C{certificate verify failed}), or a certificate for another
+    host.
+    """
+    kind = type(error)
+    if kind.__module__.startswith("service_identity"):
+        return "the certificate does not match the host name"
+    if kind.__module__.startswith("OpenSSL"):
+        reasons = [str(item[-1]) for item in (error.args[0] if error.args else ())
+                   if isinstance(item, tuple) and item and item[-1]]
+        return ", ".join(reasons) or "handshake failed"
+    return None
+
+
+def describeUpstreamFailure(failure: Failure, host: str) -> tuple[str, str, str]:
+    """
+    Why an upstream request failed before an answer came, in words a user
+    can act on, naming the upstream's host and nothing else of the URL.
+
+    @return: the kind counted in the metrics (C{unreachable}, C{reset},
+        C{failed}), the error code, and the message.
+    """
+    cannot = f"cannot connect to the upstream {host}"
+    if failure.check(DNSLookupError):
+        return "unreachable", "upstream_unreachable", f"{cannot}: name not resolved"
+    if failure.check(ConnectionRefusedError):
+        return "unreachable", "upstream_unreachable", f"{cannot}: connection refused"
+    if failure.check(ConnectTimeoutError, TCPTimedOutError):
+        return "unreachable", "upstream_unreachable", f"{cannot}: timed out connecting"
+    if failure.check(ConnectError):
+        words = (type(failure.value).__doc__ or "").strip().splitlines()[0].rstrip(".")
+        return "unreachable", "upstream_unreachable", f"{cannot}: {words[:1].lower() + words[1:]}"
+    reasons = failure.value.reasons if isinstance(failure.value, ResponseFailed) else [failure]
+    for reason in reasons:
+        tls = _tlsProblem(reason.value)
+        if tls is not None:
+            return "unreachable", "upstream_unreachable", f"{cannot}: TLS failure ({tls})"
+    for reason in reasons:
+        if reason.check(ConnectionDone):
+            return "reset", "upstream_reset", f"the upstream {host} closed the connection before answering"
+        if reason.check(ConnectionLost):
+            return "reset", "upstream_reset", f"the upstream {host} reset the connection before answering"
+    if failure.check(ResponseFailed, CancelledError):
+        return "reset", "upstream_reset", f"the upstream {host} closed the connection before answering"
+    return "failed", "upstream_error", f"the request to the upstream {host} failed"
+
+
 class _BodyRelay(Protocol):
     """
     Receives the upstream body and writes it to the client as it comes.
@@ -236,9 +303,11 @@ class _Relay:
         self._whole: list[bytes] | None = None
         self._wholeSize = 0
         self._response: IResponse | None = None
+        self._host = "?"
 
     def start(self, url: bytes, headers: Headers) -> None:
         call = self.call
+        self._host = upstreamHost(url)
         self.request.notifyFinish().addBoth(self._clientDone)
         body = BytesBody(call.body) if call.body or call.method in (b"POST", b"PUT", b"PATCH") else None
         if self.timeout is not None:
@@ -294,24 +363,22 @@ class _Relay:
         if self.done:
             return
         problem = _malformed(failure)
-        if failure.check(ConnectionRefusedError, DNSLookupError, ConnectTimeoutError, ConnectError):
-            self.exchange.upstreamError = "unreachable"
-            self._fail(502, "cannot connect to the upstream", "upstream_unreachable")
-        elif problem is not None:
+        if problem is not None:
             log.warn("the upstream of route {route} sent a malformed answer: {problem}",
                      route=self.exchange.route, problem=problem)
             self.exchange.upstreamError = "malformed"
             self._fail(502, "the upstream's answer was malformed", "upstream_error")
-        elif failure.check(ResponseFailed, ConnectionLost, CancelledError):
-            self.exchange.upstreamError = "reset"
-            self._fail(502, "the upstream closed the connection before answering", "upstream_reset")
+            return
+        # One line, naming the upstream's host but no URI and no traceback:
+        # a URI's query can hold a key.
+        kind, code, message = describeUpstreamFailure(failure, self._host)
+        if kind == "failed":
+            log.error("route {route}: {problem} ({error})", route=self.exchange.route, problem=message,
+                      error=failure.type.__name__)
         else:
-            # One line, no URI and no traceback: the URI's query can hold a
-            # token, and whatever failed said so in its own words.
-            log.error("the upstream request on route {route} failed: {error}",
-                      route=self.exchange.route, error=failure.type.__name__)
-            self.exchange.upstreamError = "failed"
-            self._fail(502, "the upstream request failed", "upstream_error")
+            log.warn("route {route}: {problem}", route=self.exchange.route, problem=message)
+        self.exchange.upstreamError = kind
+        self._fail(502, message, code)
 
     def _gotResponse(self, response: IResponse) -> None:
         self._pending = None
