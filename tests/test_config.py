@@ -120,7 +120,7 @@ def _everyMapping() -> list[dict[str, Any]]:
     full = {
         "listen": "tcp:8080", "admin": {"listen": "tcp:9090"}, "maxRequestBody": "1MiB",
         "shutdownTimeout": "5s", "accessLog": True, "maxConnections": 10, "requestHeadTimeout": "5s",
-        "jwt": {"mode": "strict", "providers": {"lab": provider},
+        "jwt": {"mode": "strict", "providers": {"lab": provider}, "failureStatus": 403,
                 "tokenFrom": {"header": {"name": "authorization", "prefix": "Bearer "},
                               "queryParam": "token", "cookie": "token"}},
         "authorization": {"rules": [{"allow": "true"}]},

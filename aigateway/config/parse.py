@@ -608,8 +608,17 @@ def _tokenSource(value: object, path: str) -> TokenSource:
     return source
 
 
+JWT_FAILURE_STATUSES = (401, 403)
+
+
+def _failureStatus(value: object, path: str) -> int:
+    if isinstance(value, bool) or value not in JWT_FAILURE_STATUSES:
+        raise ConfigError(path, f"must be 401 or 403, not {value!r}")
+    return int(value)  # type: ignore[call-overload]
+
+
 def _jwtPolicy(value: object, path: str) -> JWTPolicy:
-    fields = _Fields(value, path, ("mode", "providers", "tokenFrom"))
+    fields = _Fields(value, path, ("mode", "providers", "tokenFrom", "failureStatus"))
 
     def providers(v: object, p: str) -> tuple[JWTProviderConfig, ...]:
         if not isinstance(v, dict) or not v:
@@ -620,6 +629,7 @@ def _jwtPolicy(value: object, path: str) -> JWTPolicy:
         mode=fields.take("mode", _oneOf(JWT_MODES), "strict") or "strict",
         providers=fields.take("providers", providers, required=True) or (),
         tokenFrom=fields.take("tokenFrom", _tokenSource, TokenSource()) or TokenSource(),
+        failureStatus=fields.take("failureStatus", _failureStatus, 401),  # type: ignore[arg-type]
     )
     fields.done()
     return policy
