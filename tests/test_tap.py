@@ -89,8 +89,12 @@ class WordsTests(SynchronousTestCase):
     def test_helpWithoutMarkup(self) -> None:
         """
         No C{--help} text of either plugin shows epytext markup such as
-        C{C{listen}} or C{L{...}}.
+        C{C{listen}} or C{L{...}}, whatever program runs them (usage.Options
+        falls back on the docstring of C{__main__}).
         """
+        import __main__
+
+        self.patch(__main__, "__doc__", "A program that says C{AMP} and L{IService}.")
         for plugin in _ourPlugins():
             options = plugin.options()
             code, text = _printed(lambda: options.parseOptions(["--help"]))

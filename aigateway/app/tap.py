@@ -28,6 +28,8 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", "etc/gateway.yaml", "The YAML configuration file."],
     ]
+    # Without one, usage.Options shows the docstring of whatever __main__ is.
+    longdesc = "Run the gateway on a configuration file; docs/configuration.md describes it."
 
     def __init__(self) -> None:
         super().__init__()

@@ -65,6 +65,9 @@ class Options(usage.Options):
          "The secret access key that goes with --aws-access-key-id."],
     ]
 
+    # Without one, usage.Options shows the docstring of whatever __main__ is.
+    longdesc = "Run the fake LLM, which answers every provider's API; docs/operations.md describes it."
+
     def opt_version(self) -> None:
         """
         Display aigateway's version and exit.
