@@ -14,6 +14,7 @@ install provides it.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import subprocess
@@ -46,11 +47,15 @@ def _installAndAsk(test: SynchronousTestCase, *pipOptions: str) -> subprocess.Co
     paths = sysconfig.get_paths()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([paths["purelib"], paths["platlib"]]))
-    installed = subprocess.run(
-        [python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-         *pipOptions, "-e", REPO],
-        cwd=home, env=env, capture_output=True, text=True,
-    )
+    # An editable build writes aigateway.egg-info into the checkout: one at
+    # a time, when trial runs tests in several workers.
+    with open(os.path.join(tempfile.gettempdir(), "aigateway-editable-install.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        installed = subprocess.run(
+            [python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+             *pipOptions, "-e", REPO],
+            cwd=home, env=env, capture_output=True, text=True,
+        )
     test.assertEqual(installed.returncode, 0, installed.stdout + installed.stderr)
     return subprocess.run([python, "-c", TWISTD, "aigateway", "--help"],
                           cwd=home, env=env, capture_output=True, text=True)
