@@ -12,6 +12,7 @@ from typing import Sequence
 
 from twisted.internet.task import Clock
 
+from aigateway import __version__
 from aigateway.config import ConfigError, loadConfig
 from aigateway.build import buildGateway
 from aigateway.app.tap import fileReader
@@ -19,6 +20,7 @@ from aigateway.app.tap import fileReader
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m aigateway")
+    parser.add_argument("--version", action="version", version=f"aigateway {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="validate a configuration file")
     check.add_argument("-c", "--config", default="etc/gateway.yaml")

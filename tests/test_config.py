@@ -2,9 +2,13 @@
 Tests for L{aigateway.config}: the YAML contract and its error messages.
 """
 
+import copy
+import json
+from typing import Any, Iterator
+
 from twisted.trial.unittest import SynchronousTestCase
 
-from aigateway.config import ConfigError, loadConfig, parseDuration, parseSize
+from aigateway.config import ConfigError, loadConfig, parseConfig, parseDuration, parseSize
 from tests.lab import LAB_PEM, LAB_POLICY
 
 LAB = """
@@ -102,6 +106,116 @@ class LoadTests(SynchronousTestCase):
         self.assertEqual(config.routes[0].match.pathPrefix, "/openai")
 
 
+def _everyMapping() -> list[dict[str, Any]]:
+    """
+    Good documents that, between them, hold every kind of mapping the
+    configuration has, each with every key it may have where the keys can
+    go together.
+    """
+    provider = {
+        "issuer": "solo.io", "audiences": ["a"], "jwks": {"local": {"key": LAB_PEM}},
+        "clockSkew": "30s", "requireExp": True, "maxLifetime": "1h", "claimsToHeaders": {"sub": "x-sub"},
+    }
+    bucket = {"limit": 5, "per": "1m"}
+    full = {
+        "listen": "tcp:8080", "admin": {"listen": "tcp:9090"}, "maxRequestBody": "1MiB",
+        "shutdownTimeout": "5s", "accessLog": True, "maxConnections": 10, "requestHeadTimeout": "5s",
+        "jwt": {"mode": "strict", "providers": {"lab": provider}, "failureStatus": 403,
+                "tokenFrom": {"header": {"name": "authorization", "prefix": "Bearer "},
+                              "queryParam": "token", "cookie": "token"}},
+        "authorization": {"rules": [{"allow": "true"}]},
+        "backends": {
+            "o": {"provider": "openai", "url": "http://127.0.0.1:9000", "model": "m",
+                  "authToken": {"value": "sk"}, "streamUsage": False},
+            "a": {"provider": "anthropic", "maxTokens": 10},
+            "z": {"provider": "azure-openai", "url": "https://x.openai.azure.com", "deployment": "d",
+                  "apiVersion": "2024-10-21", "authToken": {"env": "K"}},
+            "b": {"provider": "bedrock", "region": "us-east-1"},
+        },
+        "routes": [{
+            "name": "r", "match": {"pathPrefix": "/r", "methods": ["POST"], "headers": {"x-a": "b"}},
+            "backend": "o", "timeout": "5s", "maxRequestBody": "1KiB",
+            "jwt": {"providers": {"p": dict(provider, jwks={"remote": {"url": "https://k/jwks",
+                                                                          "cacheDuration": "5m"}})}},
+            "authorization": {"rules": [{"deny": "false"}, {"require": "true"}]},
+            "rateLimits": [{"key": "'k'", "requests": bucket, "tokens": bucket}],
+        }],
+        "tracing": {"otlp": {"endpoint": "http://127.0.0.1:4318/v1/traces", "headers": {"a": "b"}},
+                    "sampleRatio": 0.5, "captureContent": True, "legacyAttributes": True,
+                    "serviceName": "gw"},
+    }
+    full = json.loads(json.dumps(full))  # no mapping shared between two places
+    other = copy.deepcopy(full)
+    other["routes"][0]["match"] = {"path": "/exact"}
+    other["routes"][0]["jwt"]["providers"]["p"]["jwks"] = {"file": "jwks.json"}
+    other["backends"]["o"]["authToken"] = {"file": "key.txt"}
+    other["backends"]["z"]["authToken"] = {"passthrough": True}
+    return [full, other]
+
+
+def _mappings(document: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """
+    Every mapping in C{document} whose keys are the configuration's own
+    (not names the user chooses: backends, providers, headers), with the
+    field path of each.
+    """
+    if isinstance(document, list):
+        for i, item in enumerate(document):
+            yield from _mappings(item, f"{path}[{i}]")
+    elif isinstance(document, dict):
+        named = path.endswith(("backends", "providers", "headers", "claimsToHeaders"))
+        if not named:
+            yield path, document
+        for key, value in document.items():
+            yield from _mappings(value, f"{path}.{key}" if path else key)
+
+
+class UnknownKeyTests(SynchronousTestCase):
+    """
+    A misspelt key is reported as unknown, with its "did you mean", before
+    anything else about its mapping: before the key it stands for is found
+    missing, before a "one of" rule, in every mapping of the configuration.
+    """
+
+    def test_documentsGood(self) -> None:
+        """
+        The documents the other tests misspell are good configurations.
+        """
+        for document in _everyMapping():
+            parseConfig(document)
+
+    def test_everyKeyMisspelt(self) -> None:
+        """
+        In every mapping, each key misspelt (its last letter dropped) is
+        C{<path>.<typo>: unknown key (did you mean '<key>'?)}.
+        """
+        checked = set()
+        for document in _everyMapping():
+            for path, mapping in _mappings(document):
+                for key in list(mapping):
+                    typo = key[:-1]
+                    value = mapping.pop(key)
+                    mapping[typo] = value
+                    where = f"{path}.{typo}" if path else typo
+                    with self.assertRaises(ConfigError, msg=where) as caught:
+                        parseConfig(document)
+                    self.assertEqual(str(caught.exception), f"{where}: unknown key (did you mean '{key}'?)")
+                    del mapping[typo]
+                    mapping[key] = value
+                    checked.add(key)
+        self.assertGreater(len(checked), 50)
+
+    def test_pathPrefixTypo(self) -> None:
+        """
+        The typo a user met: C{pathPrefx} is unknown, not a match without a
+        path.
+        """
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig(LAB.replace("pathPrefix:", "pathPrefx:"))
+        self.assertEqual(str(caught.exception),
+                         "routes[0].match.pathPrefx: unknown key (did you mean 'pathPrefix'?)")
+
+
 class ErrorTests(SynchronousTestCase):
     """
     Every mistake is reported with the path of the field that is wrong.
@@ -188,6 +302,15 @@ class ErrorTests(SynchronousTestCase):
         A bare port number gets a hint.
         """
         self.assertProblem("listen: '8080'\n", "listen: '8080' is not an endpoint (did you mean 'tcp:8080'?)")
+
+    def test_bareNumberListen(self) -> None:
+        """
+        A bare port number written as a YAML number gets the same hint, in
+        C{listen} and in C{admin.listen}.
+        """
+        self.assertProblem("listen: 8080\n", "listen: '8080' is not an endpoint (did you mean 'tcp:8080'?)")
+        self.assertProblem("admin: {listen: [9090]}\n",
+                           "admin.listen[0]: '9090' is not an endpoint (did you mean 'tcp:9090'?)")
 
     def test_badListenItem(self) -> None:
         """

@@ -205,6 +205,58 @@ class GuardTests(SynchronousTestCase):
         self.assertEqual(self.fakellm.requests[-1].headers["cookie"], "theme=dark")
 
 
+class FailureStatusTests(SynchronousTestCase):
+    """
+    C{jwt.failureStatus: 403} answers every JWT refusal 403, at the gateway
+    level and on a route's own policy; the default is 401.
+    """
+
+    def setUp(self) -> None:
+        config = CONFIG.replace("\njwt:\n  providers:", "\njwt:\n  failureStatus: 403\n  providers:")
+        config = config.replace("      mode: optional\n", "      mode: optional\n      failureStatus: 403\n")
+        self.gateway = MemoryGateway(config, key="sk-backend")
+
+    def post(self, url: str, token: str | None = None):
+        headers = {"authorization": f"Bearer {token}"} if token is not None else {}
+        response, body = self.gateway.post(self, url, CHAT, headers)
+        return response, json.loads(body)
+
+    def test_forbidden(self) -> None:
+        """
+        A missing and a bad token are 403, still with the bearer challenge
+        (RFC 7235 lets a 403 carry it) and the same error words; a good
+        token still passes.
+        """
+        response, body = self.post("/strict")
+        self.assertEqual((response.code, body["error"]["code"]), (403, "missing_token"))
+        self.assertEqual(response.headers.getRawHeaders("www-authenticate"), ['Bearer realm="aigateway"'])
+        for path in ("/strict", "/optional"):
+            response, body = self.post(path, BAD_TOKEN)
+            self.assertEqual((response.code, body["error"]["message"]),
+                             (403, "authentication failure: signature verification failed"), path)
+            self.assertTrue(response.headers.getRawHeaders("www-authenticate")[0].startswith(
+                'Bearer realm="aigateway", error="invalid_token"'))
+        self.assertEqual(self.post("/strict", ALICE_TOKEN)[0].code, 200)
+
+    def test_routeKeepsItsOwn(self) -> None:
+        """
+        A route with a policy of its own and no C{failureStatus} keeps the
+        default 401.
+        """
+        self.assertEqual(self.post("/permissive")[0].code, 200)
+        self.assertEqual(self.post("/query")[0].code, 401)
+
+    def test_onlyTheTwo(self) -> None:
+        """
+        Anything but 401 or 403 is refused, naming the field.
+        """
+        for bad in ("402", "'403'", "true", "500"):
+            with self.assertRaises(ConfigError) as caught:
+                loadConfig(CONFIG.replace("\njwt:\n  providers:", f"\njwt:\n  failureStatus: {bad}\n  providers:"))
+            self.assertTrue(str(caught.exception).startswith("jwt.failureStatus: must be 401 or 403, not "),
+                            str(caught.exception))
+
+
 class KeyFileTests(SynchronousTestCase):
     """
     Keys from a file named in the configuration.

@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -150,6 +151,35 @@ class PluginTests(SynchronousTestCase):
             result.stderr.decode().strip(),
             "aigateway: /nonexistent/gw.yaml: cannot read the configuration: No such file or directory",
         )
+
+
+    def test_portInUse(self) -> None:
+        """
+        A gateway or admin port already in use stops twistd with status 1
+        and one line naming the address, not a traceback.
+        """
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = f"tcp:{holder.getsockname()[1]}:interface=127.0.0.1"
+        free = "tcp:0:interface=127.0.0.1"
+        env = dict(os.environ, PYTHONPATH=REPO)
+        for gateway, admin in [(taken, free), (free, taken)]:
+            path = writeFile(self, f"listen: {gateway}\nadmin: {{listen: '{admin}'}}\n"
+                                   "backends: {b: {provider: openai, url: 'http://127.0.0.1:1'}}\n"
+                                   "routes: [{name: r, match: {pathPrefix: /r}, backend: b}]\n")
+            result = subprocess.run(
+                twistdCommand() + ["--pidfile=", "-n", "aigateway", "-c", path],
+                capture_output=True, env=env, cwd=os.path.dirname(path), timeout=60,
+            )
+            output = (result.stdout + result.stderr).decode()
+            self.assertEqual(result.returncode, 1, output)
+            self.assertNotIn("Traceback", output)
+            errors = [line for line in output.splitlines() if "cannot listen" in line]
+            self.assertEqual(len(errors), 1, output)
+            self.assertTrue(errors[0].endswith(f"aigateway: cannot listen on {taken}: address already in use"),
+                            errors[0])
 
 
 class HTTPTests(SynchronousTestCase):

@@ -644,6 +644,115 @@ class MalformedHeadTests(SynchronousTestCase):
                 self.assertEqual(wire.upstreamErrors("malformed"), 1)
 
 
+class UpstreamFailureTests(SynchronousTestCase):
+    """
+    A 502 names the upstream's host and the cause in words, in the error
+    body and in the one log line, and never the client's query.
+    """
+
+    def setUp(self) -> None:
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def assertFailure(self, message: str, code: str, connect: Exception | None = None,
+                      lost: Exception | None = None) -> None:
+        """
+        The connection fails with C{connect}, or is made and then lost with
+        C{lost} before a byte of answer: the client gets a 502 with
+        C{message} and C{code}, and the log one line that says it.
+        """
+        del self.events[:]
+        wire = _Wire()
+        wire.upstream.failure = connect
+        wire.ask(stream=False, path=b"/local?api-key=sk-caller-secret")
+        if lost is not None:
+            wire.answer(lost=lost)
+        status, _, body, _ = wire.received()
+        self.assertEqual((status, json.loads(body)["error"]["message"], json.loads(body)["error"]["code"]),
+                         (502, message, code))
+        logged = [formatEvent(e) for e in self.events if e.get("log_namespace") == "aigateway.web.relay"]
+        self.assertEqual(logged, [f"route local: {message}"])
+        self.assertNotIn(b"sk-caller-secret", wire.client.value())
+
+    def test_nameNotResolved(self) -> None:
+        """
+        A host name that does not resolve.
+        """
+        from twisted.internet.error import DNSLookupError
+
+        self.assertFailure("cannot connect to the upstream 127.0.0.1:9000: name not resolved",
+                           "upstream_unreachable", connect=DNSLookupError("api.example"))
+
+    def test_refused(self) -> None:
+        """
+        A port nobody listens on.
+        """
+        self.assertFailure("cannot connect to the upstream 127.0.0.1:9000: connection refused",
+                           "upstream_unreachable", connect=ConnectionRefusedError())
+
+    def test_timedOut(self) -> None:
+        """
+        A connection attempt that takes longer than the connect timeout, or
+        that the kernel gives up on.
+        """
+        from twisted.internet.error import TCPTimedOutError, TimeoutError
+
+        for error in (TimeoutError(), TCPTimedOutError()):
+            self.assertFailure("cannot connect to the upstream 127.0.0.1:9000: timed out connecting",
+                               "upstream_unreachable", connect=error)
+
+    def test_otherConnectError(self) -> None:
+        """
+        Another failure to connect says what the kernel said.
+        """
+        from twisted.internet.error import NoRouteError
+
+        self.assertFailure("cannot connect to the upstream 127.0.0.1:9000: no route to host",
+                           "upstream_unreachable", connect=NoRouteError())
+
+    def test_tls(self) -> None:
+        """
+        A TLS handshake that fails, with OpenSSL's reason, or a certificate
+        for another host.
+        """
+        from OpenSSL import SSL
+        from service_identity import VerificationError
+
+        self.assertFailure("cannot connect to the upstream 127.0.0.1:9000: TLS failure "
+                           "(certificate verify failed)", "upstream_unreachable",
+                           lost=SSL.Error([("SSL routines", "", "certificate verify failed")]))
+        self.assertFailure("cannot connect to the upstream 127.0.0.1:9000: TLS failure "
+                           "(the certificate does not match the host name)", "upstream_unreachable",
+                           lost=VerificationError([]))
+
+    def test_reset(self) -> None:
+        """
+        A connection reset, or closed, before a byte of answer.
+        """
+        self.assertFailure("the upstream 127.0.0.1:9000 reset the connection before answering",
+                           "upstream_reset", lost=ConnectionLost())
+        self.assertFailure("the upstream 127.0.0.1:9000 closed the connection before answering",
+                           "upstream_reset", lost=ConnectionDone())
+
+
+class UpstreamHostTests(SynchronousTestCase):
+    """
+    What of an upstream URL an error may name.
+    """
+
+    def test_hostOnly(self) -> None:
+        """
+        The host and an explicit port; no user, password, path or query.
+        """
+        from aigateway.web.relay import upstreamHost
+
+        self.assertEqual(upstreamHost(b"https://api.openai.com/v1/chat/completions"), "api.openai.com")
+        self.assertEqual(upstreamHost(b"https://u:secret@gw.example:8443/v1beta/models/x?key=AIza-secret"),
+                         "gw.example:8443")
+        self.assertEqual(upstreamHost(b"http://[::1]:9000/v1"), "[::1]:9000")
+
+
 class LogTests(SynchronousTestCase):
     """
     What the relay logs never holds what a URI or a field can carry.

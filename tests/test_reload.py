@@ -120,6 +120,39 @@ class ReloadTests(TestCase):
         await self.waitFor(reloaded)
         self.assertIn("configuration reloaded (SIGHUP)", self.gateway.read().decode())
 
+    async def test_tracingTurnedOn(self) -> None:
+        """
+        Uncommenting C{tracing.otlp} in the running gateway's file makes it
+        send spans to that collector, with no restart.
+        """
+        from twisted.internet.endpoints import TCP4ServerEndpoint
+        from twisted.web.server import Site
+
+        from tests.test_lab import _Collector
+
+        collector = _Collector()
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(collector))
+        self.addCleanup(port.stopListening)
+        fakellm = startFakeLLM(self, "sk-fake")
+        before = _config(fakellm.ports[0], ["a"])
+        self.write(self.path, before)
+        self.start()
+        traced = before + (f"tracing: {{otlp: {{endpoint: 'http://127.0.0.1:{port.getHost().port}/v1/traces'}}, "
+                           "serviceName: reloaded}\n")
+        self.write(self.path, traced)
+        await self.serving(traced)
+        self.assertIn("tracing: spans to http://127.0.0.1:", self.gateway.read().decode())
+        response = await self.client.post(self.url + "/a", json=CHAT)
+        self.assertEqual(response.code, 200, await response.text())
+
+        async def spans() -> bool:
+            return len(collector.spans) >= 2
+        await self.waitFor(spans)
+        self.assertEqual(sorted(span.name for span in collector.spans), ["POST a", "chat gpt-4o-mini"])
+        # Let the collector's answer go out before the gateway is stopped
+        # (which blocks this reactor), or its last flush waits for it.
+        await deferLater(reactor, 0.2, lambda: None)
+
     async def test_configMapSwap(self) -> None:
         """
         A Kubernetes ConfigMap update: the C{..data} symlink is swapped to a

@@ -13,13 +13,14 @@ from typing import Any
 from prometheus_client import generate_latest
 from treq.testing import RequestTraversalAgent
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import CannotListenError
+from twisted.internet.defer import succeed
 from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
 from aigateway.app.current import CurrentGateway
+from aigateway.app.listeners import CannotListen
 from aigateway.app.service import GatewayService
 from aigateway.build import Gateway
 from aigateway.config import loadConfig
@@ -27,6 +28,7 @@ from aigateway.testing.fakellm import FakeLLM
 from aigateway.web.site import GatewaySite
 from tests.lab import CHAT
 from tests.test_listeners import ListeningReactor
+from tests.test_otlp import _Response
 from tests.test_watch import FakeNotifier
 
 ROUTE = "  - {{name: {name}, match: {{pathPrefix: /{name}}}, backend: local}}\n"
@@ -72,6 +74,33 @@ class Connection:
         return self.transport.value().split(b"\r\n\r\n", 1)[1]
 
 
+class Collector:
+    """
+    An agent in front of the fake LLM that takes the posts of spans itself
+    (any URL ending in C{/v1/traces}) and answers them 200.
+
+    @ivar posts: the URL of each post of spans, and its spans as
+        C{(service.name, span name)} pairs.
+    """
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        self.posts: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def request(self, method: bytes, uri: bytes, headers: Any = None, bodyProducer: Any = None) -> Any:
+        if not uri.endswith(b"/v1/traces"):
+            return self.agent.request(method, uri, headers, bodyProducer)
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        export = ExportTraceServiceRequest.FromString(bodyProducer.body)
+        spans = []
+        for resourceSpans in export.resource_spans:
+            service = {a.key: a.value.string_value for a in resourceSpans.resource.attributes}["service.name"]
+            spans += [(service, span.name) for scope in resourceSpans.scope_spans for span in scope.spans]
+        self.posts.append((uri.decode(), spans))
+        return succeed(_Response(200))
+
+
 class MemoryService:
     """
     A L{GatewayService} over a memory reactor, in front of the fake LLM, on
@@ -83,12 +112,13 @@ class MemoryService:
         self.reactor = ListeningReactor(refused)
         self.fakellm = FakeLLM(self.reactor, key="sk-fake")
         self.upstream = RequestTraversalAgent(self.fakellm)
+        self.collector = Collector(self.upstream)
         self.directory = os.path.abspath(case.mktemp())
         os.makedirs(self.directory)
         self.path = os.path.join(self.directory, "gateway.yaml")
         self.files = {self.path: text}
         self.notifier = FakeNotifier()
-        self.service = GatewayService(self.reactor, self.path, self.upstream, environ={},
+        self.service = GatewayService(self.reactor, self.path, self.collector, environ={},
                                       readFile=self.read, notifier=self.notifier, **options)
 
     def read(self, path: str) -> bytes:
@@ -269,7 +299,141 @@ class ListenerTests(SynchronousTestCase):
         """
         for port in (8080, 9090):
             gateway = MemoryService(self, configText(["a"]), refused=(port,))
-            self.assertRaises(CannotListenError, gateway.service.privilegedStartService)
+            caught = self.assertRaises(CannotListen, gateway.service.privilegedStartService)
+            self.assertEqual(str(caught), f"cannot listen on tcp:{port}: address already in use")
+
+
+class TracingReloadTests(SynchronousTestCase):
+    """
+    A reload applies tracing changes, the exporter included: turning
+    tracing on, moving its endpoint, changing its sampling or service
+    name, turning it off.
+    """
+
+    def tracing(self, tracing: str) -> bytes:
+        return configText(["a"], extra=f"tracing: {tracing}\n" if tracing else "")
+
+    def setUp(self) -> None:
+        self.gateway = MemoryService(self, self.tracing(""))
+        self.gateway.service.startService()
+        self.addCleanup(self.gateway.service.stopService)
+
+    def spansAfterRequest(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """
+        Make one request, let the spans go, and return the posts of spans
+        it caused.
+        """
+        before = len(self.gateway.collector.posts)
+        self.assertEqual(self.gateway.post("/a").status(), 200)
+        for _ in range(3):
+            self.gateway.reactor.advance(10)
+        return self.gateway.collector.posts[before:]
+
+    def reload(self, tracing: str) -> list[str]:
+        with capturedLogs() as events:
+            self.gateway.change(text=self.tracing(tracing))
+        return [formatEvent(e) for e in events]
+
+    def test_turnedOn(self) -> None:
+        """
+        Uncommenting C{tracing.otlp} in a running gateway makes spans, sent
+        to that endpoint, and the log says so.
+        """
+        self.assertEqual(self.spansAfterRequest(), [])
+        lines = self.reload("{otlp: {endpoint: 'http://collector:4318/v1/traces'}}")
+        self.assertIn("tracing: spans to http://collector:4318/v1/traces (service aigateway, sampling 1)",
+                      lines)
+        posts = self.spansAfterRequest()
+        self.assertEqual([url for url, spans in posts], ["http://collector:4318/v1/traces"])
+        self.assertIn(("aigateway", "chat gpt-4o-mini"), posts[0][1])
+
+    def test_changed(self) -> None:
+        """
+        A new endpoint and service name take effect on reload; spans of the
+        old settings no longer go anywhere new.
+        """
+        self.reload("{otlp: {endpoint: 'http://one/v1/traces'}}")
+        self.assertEqual([url for url, spans in self.spansAfterRequest()], ["http://one/v1/traces"])
+        self.reload("{otlp: {endpoint: 'http://two/v1/traces'}, serviceName: gw2}")
+        posts = self.spansAfterRequest()
+        self.assertEqual([url for url, spans in posts], ["http://two/v1/traces"])
+        self.assertEqual({service for service, name in posts[0][1]}, {"gw2"})
+
+    def test_sampling(self) -> None:
+        """
+        C{sampleRatio: 0} on reload stops the spans, and the log says so.
+        """
+        self.reload("{otlp: {endpoint: 'http://one/v1/traces'}}")
+        self.assertEqual(len(self.spansAfterRequest()), 1)
+        lines = self.reload("{otlp: {endpoint: 'http://one/v1/traces'}, sampleRatio: 0}")
+        self.assertIn("tracing: spans to http://one/v1/traces (service aigateway, sampling 0)", lines)
+        self.assertEqual(self.spansAfterRequest(), [])
+
+    def test_turnedOff(self) -> None:
+        """
+        Commenting tracing out again stops the spans.
+        """
+        self.reload("{otlp: {endpoint: 'http://one/v1/traces'}}")
+        self.assertEqual(len(self.spansAfterRequest()), 1)
+        self.assertIn("tracing: off (no tracing.otlp endpoint)", self.reload(""))
+        self.assertEqual(self.spansAfterRequest(), [])
+
+    def test_unchangedKept(self) -> None:
+        """
+        A reload that leaves the exporter's settings alone keeps its tracer
+        provider (spans queued are not lost) and logs nothing about
+        tracing; C{captureContent} still applies.
+        """
+        self.reload("{otlp: {endpoint: 'http://one/v1/traces'}}")
+        provider = self.gateway.service.tracerProvider
+        lines = self.reload("{otlp: {endpoint: 'http://one/v1/traces'}, captureContent: true}")
+        self.assertIs(self.gateway.service.tracerProvider, provider)
+        self.assertEqual([line for line in lines if line.startswith("tracing")], [])
+        self.assertTrue(self.gateway.service.current.gateway.root.telemetry.config.captureContent)
+
+
+class StartupTests(SynchronousTestCase):
+    """
+    The start says, in a few lines, what listens where, which routes are
+    served and whether tracing is on.
+    """
+
+    def test_summary(self) -> None:
+        """
+        One line for the listeners, one per route, one for tracing; no
+        secret in any.
+        """
+        text = configText(["a", "b"], extra="tracing: {otlp: {endpoint: 'http://u:pw@collector/v1/traces', "
+                                               "headers: {authorization: secret-header}}}\n")
+        gateway = MemoryService(self, text)
+        with capturedLogs() as events:
+            gateway.service.startService()
+        self.addCleanup(gateway.service.stopService)
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(lines[-4:], [
+            "aigateway 0.1.0 serving on tcp:8080; admin on tcp:9090",
+            "route a: pathPrefix /a -> backend local (openai, http://fakellm)",
+            "route b: pathPrefix /b -> backend local (openai, http://fakellm)",
+            "tracing: spans to http://collector/v1/traces (service aigateway, sampling 1)",
+        ])
+        self.assertNotIn("secret", " ".join(lines))
+        self.assertNotIn("pw", " ".join(lines))
+
+    def test_noAdminNoTracing(self) -> None:
+        """
+        Without an admin listener or tracing, the lines say so.
+        """
+        text = b"listen: tcp:8080\nbackends: {b: {provider: anthropic, authToken: {value: sk-x}}}\n" \
+               b"routes: [{name: m, match: {path: /m, methods: [POST]}, backend: b}]\n"
+        gateway = MemoryService(self, text)
+        with capturedLogs() as events:
+            gateway.service.startService()
+        self.addCleanup(gateway.service.stopService)
+        self.assertEqual([formatEvent(e) for e in events][-3:], [
+            "aigateway 0.1.0 serving on tcp:8080; admin on nothing (no admin.listen)",
+            "route m: path /m POST -> backend b (anthropic, https://api.anthropic.com)",
+            "tracing: off (no tracing.otlp endpoint)",
+        ])
 
 
 class DrainTests(SynchronousTestCase):

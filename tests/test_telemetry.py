@@ -52,6 +52,7 @@ class _Traced(MemoryGateway):
         self.spans = InMemorySpanExporter()
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        self.tracerProvider = provider
         super().__init__(CONFIG % {"capture": "true" if capture else "false"} + more, tracerProvider=provider,
                          reportDelay=reportDelay)
         self.events: list[dict] = []
@@ -168,6 +169,23 @@ class SpanTests(SynchronousTestCase):
         self.assertEqual(a["http.response.status_code"], 503)
         self.assertEqual(a["error.type"], "backend_credential_missing")
         self.assertIn("NOT_SET_ANYWHERE is not set", a["error"])
+
+    def test_legacyHttpStatus(self) -> None:
+        """
+        With C{legacyAttributes}, the SERVER span also has C{http.status},
+        the status as an int, as the lab's trace shows it; without, not.
+        """
+        traced = _Traced()
+        traced.send(self, "/local", CHAT)
+        traced.send(self, "/keyless", CHAT)
+        servers = [s for s in traced.spans.get_finished_spans() if s.kind == SpanKind.SERVER]
+        self.assertEqual([s.attributes["http.status"] for s in servers], [200, 503])
+        plain = MemoryGateway(CONFIG.replace("legacyAttributes: true", "legacyAttributes: false")
+                              % {"capture": "false"}, tracerProvider=traced.tracerProvider)
+        before = len(traced.spans.get_finished_spans())
+        plain.post(self, "/local", CHAT)
+        server = [s for s in traced.spans.get_finished_spans()[before:] if s.kind == SpanKind.SERVER][0]
+        self.assertNotIn("http.status", server.attributes)
 
     def test_noRoute(self) -> None:
         """

@@ -3,9 +3,10 @@ The listening ports of one site, following the configuration's endpoint
 strings: one L{StreamServerEndpointService} per string, parented in a
 L{MultiService}.
 
-A port that cannot be opened when the gateway starts stops the start:
-C{twistd} exits with the error, as it would for any listener.  One that
-cannot be opened after a reload is logged, and the others serve on.
+A port that cannot be opened when the gateway starts stops the start with
+L{CannotListen}, which C{twistd aigateway} turns into one line and a
+non-zero exit.  One that cannot be opened after a reload is logged, in the
+same words, and the others serve on.
 """
 
 from __future__ import annotations
@@ -16,14 +17,46 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["Listeners"]
+__all__ = ["CannotListen", "Listeners", "listenFailureReason"]
 
 log = Logger()
+
+
+def listenFailureReason(failure: Failure) -> str:
+    """
+    Why a listen failed, in words: the socket error's own (C{address
+    already in use}, C{permission denied}), else the error's message.
+    """
+    error = failure.value
+    if isinstance(error, CannotListenError) and isinstance(error.socketError, OSError):
+        reason = error.socketError.strerror or str(error.socketError)
+    else:
+        reason = failure.getErrorMessage()
+    return reason[:1].lower() + reason[1:]
+
+
+class CannotListen(Exception):
+    """
+    A listener could not be opened.  Its text is the one line a user reads:
+    C{cannot listen on tcp:8080: address already in use}.
+
+    @ivar description: the endpoint string.
+    @ivar reason: why, in words.
+    """
+
+    def __init__(self, description: str, reason: str) -> None:
+        super().__init__(description, reason)
+        self.description = description
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"cannot listen on {self.description}: {self.reason}"
 
 
 @implementer(IStreamServerEndpoint)
@@ -58,7 +91,7 @@ class _Listening:
 
 def _logFailure(description: str, failure: Failure) -> None:
     log.error("cannot listen on {endpoint}: {error}", endpoint=description,
-              error=failure.getErrorMessage())
+              error=listenFailureReason(failure))
 
 
 class Listeners(MultiService):
@@ -111,7 +144,8 @@ class Listeners(MultiService):
     def _check(self, raising: bool) -> None:
         """
         Look at the listens that ended since the last look: raise the first
-        failure (while starting), or log each and drop its listener.
+        failure as L{CannotListen} (while starting), or log each and drop
+        its listener.
         """
         for listener in list(self):
             endpoint = listener.endpoint
@@ -121,6 +155,6 @@ class Listeners(MultiService):
             if endpoint.failure is None:
                 continue
             if raising:
-                endpoint.failure.raiseException()
+                raise CannotListen(listener.name, listenFailureReason(endpoint.failure))
             _logFailure(listener.name, endpoint.failure)
             listener.disownServiceParent()

@@ -14,7 +14,8 @@ from typing import Any, Callable, Mapping
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import inotify
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.logger import Logger
 from twisted.web.iweb import IAgent
 
 from aigateway.app.admin import AdminRoot, AdminSite
@@ -23,6 +24,7 @@ from aigateway.app.current import CurrentGateway
 from aigateway.app.drain import Drain, within
 from aigateway.app.listeners import Listeners
 from aigateway.app.reload import Reloader
+from aigateway.app.summary import describeStart, describeTracing
 from aigateway.app.watch import ConfigWatcher
 from aigateway.auth.keys import treqFetch
 from aigateway.build import Gateway, buildGateway, readFile as _readFile
@@ -31,8 +33,11 @@ from aigateway.http.client import UpstreamAgent
 from aigateway.observe.report import InFlight, Metrics, Telemetry, buildTracerProvider
 from aigateway.web.policy import MemoryBuckets
 from aigateway.web.site import GatewaySite, ListenerFactory
+from aigateway import __version__
 
 __all__ = ["GatewayService"]
+
+log = Logger()
 
 # Requests are reported this long after they end (see Telemetry).
 REPORT_DELAY = 0.001
@@ -110,8 +115,12 @@ class GatewayService(MultiService):
         self.health: dict = {}
         self.file = ConfigFile(configPath, readFile, listen)
         config, text = self.file.load()
-        self.tracerProvider = buildTracerProvider(config.tracing, reactor, self.agent, environ)
+        self.tracerProvider: Any = None
+        self.retiredTracerProviders: list[Any] = []
+        self._exporting: tuple[Any, ...] | None = None
+        self._built: tuple[tuple[Any, ...], Any] | None = None
         gateway = self._build(config)
+        self._followTracing(config)
         self.site = GatewaySite(gateway.root, reactor)
         self.current = CurrentGateway(self.site, reactor, config, text, gateway)
         self.current.setServiceParent(self)
@@ -135,12 +144,26 @@ class GatewayService(MultiService):
         self.adminListeners.setServiceParent(self)
         self.reloader = Reloader(
             self.file.load, self._build, self.current, self.metrics, reactor,
-            followers=[self._followListeners, self._followFiles],
+            followers=[self._followTracing, self._followListeners, self._followFiles],
         )
         self._followListeners(config)
 
+    def _tracerProviderFor(self, config: Config) -> tuple[tuple[Any, ...], Any]:
+        """
+        The tracer provider for C{config}'s tracing: the one in use when the
+        exporter's settings (endpoint, headers, sampling, service name) are
+        those it was made with, else a new one (or L{None}: tracing off).
+        """
+        tracing = config.tracing
+        settings = (tracing.otlpEndpoint, tracing.otlpHeaders, tracing.sampleRatio, tracing.serviceName)
+        if settings == self._exporting:
+            return settings, self.tracerProvider
+        return settings, buildTracerProvider(tracing, self.reactor, self.agent, self.environ)
+
     def _build(self, config: Config) -> Gateway:
-        telemetry = Telemetry(config.tracing, self.metrics, self.reactor, self.tracerProvider, self.inFlight,
+        settings, tracerProvider = self._tracerProviderFor(config)
+        self._built = settings, tracerProvider
+        telemetry = Telemetry(config.tracing, self.metrics, self.reactor, tracerProvider, self.inFlight,
                               accessLog=config.accessLog, reportDelay=REPORT_DELAY)
         gateway = buildGateway(
             config, self.agent, self.reactor, self.environ, self.readFile,
@@ -149,6 +172,24 @@ class GatewayService(MultiService):
         if isinstance(self.agent, UpstreamAgent):
             configureAgent(self.agent, config)
         return gateway
+
+    def _followTracing(self, config: Config) -> None:
+        """
+        After a swap, the tracer provider of the tree now served is the
+        gateway's; one it replaces sends what it still has (requests in
+        flight on the old tree end their spans there) and is flushed again
+        when the gateway stops.
+        """
+        assert self._built is not None
+        settings, tracerProvider = self._built
+        self._built = None
+        if tracerProvider is self.tracerProvider:
+            return
+        old, self.tracerProvider, self._exporting = self.tracerProvider, tracerProvider, settings
+        if old is not None:
+            old.flush()
+            self.retiredTracerProviders.append(old)
+        log.info("{tracing}", tracing=describeTracing(config.tracing, tracerProvider))
 
     def _followListeners(self, config: Config) -> None:
         for listener in self.listeners:
@@ -218,6 +259,16 @@ class GatewayService(MultiService):
         """
         return self.reloader.reload(reason)
 
+    def startService(self) -> None:
+        """
+        Start, then say in a few lines what listens where, which routes are
+        served and where spans go.
+        """
+        super().startService()
+        for line in describeStart(self.config, self.listeners.descriptions, self.adminListeners.descriptions,
+                                  self.tracerProvider, __version__):
+            log.info("{line}", line=line)
+
     def stopService(self) -> Deferred[None]:
         """
         Drain first, while the admin listener still answers; then stop the
@@ -233,6 +284,8 @@ class GatewayService(MultiService):
             if child is not self.drain:
                 await maybeDeferred(child.stopService)
         self.current.gateway.root.telemetry.flushReports()
-        if self.tracerProvider is not None:
+        providers = self.retiredTracerProviders + [self.tracerProvider]
+        flushes = [provider.flush() for provider in providers if provider is not None]
+        if flushes:
             assert self.drain.deadline is not None
-            await within(self.tracerProvider.flush(), self.drain.deadline + TRACE_FLUSH_GRACE, self.reactor)
+            await within(gatherResults(flushes), self.drain.deadline + TRACE_FLUSH_GRACE, self.reactor)

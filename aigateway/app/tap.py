@@ -13,9 +13,11 @@ import sys
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
+from aigateway import __version__
+from aigateway.app.listeners import CannotListen
 from aigateway.config import ConfigError, parseEndpoint
 
-__all__ = ["Options", "makeService", "listenOverride"]
+__all__ = ["Options", "ProcessService", "makeService", "listenOverride"]
 
 
 class Options(usage.Options):
@@ -26,17 +28,26 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", "etc/gateway.yaml", "The YAML configuration file."],
     ]
+    # Without one, usage.Options shows the docstring of whatever __main__ is.
+    longdesc = "Run the gateway on a configuration file; docs/configuration.md describes it."
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
 
+    # twistd shows these docstrings as the options' help: plain words.
     def opt_listen(self, description: str) -> None:
         """
-        Listen on this Twisted endpoint instead of the config's C{listen}
-        (repeat for several).
+        Listen on this Twisted endpoint instead of the config's listen (repeat for several).
         """
         self["listen"].append(description)
+
+    def opt_version(self) -> None:
+        """
+        Display aigateway's version and exit.
+        """
+        print(f"aigateway {__version__}")
+        sys.exit(0)
 
 
 def listenOverride(options: Options) -> tuple[str, ...]:
@@ -62,6 +73,40 @@ def fileReader(configPath: str):
     return readFile
 
 
+class ProcessService(MultiService):
+    """
+    The top of C{twistd aigateway}'s services.  A listener that cannot be
+    opened at the start ends a foreground process (C{twistd -n}) with one
+    line (C{aigateway: cannot listen on tcp:8080: address already in use})
+    and exit status 1, instead of C{twistd}'s traceback.  A daemon raises
+    the error to C{twistd}, which reports it to the shell that started it
+    and removes the pid file.
+
+    @ivar foreground: whether the process runs in the foreground.
+    """
+
+    def __init__(self, foreground: bool = True) -> None:
+        super().__init__()
+        self.foreground = foreground
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListen as e:
+            self._cannotListen(e)
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except CannotListen as e:
+            self._cannotListen(e)
+
+    def _cannotListen(self, error: CannotListen) -> None:
+        if self.foreground:
+            raise SystemExit(f"aigateway: {error}") from None
+        raise error
+
+
 def makeService(options: Options) -> IService:
     """
     Load the configuration and build the gateway; a broken configuration is
@@ -84,7 +129,8 @@ def makeService(options: Options) -> IService:
     signal.signal(
         signal.SIGHUP, lambda *args: reactor.callFromThread(service.reload, "SIGHUP")
     )
-    top = MultiService()
+    parent = getattr(options, "parent", None)
+    top = ProcessService(foreground=bool(parent is None or parent.get("nodaemon")))
     service.setServiceParent(top)
     HeapSettler().setServiceParent(top)
     return top

@@ -71,16 +71,30 @@ T = TypeVar("T")
 
 class _Fields:
     """
-    The keys of one mapping in the document, taken one by one; whatever is
-    left over at the end is an unknown key.
+    The keys of one mapping in the document, taken one by one.
+
+    The mapping's keys are declared up front, and a key that is not one of
+    them is reported before anything else about the mapping (a missing
+    required key, a "one of" rule, a bad value): C{pathPrefx} is an
+    unknown key, with its "did you mean", not a match without a path.
     """
 
-    def __init__(self, value: object, path: str) -> None:
+    def __init__(self, value: object, path: str, keys: Sequence[str]) -> None:
+        """
+        @param keys: every key this mapping may have.
+        @raise ConfigError: when C{value} is not a mapping or has a key
+            not in C{keys}.
+        """
         if not isinstance(value, dict):
             raise ConfigError(path, f"must be a mapping, not {_kind(value)}")
         self._values: dict[Any, Any] = dict(value)
-        self._known: list[str] = []
+        self._known = tuple(keys)
         self.path = path
+        for key in self._values:
+            if key not in self._known:
+                hint = difflib.get_close_matches(str(key), self._known, n=1)
+                extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+                raise ConfigError(self.at(str(key)), f"unknown key{extra}")
 
     def at(self, key: str) -> str:
         """
@@ -111,7 +125,8 @@ class _Fields:
         """
         Remove C{key} and parse its value with C{parse(value, path)}.
         """
-        self._known.append(key)
+        if key not in self._known:
+            raise AssertionError(f"{self.at(key)} is taken but not declared among the mapping's keys")
         if key not in self._values:
             if required:
                 raise ConfigError(self.at(key), "is required")
@@ -120,12 +135,10 @@ class _Fields:
 
     def done(self) -> None:
         """
-        Fail on the first key nobody took.
+        Check that every key given was taken (they were all declared).
         """
-        for key in self._values:
-            hint = difflib.get_close_matches(str(key), self._known, n=1)
-            extra = f" (did you mean '{hint[0]}'?)" if hint else ""
-            raise ConfigError(self.at(str(key)), f"unknown key{extra}")
+        if self._values:
+            raise AssertionError(f"{self.path}: declared keys never taken: {sorted(map(str, self._values))}")
 
 
 def _kind(value: object) -> str:
@@ -231,6 +244,8 @@ def parseSize(value: object, path: str = "") -> int:
 
 
 def parseEndpoint(value: object, path: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
     description = _string(value, path)
     if description.isdigit():
         raise ConfigError(
@@ -257,7 +272,7 @@ def _endpoints(value: object, path: str) -> tuple[str, ...]:
 
 
 def _secret(value: object, path: str) -> SecretRef:
-    fields = _Fields(value, path)
+    fields = _Fields(value, path, ("env", "file", "value", "passthrough"))
     kind = fields.oneOf("env", "file", "value", "passthrough")
     if kind == "passthrough":
         if not fields.take(kind, _boolean):
@@ -277,7 +292,8 @@ def _url(value: object, path: str) -> str:
 
 
 def _backend(name: str, value: object, path: str) -> Backend:
-    fields = _Fields(value, path)
+    fields = _Fields(value, path, ("provider", "url", "model", "authToken", "streamUsage", "maxTokens",
+                                   "deployment", "apiVersion", "region", "idleTimeout"))
     kind = fields.take("provider", _oneOf(list(PROVIDERS), known=True), required=True)
     assert kind is not None
     for key, providers in _PROVIDER_FIELDS.items():
@@ -355,7 +371,7 @@ def _headers(value: object, path: str) -> tuple[tuple[str, str], ...]:
 
 
 def _match(value: object, path: str) -> Match:
-    fields = _Fields(value, path)
+    fields = _Fields(value, path, ("path", "pathPrefix", "methods", "headers"))
     exact = fields.take("path", _path)
     prefix = fields.take("pathPrefix", _path)
     if (exact is None) == (prefix is None):
@@ -398,7 +414,7 @@ RULE_KINDS = ("allow", "deny", "require")
 
 
 def _authorization(value: object, path: str) -> AuthorizationPolicy:
-    fields = _Fields(value, path)
+    fields = _Fields(value, path, ("rules",))
 
     def rules(v: object, p: str) -> tuple[RuleConfig, ...]:
         if not isinstance(v, list) or not v:
@@ -406,7 +422,7 @@ def _authorization(value: object, path: str) -> AuthorizationPolicy:
         parsed = []
         for i, item in enumerate(v):
             where = f"{p}[{i}]"
-            inner = _Fields(item, where)
+            inner = _Fields(item, where, RULE_KINDS)
             kind = inner.oneOf(*RULE_KINDS)
             expression = inner.take(kind, _expression)
             inner.done()
@@ -420,7 +436,7 @@ def _authorization(value: object, path: str) -> AuthorizationPolicy:
 
 
 def _bucket(value: object, path: str) -> Bucket:
-    fields = _Fields(value, path)
+    fields = _Fields(value, path, ("limit", "per"))
 
     def positive(v: object, p: str) -> float:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
@@ -443,7 +459,7 @@ def _rateLimits(value: object, path: str) -> tuple[LimitConfig, ...]:
     limits = []
     for i, item in enumerate(value):
         where = f"{path}[{i}]"
-        fields = _Fields(item, where)
+        fields = _Fields(item, where, ("key", "requests", "tokens"))
         limit = LimitConfig(
             key=fields.take("key", _expression),
             requests=fields.take("requests", _bucket),
@@ -465,7 +481,9 @@ def _route(
     gatewayPolicy: JWTPolicy | None,
     gatewayAuthorization: AuthorizationPolicy | None = None,
 ) -> Route:
-    fields = _Fields(value, path)
+    fields = _Fields(value, path, ("name", "match", "backend", "backends", "retries", "timeouts",
+                                   "outlier", "timeout", "maxRequestBody", "jwt", "authorization",
+                                   "rateLimits"))
     name = fields.take("name", _string, required=True)
     match = fields.take("match", _match, required=True)
     assert name is not None and match is not None
@@ -514,7 +532,7 @@ def _nonNegativeInteger(value: object, path: str) -> int:
 
 
 def _target(value: object, path: str, backends: Mapping[str, Backend]) -> Target:
-    fields = _Fields(value, path)
+    fields = _Fields(value, path, ("backend", "weight", "priority", "models"))
     name = fields.take("backend", _string, required=True)
     assert name is not None
     target = Target(
@@ -548,7 +566,7 @@ def _retryConditions(value: object, path: str) -> frozenset[str]:
 
 
 def _retries(value: object, path: str) -> Retries:
-    fields = _Fields(value, path)
+    fields = _Fields(value, path, ("attempts", "on", "backoff"))
     attempts = fields.take("attempts", _positiveInteger, 1)
     assert attempts is not None
     if attempts > 10:
@@ -563,7 +581,7 @@ def _retries(value: object, path: str) -> Retries:
 
 
 def _timeouts(value: object, path: str) -> Timeouts:
-    fields = _Fields(value, path)
+    fields = _Fields(value, path, ("connect", "firstByte", "idle"))
     defaults = Timeouts()
     timeouts = Timeouts(
         connect=fields.take("connect", _positiveDuration, defaults.connect),  # type: ignore[arg-type]
@@ -575,7 +593,7 @@ def _timeouts(value: object, path: str) -> Timeouts:
 
 
 def _outlier(value: object, path: str) -> Outlier:
-    fields = _Fields(value, path)
+    fields = _Fields(value, path, ("consecutiveFailures", "ejection"))
     outlier = Outlier(
         consecutiveFailures=fields.take("consecutiveFailures", _positiveInteger, 5),  # type: ignore[arg-type]
         ejection=fields.take("ejection", _positiveDuration, 30.0),  # type: ignore[arg-type]
@@ -585,7 +603,7 @@ def _outlier(value: object, path: str) -> Outlier:
 
 
 def _admin(value: object, path: str) -> AdminConfig:
-    fields = _Fields(value, path)
+    fields = _Fields(value, path, ("listen",))
     admin = AdminConfig(listen=fields.take("listen", _endpoints, required=True) or ())
     fields.done()
     return admin
@@ -603,12 +621,12 @@ def _stringList(value: object, path: str) -> tuple[str, ...]:
 
 
 def _jwks(value: object, path: str) -> JWKSSource:
-    fields = _Fields(value, path)
+    fields = _Fields(value, path, ("local", "file", "remote"))
     kind = fields.oneOf("local", "file", "remote")
     if kind == "local":
 
         def local(v: object, p: str) -> str | None:
-            inner = _Fields(v, p)
+            inner = _Fields(v, p, ("key",))
             text = inner.take("key", _string, required=True)
             inner.done()
             return text
@@ -619,7 +637,7 @@ def _jwks(value: object, path: str) -> JWKSSource:
     else:
 
         def remote(v: object, p: str) -> JWKSSource:
-            inner = _Fields(v, p)
+            inner = _Fields(v, p, ("url", "cacheDuration"))
             url = inner.take("url", _url, required=True)
             cacheDuration = inner.take("cacheDuration", _positiveDuration, 300.0)
             inner.done()
@@ -645,7 +663,8 @@ def _claimsToHeaders(value: object, path: str) -> tuple[tuple[str, str], ...]:
 
 
 def _jwtProvider(name: str, value: object, path: str) -> JWTProviderConfig:
-    fields = _Fields(value, path)
+    fields = _Fields(value, path, ("issuer", "audiences", "jwks", "clockSkew", "requireExp", "maxLifetime",
+                                   "claimsToHeaders"))
     issuer = fields.take("issuer", _string, required=True)
     audiences = fields.take("audiences", _stringList, ()) or ()
     jwks = fields.take("jwks", _jwks, required=True)
@@ -665,10 +684,10 @@ def _jwtProvider(name: str, value: object, path: str) -> JWTProviderConfig:
 
 
 def _tokenSource(value: object, path: str) -> TokenSource:
-    fields = _Fields(value, path)
+    fields = _Fields(value, path, ("header", "queryParam", "cookie"))
 
     def header(v: object, p: str) -> tuple[str, str]:
-        inner = _Fields(v, p)
+        inner = _Fields(v, p, ("name", "prefix"))
         name = inner.take("name", _string, required=True)
         prefix = inner.take("prefix", lambda x, q: x if isinstance(x, str) else _string(x, q), "")
         inner.done()
@@ -688,8 +707,17 @@ def _tokenSource(value: object, path: str) -> TokenSource:
     return source
 
 
+JWT_FAILURE_STATUSES = (401, 403)
+
+
+def _failureStatus(value: object, path: str) -> int:
+    if isinstance(value, bool) or value not in JWT_FAILURE_STATUSES:
+        raise ConfigError(path, f"must be 401 or 403, not {value!r}")
+    return int(value)  # type: ignore[call-overload]
+
+
 def _jwtPolicy(value: object, path: str) -> JWTPolicy:
-    fields = _Fields(value, path)
+    fields = _Fields(value, path, ("mode", "providers", "tokenFrom", "failureStatus"))
 
     def providers(v: object, p: str) -> tuple[JWTProviderConfig, ...]:
         if not isinstance(v, dict) or not v:
@@ -700,16 +728,17 @@ def _jwtPolicy(value: object, path: str) -> JWTPolicy:
         mode=fields.take("mode", _oneOf(JWT_MODES), "strict") or "strict",
         providers=fields.take("providers", providers, required=True) or (),
         tokenFrom=fields.take("tokenFrom", _tokenSource, TokenSource()) or TokenSource(),
+        failureStatus=fields.take("failureStatus", _failureStatus, 401),  # type: ignore[arg-type]
     )
     fields.done()
     return policy
 
 
 def _tracing(value: object, path: str) -> TracingConfig:
-    fields = _Fields(value, path)
+    fields = _Fields(value, path, ("otlp", "sampleRatio", "captureContent", "legacyAttributes", "serviceName"))
 
     def otlp(v: object, p: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-        inner = _Fields(v, p)
+        inner = _Fields(v, p, ("endpoint", "headers"))
         endpoint = inner.take("endpoint", _url, required=True)
 
         def headers(h: object, q: str) -> tuple[tuple[str, str], ...]:
@@ -746,7 +775,9 @@ def parseConfig(document: object) -> Config:
 
     @raise ConfigError: naming the first field that is wrong.
     """
-    fields = _Fields(document, "")
+    fields = _Fields(document, "", ("listen", "admin", "maxRequestBody", "jwt", "authorization", "backends",
+                                     "routes", "tracing", "shutdownTimeout", "accessLog", "maxConnections",
+                                     "requestHeadTimeout"))
     listen = fields.take("listen", _endpoints, ("tcp:8080",)) or ("tcp:8080",)
     admin = fields.take("admin", _admin)
     maxRequestBody = fields.take("maxRequestBody", parseSize, DEFAULT_MAX_REQUEST_BODY)

@@ -188,11 +188,14 @@ class JWTPolicy:
     JWT authentication for a route: C{strict} requires a valid token,
     C{optional} lets requests without one through, C{permissive} never
     blocks.
+
+    @ivar failureStatus: the status of a refusal: 401 (RFC 6750) or 403.
     """
 
     mode: str
     providers: tuple[JWTProviderConfig, ...]
     tokenFrom: TokenSource = TokenSource()
+    failureStatus: int = 401
 
 
 @attrs.frozen

@@ -502,6 +502,8 @@ class Telemetry:
         server.update_name(f"{exchange.method} {exchange.route}" if exchange.route else exchange.method)
         attributes = exchange.serverAttributes or {}
         attributes["http.response.status_code"] = status
+        if self.config.legacyAttributes:
+            attributes["http.status"] = status
         if exchange.route:
             attributes["http.route"] = exchange.route
         if exchange.subject:

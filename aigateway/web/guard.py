@@ -199,7 +199,11 @@ class JWTGuard(Resource):
     """
     Authenticates on the request's head, then hands the request to the
     protected resource with what it learned as the request's L{IIdentity}
-    component; or answers 401 itself.
+    component; or answers 401 itself (403 when the policy's
+    C{failureStatus} says so).  Either carries the C{WWW-Authenticate:
+    Bearer} challenge: RFC 6750 asks it of a 401, and RFC 7235 (4.1) lets
+    any response carry it when other credentials would change the answer,
+    as they would here.
 
     @ivar protected: the resource that serves an authenticated (or, where
         the mode allows, anonymous) caller.
@@ -216,6 +220,7 @@ class JWTGuard(Resource):
     ) -> None:
         super().__init__()
         self.mode = policy.mode
+        self.failureStatus = policy.failureStatus
         self.verifier = verifier
         self.protected = protected
         self.clock = clock
@@ -239,7 +244,7 @@ class JWTGuard(Resource):
                 exchange.authFailure = "no bearer token found"
                 return refuse(
                     request,
-                    401,
+                    self.failureStatus,
                     "authentication failure: no bearer token found",
                     "missing_token",
                     [(b"www-authenticate", _REALM)],
@@ -268,7 +273,7 @@ class JWTGuard(Resource):
         description = e.reason.replace('"', "'").encode("ascii", "replace")
         return refuse(
             request,
-            401,
+            self.failureStatus,
             f"authentication failure: {e.reason}",
             "invalid_token",
             [(b"www-authenticate",

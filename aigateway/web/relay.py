@@ -21,13 +21,16 @@ import json
 import math
 import random as _random
 from typing import Any, Callable, Optional, Sequence
+from urllib.parse import urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import (
     ConnectError,
+    ConnectionDone,
     ConnectionLost,
     ConnectionRefusedError,
     DNSLookupError,
+    TCPTimedOutError,
     TimeoutError as ConnectTimeoutError,
 )
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -55,7 +58,8 @@ from aigateway.web.errors import errorBody, finishWith, refuse, setStatus
 from aigateway.web.guard import Identity
 from aigateway.web.policy import IAdmission
 
-__all__ = ["RelayResource", "Upstream", "downstreamHeaders", "upstreamHeaders"]
+__all__ = ["RelayResource", "Upstream", "describeUpstreamFailure", "downstreamHeaders", "upstreamHeaders",
+           "upstreamHost"]
 
 log = Logger()
 
@@ -203,6 +207,70 @@ class _Discard(Protocol):
         pass
 
 
+def upstreamHost(url: bytes) -> str:
+    """
+    The host (and port, when the URL gives one) of an upstream URL: what
+    an error may name, never a user, password, path or query.
+    """
+    try:
+        parts = urlsplit(url.decode("ascii", "replace"))
+        host, port = parts.hostname or "?", parts.port
+    except ValueError:
+        return "?"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}" if port is not None else host
+
+
+def _tlsProblem(error: BaseException) -> str | None:
+    """
+    What went wrong in TLS, when C{error} is a TLS error: OpenSSL's own
+    reasons (C{certificate verify failed}), or a certificate for another
+    host.
+    """
+    kind = type(error)
+    if kind.__module__.startswith("service_identity"):
+        return "the certificate does not match the host name"
+    if kind.__module__.startswith("OpenSSL"):
+        reasons = [str(item[-1]) for item in (error.args[0] if error.args else ())
+                   if isinstance(item, tuple) and item and item[-1]]
+        return ", ".join(reasons) or "handshake failed"
+    return None
+
+
+def describeUpstreamFailure(failure: Failure, host: str) -> tuple[str, str, str]:
+    """
+    Why an upstream request failed before an answer came, in words a user
+    can act on, naming the upstream's host and nothing else of the URL.
+
+    @return: the kind counted in the metrics (C{unreachable}, C{reset},
+        C{failed}), the error code, and the message.
+    """
+    cannot = f"cannot connect to the upstream {host}"
+    if failure.check(DNSLookupError):
+        return "unreachable", "upstream_unreachable", f"{cannot}: name not resolved"
+    if failure.check(ConnectionRefusedError):
+        return "unreachable", "upstream_unreachable", f"{cannot}: connection refused"
+    if failure.check(ConnectTimeoutError, TCPTimedOutError):
+        return "unreachable", "upstream_unreachable", f"{cannot}: timed out connecting"
+    if failure.check(ConnectError):
+        words = (type(failure.value).__doc__ or "").strip().splitlines()[0].rstrip(".")
+        return "unreachable", "upstream_unreachable", f"{cannot}: {words[:1].lower() + words[1:]}"
+    reasons = failure.value.reasons if isinstance(failure.value, ResponseFailed) else [failure]
+    for reason in reasons:
+        tls = _tlsProblem(reason.value)
+        if tls is not None:
+            return "unreachable", "upstream_unreachable", f"{cannot}: TLS failure ({tls})"
+    for reason in reasons:
+        if reason.check(ConnectionDone):
+            return "reset", "upstream_reset", f"the upstream {host} closed the connection before answering"
+        if reason.check(ConnectionLost):
+            return "reset", "upstream_reset", f"the upstream {host} reset the connection before answering"
+    if failure.check(ResponseFailed, CancelledError):
+        return "reset", "upstream_reset", f"the upstream {host} closed the connection before answering"
+    return "failed", "upstream_error", f"the request to the upstream {host} failed"
+
+
 class _BodyRelay(Protocol):
     """
     Receives the upstream body and writes it to the client as it comes.
@@ -274,6 +342,7 @@ class _Relay:
         self._whole: list[bytes] | None = None
         self._wholeSize = 0
         self._response: IResponse | None = None
+        self._url = b""
 
     def start(self) -> None:
         self.request.notifyFinish().addBoth(self._clientDone)
@@ -304,6 +373,7 @@ class _Relay:
         call = self.call
         url, headers, self.observer = self.resource.prepareAttempt(
             upstream, call, self.request, self.admission.identity, self.exchange)
+        self._url = url
         body = BytesBody(call.body) if call.body or call.method in (b"POST", b"PUT", b"PATCH") else None
         self._attemptTimedOut = False
         self._attemptTimer = self.clock.callLater(self.timeouts.firstByte, self._watchFired)
@@ -436,15 +506,10 @@ class _Relay:
             if self._retry("timeout"):
                 return
             self.exchange.upstreamError = "timeout"
-            self._fail(504, f"the upstream did not answer within {self.timeouts.firstByte:g}s",
-                       "upstream_timeout")
-        elif failure.check(ConnectionRefusedError, DNSLookupError, ConnectTimeoutError, ConnectError):
-            self._record(upstream, "connect-failure")
-            if self._retry("connect-failure"):
-                return
-            self.exchange.upstreamError = "unreachable"
-            self._fail(502, "cannot connect to the upstream", "upstream_unreachable")
-        elif problem is not None:
+            self._fail(504, f"the upstream {upstreamHost(self._url)} did not answer within "
+                       f"{self.timeouts.firstByte:g}s", "upstream_timeout")
+            return
+        if problem is not None:
             self._record(upstream, "malformed")
             log.warn("the upstream of route {route} sent a malformed answer: {problem}",
                      route=self.exchange.route, problem=problem)
@@ -452,20 +517,27 @@ class _Relay:
                 return
             self.exchange.upstreamError = "malformed"
             self._fail(502, "the upstream's answer was malformed", "upstream_error")
-        elif failure.check(ResponseFailed, ConnectionLost, CancelledError):
+            return
+        # One line, naming the upstream's host but no URI and no traceback:
+        # a URI's query can hold a key.
+        kind, code, message = describeUpstreamFailure(failure, upstreamHost(self._url))
+        if kind == "unreachable":
+            self._record(upstream, "connect-failure")
+            if self._retry("connect-failure"):
+                return
+        elif kind == "reset":
             self._record(upstream, "reset")
             if self._retry("5xx"):
                 return
-            self.exchange.upstreamError = "reset"
-            self._fail(502, "the upstream closed the connection before answering", "upstream_reset")
         else:
-            # One line, no URI and no traceback: the URI's query can hold a
-            # token, and whatever failed said so in its own words.
             self._record(upstream, "failed")
-            log.error("the upstream request on route {route} failed: {error}",
-                      route=self.exchange.route, error=failure.type.__name__)
-            self.exchange.upstreamError = "failed"
-            self._fail(502, "the upstream request failed", "upstream_error")
+        if kind == "failed":
+            log.error("route {route}: {problem} ({error})", route=self.exchange.route, problem=message,
+                      error=failure.type.__name__)
+        else:
+            log.warn("route {route}: {problem}", route=self.exchange.route, problem=message)
+        self.exchange.upstreamError = kind
+        self._fail(502, message, code)
 
     def _gotResponse(self, response: IResponse) -> None:
         self._pending = None

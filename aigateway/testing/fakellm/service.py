@@ -4,12 +4,15 @@ C{twistd fakellm}: its options, and the quiet site it listens with.
 
 from __future__ import annotations
 
+import sys
+
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.python import usage
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
+from aigateway import __version__
 from aigateway.testing.fakellm.resource import FakeLLM
 
 __all__ = ["Options", "makeService"]
@@ -61,6 +64,16 @@ class Options(usage.Options):
         ["aws-secret-access-key", None, None,
          "The secret access key that goes with --aws-access-key-id."],
     ]
+
+    # Without one, usage.Options shows the docstring of whatever __main__ is.
+    longdesc = "Run the fake LLM, which answers every provider's API; docs/operations.md describes it."
+
+    def opt_version(self) -> None:
+        """
+        Display aigateway's version and exit.
+        """
+        print(f"aigateway {__version__}")
+        sys.exit(0)
 
     def postOptions(self) -> None:
         """
