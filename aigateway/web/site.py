@@ -223,6 +223,10 @@ class GatewayRequest(Request):
         return None
 
 
+def _dropLine(line: bytes) -> None:
+    pass
+
+
 class GatewayChannel(HTTPChannel):
     """
     A client connection: its head must come within the site's
@@ -241,6 +245,7 @@ class GatewayChannel(HTTPChannel):
     _inRequest = False
     _lingering = False
     _headBytes = 0
+    _countingLines = False
     _headTimer: IDelayedCall | None = None
     _closing = False
     _lingerTimer: IDelayedCall | None = None
@@ -254,13 +259,29 @@ class GatewayChannel(HTTPChannel):
             return
         if not self._inHead and not self._inRequest and data:
             self._inHead = True
+        if self._inHead and not self._countingLines:
+            # While all the head's bytes so far are within the limit, none
+            # of its lines can take it past: lines are counted one by one
+            # only from the read that could.
+            seen = self._headBytes + len(data)
+            if seen > self.totalHeadersSize:
+                # What came before this read is complete lines and the
+                # incomplete one still buffered.
+                self._headBytes -= len(self._buffer)
+                self._countingLines = True
+                self.lineReceived = self._countedLineReceived  # type: ignore[method-assign]
+            else:
+                self._headBytes = seen
         super().dataReceived(data)
         if self._inHead and self._headTimer is None and not self._closing:
             # A head that did not come whole in one read: its time runs
             # from its first byte, which came just now.
             self._headTimer = self.callLater(self.factory.requestHeadTimeout, self._headTooSlow)
 
-    def lineReceived(self, line: bytes) -> Any:
+    def _countedLineReceived(self, line: bytes) -> Any:
+        """
+        L{lineReceived}, for a head that may grow past the size limit.
+        """
         if self._closing:
             return None
         self._headBytes += len(line) + 2
@@ -270,7 +291,9 @@ class GatewayChannel(HTTPChannel):
         return super().lineReceived(line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        if self._headBytes == 0:
+        # C{line} runs from the long line's start to the end of what came.
+        before = self._headBytes if self._countingLines else self._headBytes - len(line)
+        if before <= 0:
             self.answerAndClose(414, "the request line is too long", "uri_too_long")
         else:
             self.answerAndClose(431, "a request header line is too long", "head_too_large")
@@ -306,6 +329,9 @@ class GatewayChannel(HTTPChannel):
     def _endHead(self) -> None:
         self._inHead = False
         self._headBytes = 0
+        if self._countingLines and not self._closing:
+            self._countingLines = False
+            del self.lineReceived
         timer, self._headTimer = self._headTimer, None
         if timer is not None and timer.active():
             timer.cancel()
@@ -343,6 +369,8 @@ class GatewayChannel(HTTPChannel):
         # unread bytes would reset it, and a reset can destroy the answer
         # before the client has read it.
         self._closing = True
+        # The lines that came in the same read are dropped too.
+        self.lineReceived = _dropLine  # type: ignore[method-assign]
         self._endHead()
         transport = self.transport
         halfClose = getattr(transport, "loseWriteConnection", None)
