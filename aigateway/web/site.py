@@ -29,6 +29,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.reflect import qual
 from twisted.web.http import HTTPChannel, Request as HTTPRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
@@ -108,6 +109,20 @@ def _rawAnswer(status: int, message: str, code: str, extra: bytes = b"") -> byte
     ) + body
 
 
+class _QualifiedNames(dict):
+    """
+    The names under which twisted.python.components keeps an interface's
+    component, each computed once.
+    """
+
+    def __missing__(self, interface: Any) -> str:
+        name = self[interface] = qual(interface)
+        return name
+
+
+_QUALIFIED = _QualifiedNames()
+
+
 class GatewayRequest(Request):
     """
     A request whose defaults suit a JSON API gateway: no made-up
@@ -134,6 +149,17 @@ class GatewayRequest(Request):
         self._overLimit = False
         self._rendered = False
         self._waiting: Deferred[bytes] | None = None
+
+    def setComponent(self, interfaceClass: Any, component: object) -> None:
+        # Each stage sets or gets a component or two: the same store as
+        # Componentized's, without computing the interface's name each time.
+        self._adapterCache[_QUALIFIED[interfaceClass]] = component
+
+    def getComponent(self, interface: Any, default: object = None) -> Any:
+        try:
+            return self._adapterCache[_QUALIFIED[interface]]
+        except KeyError:
+            return super().getComponent(interface, default)
 
     def gotLength(self, length: int | None) -> None:
         self._announced = length
@@ -223,7 +249,11 @@ class GatewayRequest(Request):
         return None
 
 
-def _dropLine(line: bytes) -> None:
+def _drop(data: bytes) -> None:
+    pass
+
+
+def _dropNothing() -> None:
     pass
 
 
@@ -298,10 +328,6 @@ class GatewayChannel(HTTPChannel):
         else:
             self.answerAndClose(431, "a request header line is too long", "head_too_large")
 
-    def rawDataReceived(self, data: bytes) -> None:
-        if not self._closing:
-            super().rawDataReceived(data)
-
     def allHeadersReceived(self) -> None:
         self._endHead()
         self._inRequest = True
@@ -316,10 +342,6 @@ class GatewayChannel(HTTPChannel):
         expect = request.requestHeaders.getRawHeaders(b"expect")
         if expect and expect[0].lower() == b"100-continue" and self._version == b"HTTP/1.1":
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-    def allContentReceived(self) -> None:
-        if not self._closing:
-            super().allContentReceived()
 
     def requestDone(self, request: HTTPRequest) -> None:
         self._endHead()
@@ -369,8 +391,9 @@ class GatewayChannel(HTTPChannel):
         # unread bytes would reset it, and a reset can destroy the answer
         # before the client has read it.
         self._closing = True
-        # The lines that came in the same read are dropped too.
-        self.lineReceived = _dropLine  # type: ignore[method-assign]
+        # What came in the same read is dropped too.
+        self.lineReceived = self.rawDataReceived = _drop  # type: ignore[method-assign]
+        self.allContentReceived = _dropNothing  # type: ignore[method-assign]
         self._endHead()
         transport = self.transport
         halfClose = getattr(transport, "loseWriteConnection", None)
