@@ -117,10 +117,11 @@ def _attributes(key: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     append = out.append
     pairs = _pairs
     names = _names
-    # Names, then each value looked up: a span's attributes are a mapping
-    # whose items() is a generator in Python.
-    for name in attributes:
-        value = attributes[name]
+    # A span's attributes are a mapping whose items() is a generator in
+    # Python: copied into a dict once (for the SDK's, by their own copy()),
+    # they are read in C.
+    copy = getattr(attributes, "copy", None)
+    for name, value in (copy() if copy is not None else dict(attributes)).items():
         kind = value.__class__
         if kind is str:
             if len(value) <= 64:

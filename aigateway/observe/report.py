@@ -221,7 +221,7 @@ def buildTracerProvider(config: TracingConfig, reactor: Any, agent: Any,
     if endpoint is None:
         return None
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
     from opentelemetry.util.re import parse_env_headers
 
     from aigateway.observe.otlp import SpanSender
@@ -234,7 +234,8 @@ def buildTracerProvider(config: TracingConfig, reactor: Any, agent: Any,
     return SendingTracerProvider(
         SpanSender(reactor, agent, endpoint, headers),
         resource=Resource.create({"service.name": config.serviceName}),
-        sampler=ParentBased(TraceIdRatioBased(config.sampleRatio)),
+        # A ratio of 1 samples every trace, as ALWAYS_ON does for less.
+        sampler=ParentBased(ALWAYS_ON if config.sampleRatio >= 1 else TraceIdRatioBased(config.sampleRatio)),
         limits=spanLimits(environ),
     )
 

@@ -524,10 +524,20 @@ class PolicyResource(Resource):
         problem = self.relay.unavailable()
         if problem is not None:
             return refuse(request, 503, problem, "backend_credential_missing")
-        reading = requestBody(request, self.maxRequestBody)
-        reading.addCallbacks(self._judge, self._noBody, (request,), None, (request,))
-        reading.addErrback(self._bug, request)
+        requestBody(request, self.maxRequestBody).addBoth(self._read, request)
         return NOT_DONE_YET
+
+    def _read(self, result: bytes | Failure, request: IRequest) -> None:
+        """
+        The body is in, or cannot be read: judge the request, or answer.
+        """
+        try:
+            if isinstance(result, Failure):
+                self._noBody(result, request)
+            else:
+                self._judge(result, request)
+        except Exception:
+            self._bug(Failure(), request)
 
     def _noBody(self, failure: Failure, request: IRequest) -> None:
         """

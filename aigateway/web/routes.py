@@ -99,9 +99,7 @@ class RouteTable(Resource):
     def render(self, request: IRequest) -> bytes | int:
         exchange = self.telemetry.begin(request)
         request.setComponent(IExchange, exchange)
-        request.notifyFinish().addBoth(self._finished, request, exchange).addErrback(
-            lambda failure: log.failure("reporting {path}", failure, path=request.path)
-        )
+        request.notifyFinish().addBoth(self._finished, request, exchange)
         try:
             path, query = normalTarget(request.uri)
         except TargetError as e:
@@ -128,7 +126,10 @@ class RouteTable(Resource):
         return renderChild(resource, request)
 
     def _finished(self, result: object, request: IRequest, exchange: Exchange) -> None:
-        self.telemetry.finish(exchange, request.code, not isinstance(result, Failure))
+        try:
+            self.telemetry.finish(exchange, request.code, not isinstance(result, Failure))
+        except Exception:
+            log.failure("reporting {path}", path=request.path)
 
 
 def renderChild(resource: IResource, request: IRequest) -> bytes | int:
@@ -136,4 +137,6 @@ def renderChild(resource: IResource, request: IRequest) -> bytes | int:
     Render C{request} with C{resource}, or with the child of it that the
     rest of the request's path names: how a stage hands a request on.
     """
+    if resource.isLeaf:
+        return resource.render(request)
     return getChildForRequest(resource, request).render(request)

@@ -29,6 +29,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.reflect import qual
 from twisted.web.http import HTTPChannel, Request as HTTPRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
@@ -108,6 +109,20 @@ def _rawAnswer(status: int, message: str, code: str, extra: bytes = b"") -> byte
     ) + body
 
 
+class _QualifiedNames(dict):
+    """
+    The names under which twisted.python.components keeps an interface's
+    component, each computed once.
+    """
+
+    def __missing__(self, interface: Any) -> str:
+        name = self[interface] = qual(interface)
+        return name
+
+
+_QUALIFIED = _QualifiedNames()
+
+
 class GatewayRequest(Request):
     """
     A request whose defaults suit a JSON API gateway: no made-up
@@ -134,6 +149,17 @@ class GatewayRequest(Request):
         self._overLimit = False
         self._rendered = False
         self._waiting: Deferred[bytes] | None = None
+
+    def setComponent(self, interfaceClass: Any, component: object) -> None:
+        # Each stage sets or gets a component or two: the same store as
+        # Componentized's, without computing the interface's name each time.
+        self._adapterCache[_QUALIFIED[interfaceClass]] = component
+
+    def getComponent(self, interface: Any, default: object = None) -> Any:
+        try:
+            return self._adapterCache[_QUALIFIED[interface]]
+        except KeyError:
+            return super().getComponent(interface, default)
 
     def gotLength(self, length: int | None) -> None:
         self._announced = length
@@ -223,6 +249,14 @@ class GatewayRequest(Request):
         return None
 
 
+def _drop(data: bytes) -> None:
+    pass
+
+
+def _dropNothing() -> None:
+    pass
+
+
 class GatewayChannel(HTTPChannel):
     """
     A client connection: its head must come within the site's
@@ -241,6 +275,7 @@ class GatewayChannel(HTTPChannel):
     _inRequest = False
     _lingering = False
     _headBytes = 0
+    _countingLines = False
     _headTimer: IDelayedCall | None = None
     _closing = False
     _lingerTimer: IDelayedCall | None = None
@@ -254,13 +289,29 @@ class GatewayChannel(HTTPChannel):
             return
         if not self._inHead and not self._inRequest and data:
             self._inHead = True
+        if self._inHead and not self._countingLines:
+            # While all the head's bytes so far are within the limit, none
+            # of its lines can take it past: lines are counted one by one
+            # only from the read that could.
+            seen = self._headBytes + len(data)
+            if seen > self.totalHeadersSize:
+                # What came before this read is complete lines and the
+                # incomplete one still buffered.
+                self._headBytes -= len(self._buffer)
+                self._countingLines = True
+                self.lineReceived = self._countedLineReceived  # type: ignore[method-assign]
+            else:
+                self._headBytes = seen
         super().dataReceived(data)
         if self._inHead and self._headTimer is None and not self._closing:
             # A head that did not come whole in one read: its time runs
             # from its first byte, which came just now.
             self._headTimer = self.callLater(self.factory.requestHeadTimeout, self._headTooSlow)
 
-    def lineReceived(self, line: bytes) -> Any:
+    def _countedLineReceived(self, line: bytes) -> Any:
+        """
+        L{lineReceived}, for a head that may grow past the size limit.
+        """
         if self._closing:
             return None
         self._headBytes += len(line) + 2
@@ -270,14 +321,12 @@ class GatewayChannel(HTTPChannel):
         return super().lineReceived(line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        if self._headBytes == 0:
+        # C{line} runs from the long line's start to the end of what came.
+        before = self._headBytes if self._countingLines else self._headBytes - len(line)
+        if before <= 0:
             self.answerAndClose(414, "the request line is too long", "uri_too_long")
         else:
             self.answerAndClose(431, "a request header line is too long", "head_too_large")
-
-    def rawDataReceived(self, data: bytes) -> None:
-        if not self._closing:
-            super().rawDataReceived(data)
 
     def allHeadersReceived(self) -> None:
         self._endHead()
@@ -294,10 +343,6 @@ class GatewayChannel(HTTPChannel):
         if expect and expect[0].lower() == b"100-continue" and self._version == b"HTTP/1.1":
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    def allContentReceived(self) -> None:
-        if not self._closing:
-            super().allContentReceived()
-
     def requestDone(self, request: HTTPRequest) -> None:
         self._endHead()
         self._inRequest = False
@@ -306,6 +351,9 @@ class GatewayChannel(HTTPChannel):
     def _endHead(self) -> None:
         self._inHead = False
         self._headBytes = 0
+        if self._countingLines and not self._closing:
+            self._countingLines = False
+            del self.lineReceived
         timer, self._headTimer = self._headTimer, None
         if timer is not None and timer.active():
             timer.cancel()
@@ -343,6 +391,9 @@ class GatewayChannel(HTTPChannel):
         # unread bytes would reset it, and a reset can destroy the answer
         # before the client has read it.
         self._closing = True
+        # What came in the same read is dropped too.
+        self.lineReceived = self.rawDataReceived = _drop  # type: ignore[method-assign]
+        self.allContentReceived = _dropNothing  # type: ignore[method-assign]
         self._endHead()
         transport = self.transport
         halfClose = getattr(transport, "loseWriteConnection", None)
