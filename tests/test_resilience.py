@@ -346,3 +346,35 @@ class HealthReportTests(SynchronousTestCase):
         self.assertFalse(health["r"][0]["healthy"])
         self.assertGreater(health["r"][0]["ejectedFor"], 28)
         self.assertEqual(health["r"][1], {"backend": "good", "healthy": True})
+
+
+class IdleTests(SynchronousTestCase):
+    """
+    An answer that stops coming ends after C{timeouts.idle}.
+    """
+
+    def test_idleStream(self) -> None:
+        """
+        A stream whose next event does not come within the idle time ends
+        with an error event and a non-clean end, while one whose events
+        keep coming in time is whole.
+        """
+        route = "    backend: good\n    timeouts: {idle: 2s}"
+        gateway = _Gateway(route)
+        d = gateway.client.request("POST", "http://gw/r/v1/chat/completions",
+                                   data=json.dumps(dict(CHAT, stream=True)).encode(), unbuffered=True,
+                                   headers={"content-type": "application/json",
+                                            "x-fakellm-gap": "5000", "x-fakellm-chunks": "3"})
+        gateway.pump(1)
+        response = self.successResultOf(d)
+        chunks: list[bytes] = []
+        done = collect(response, chunks.append)
+        gateway.pump(4)
+        self.failureResultOf(done)
+        body = b"".join(chunks)
+        self.assertIn(b"event: error", body)
+        self.assertIn(b"sent nothing for 2s", body)
+        status, body = gateway.send(self, body=dict(CHAT, stream=True),
+                                    headers={"x-fakellm-gap": "1000", "x-fakellm-chunks": "3"}, wait=6)
+        self.assertEqual(status, 200)
+        self.assertTrue(body.endswith(b"data: [DONE]\n\n"))

@@ -330,10 +330,14 @@ class _Relay:
         self.stream = False
         self._pending: Optional[Deferred[IResponse]] = None
         self._bodyTransport: Optional[IPushProducer] = None
-        self._deadline: Optional[IDelayedCall] = None
-        self._attemptTimer: Optional[IDelayedCall] = None
+        # One timer watches the request: it fires at the nearest of the
+        # whole request's end and the end of the phase it is in ("head":
+        # waiting for the answer's head, "body": between pieces of the
+        # body, "wait": before the next attempt).
+        self._watch: Optional[IDelayedCall] = None
+        self._phase = "head"
+        self._deadlineAt = float("inf")
         self._attemptTimedOut = False
-        self._idleTimer: Optional[IDelayedCall] = None
         self._relayedFields: list[bytes] = []
         # Set by the head of the answer, for the ways other than passing on.
         self._filter: UsageChunkFilter | None = None
@@ -347,14 +351,32 @@ class _Relay:
     def start(self) -> None:
         self.request.notifyFinish().addBoth(self._clientDone)
         if self.timeout is not None:
-            self._deadline = self.clock.callLater(self.timeout, self._timedOut)
+            self._deadlineAt = self.clock.seconds() + self.timeout
         self._attempt()
+
+    def _arm(self, phase: str, seconds: float) -> None:
+        """
+        Watch the request for the end of C{phase}, C{seconds} from now (or
+        for the whole request's end, when that comes first).
+        """
+        self._phase = phase
+        now = self.clock.seconds()
+        delay = min(now + seconds, self._deadlineAt) - now
+        watch = self._watch
+        if watch is not None and watch.active():
+            watch.reset(delay)
+        else:
+            self._watch = self.clock.callLater(delay, self._watchFired)
+
+    def _disarm(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None and watch.active():
+            watch.cancel()
 
     def _attempt(self) -> None:
         """
         Send the request to the next target of the plan.
         """
-        self._attemptTimer = None
         if self.done:
             return
         upstream, self.health = self.plan[self.tries]
@@ -376,7 +398,7 @@ class _Relay:
         self._url = url
         body = BytesBody(call.body) if call.body or call.method in (b"POST", b"PUT", b"PATCH") else None
         self._attemptTimedOut = False
-        self._attemptTimer = self.clock.callLater(self.timeouts.firstByte, self._watchFired)
+        self._arm("head", self.timeouts.firstByte)
         self._pending = pending = self.agent.request(call.method, url, headers, body)
         pending.addCallbacks(self._gotResponse, self._failed)
         pending.addErrback(self._bug)
@@ -386,20 +408,22 @@ class _Relay:
 
     def _watchFired(self) -> None:
         """
-        No head within C{timeouts.firstByte}, or, once the head came, no
-        more of the body within C{timeouts.idle}.
+        The whole request's time is up; or no head came within
+        C{timeouts.firstByte}; or, once the head came, no more of the body
+        within C{timeouts.idle}; or the wait before the next attempt is
+        over.
         """
-        if self._pending is not None:
-            self._attemptTimer = None
+        self._watch = None
+        if self.clock.seconds() >= self._deadlineAt:
+            self._timedOut()
+        elif self._phase == "wait":
+            self._attempt()
+        elif self._pending is not None:
             self._attemptTimedOut = True
             self._pending.cancel()
         else:
-            self._idleTimedOut()
-
-    def _cancelAttemptTimer(self) -> None:
-        if self._attemptTimer is not None and self._attemptTimer.active():
-            self._attemptTimer.cancel()
-        self._attemptTimer = None
+            self.exchange.upstreamError = "timeout"
+            self._timeOut(f"the upstream sent nothing for {self.timeouts.idle:g}s")
 
     def _retry(self, condition: str, retryAfter: float | None = None) -> bool:
         """
@@ -421,9 +445,9 @@ class _Relay:
         nextUpstream = self.plan[self.tries][0]
         if retryAfter is not None and nextUpstream is self.upstream:
             delay = max(delay, retryAfter)
-        if self._deadline is not None and self._deadline.getTime() - self.clock.seconds() <= delay:
+        if self._deadlineAt - self.clock.seconds() <= delay:
             return False
-        self._attemptTimer = self.clock.callLater(delay, self._attempt)
+        self._arm("wait", delay)
         return True
 
     def _bug(self, failure: Failure) -> None:
@@ -437,8 +461,7 @@ class _Relay:
         The client's request is over: normally, or because it went away.
         """
         self.done = True
-        self._cancelDeadline()
-        self._cancelAttemptTimer()
+        self._disarm()
         if isinstance(result, Failure):
             self._stopUpstream()
 
@@ -450,14 +473,7 @@ class _Relay:
             transport, self._bodyTransport = self._bodyTransport, None
             transport.stopProducing()
 
-    def _cancelDeadline(self) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
-        self._cancelIdle()
-
     def _timedOut(self) -> None:
-        self._deadline = None
         self.exchange.upstreamError = "timeout"
         message = f"the upstream did not answer within the route's timeout of {self.timeout:g}s"
         self._timeOut(message)
@@ -465,30 +481,13 @@ class _Relay:
     def _timeOut(self, message: str) -> None:
         if self.done:
             return
-        if self._pending is not None or self._whole is not None or self._attemptTimer is not None:
-            self._cancelAttemptTimer()
+        if self._pending is not None or self._whole is not None or self._phase == "wait":
+            self._disarm()
             self._fail(504, message, "upstream_timeout")
             self._stopUpstream()
         else:
             self._breakStream(message)
 
-    def _idleTimedOut(self) -> None:
-        self._idleTimer = None
-        self.exchange.upstreamError = "timeout"
-        self._timeOut(f"the upstream sent nothing for {self.timeouts.idle:g}s")
-
-    def _armIdle(self) -> None:
-        timer = self._idleTimer
-        if timer is not None and timer.active():
-            timer.reset(self.timeouts.idle)
-        else:
-            self._idleTimer = self.clock.callLater(self.timeouts.idle, self._watchFired)
-
-    def _cancelIdle(self) -> None:
-        timer = self._idleTimer
-        if timer is not None and timer.active():
-            timer.cancel()
-        self._idleTimer = None
 
     def _fail(self, status: int, message: str, code: str) -> None:
         if not self.done:
@@ -496,7 +495,6 @@ class _Relay:
 
     def _failed(self, failure: Failure) -> None:
         self._pending = None
-        self._cancelAttemptTimer()
         if self.done:
             return
         problem = _malformed(failure)
@@ -541,10 +539,7 @@ class _Relay:
 
     def _gotResponse(self, response: IResponse) -> None:
         self._pending = None
-        # The head's timer goes on as the body's idle timer.
-        self._idleTimer, self._attemptTimer = self._attemptTimer, None
         if self.done:
-            self._cancelIdle()
             response.deliverBody(_BodyRelay(self))
             return
         code = response.code
@@ -552,13 +547,12 @@ class _Relay:
             condition = "429" if code == 429 else "5xx"
             self._record(self.upstream, condition)
             if self._retry(condition, _retryAfter(response.headers)):
-                self._cancelIdle()
                 response.deliverBody(_Discard())
                 return
         else:
             self._record(self.upstream, "success")
             self.health.succeeded()
-        self._armIdle()
+        self._arm("body", self.timeouts.idle)
         self.exchange.target = self.upstream.backend.name
         self.exchange.upstreamStatus = response.code
         call = self.call
@@ -633,7 +627,7 @@ class _Relay:
     def bodyData(self, data: bytes) -> None:
         if self.done:
             return
-        self._armIdle()
+        self._arm("body", self.timeouts.idle)
         exchange = self.exchange
         if exchange.firstChunk is None:
             exchange.firstChunk = self.clock.seconds()
@@ -725,7 +719,7 @@ class _Relay:
 
     def bodyEnded(self, reason: Failure) -> None:
         self._bodyTransport = None
-        self._cancelIdle()
+        self._disarm()
         if self.done:
             return
         self.request.unregisterProducer()
@@ -840,7 +834,7 @@ class _Relay:
             writer = self.call.writer
             request.write(writer.streamError(message) if writer is not None else _streamError(message))
         self.done = True
-        self._cancelDeadline()
+        self._disarm()
         # Close the connection once what was relayed (and the error event)
         # is sent: without the last chunk, no client takes it for a
         # complete answer.
