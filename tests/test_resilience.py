@@ -73,12 +73,14 @@ BACKENDS = "\n".join(
 
 
 class _Gateway:
-    def __init__(self, route: str, backends: str = BACKENDS) -> None:
+    def __init__(self, route: str, backends: str = BACKENDS, tracerProvider: Any = None,
+                 accessLog: bool = False) -> None:
         self.clock = Clock()
         self.agent = _Agent(self.clock)
         config = loadConfig(_config(backends, route))
         self.metrics = Metrics()
-        self.telemetry = Telemetry(config.tracing, self.metrics, self.clock, accessLog=False)
+        self.telemetry = Telemetry(config.tracing, self.metrics, self.clock, tracerProvider,
+                                   accessLog=accessLog)
         self.exchanges: list[Any] = []
         finish = self.telemetry.finish
 
@@ -378,3 +380,72 @@ class IdleTests(SynchronousTestCase):
                                     headers={"x-fakellm-gap": "1000", "x-fakellm-chunks": "3"}, wait=6)
         self.assertEqual(status, 200)
         self.assertTrue(body.endswith(b"data: [DONE]\n\n"))
+
+
+class ReportTests(SynchronousTestCase):
+    """
+    Every attempt is counted, traced and named in the access log.
+    """
+
+    ROUTE = _route([{"backend": "refuse"}, {"backend": "good", "priority": 1}])
+
+    def test_metrics(self) -> None:
+        """
+        C{aigateway_upstream_attempts_total} counts each attempt by backend
+        and outcome.
+        """
+        from prometheus_client import generate_latest
+
+        gateway = _Gateway(self.ROUTE)
+        gateway.send(self)
+        text = generate_latest(gateway.metrics.registry).decode()
+        self.assertIn('aigateway_upstream_attempts_total{backend="refuse",outcome="connect-failure",route="r"} 1.0',
+                      text)
+        self.assertIn('aigateway_upstream_attempts_total{backend="good",outcome="success",route="r"} 1.0', text)
+
+    def test_spans(self) -> None:
+        """
+        Each attempt is a CLIENT span under the request's SERVER span; the
+        failed one carries C{error.type}.
+        """
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from opentelemetry.trace import SpanKind
+
+        spans = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(spans))
+        gateway = _Gateway(self.ROUTE, tracerProvider=provider)
+        gateway.send(self)
+        finished = spans.get_finished_spans()
+        [server] = [s for s in finished if s.kind == SpanKind.SERVER]
+        clients = [s for s in finished if s.kind == SpanKind.CLIENT]
+        self.assertEqual(len(clients), 2)
+        self.assertTrue(all(c.parent.span_id == server.context.span_id for c in clients))
+        failed = [c for c in clients if c.attributes.get("server.address") == "refuse"]
+        self.assertEqual(failed[0].attributes["error.type"], "connect-failure")
+        answered = [c for c in clients if c.attributes.get("server.address") == "good"]
+        self.assertNotIn("error.type", answered[0].attributes)
+        self.assertEqual(answered[0].attributes["http.response.status_code"], 200)
+
+    def test_accessLog(self) -> None:
+        """
+        The access log line names the backend that answered and the
+        number of attempts.
+        """
+        from twisted.logger import globalLogPublisher
+
+        lines: list[str] = []
+
+        def observer(event: dict) -> None:
+            if event.get("log_namespace") == "aigateway.access":
+                from twisted.logger import formatEvent
+                lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        gateway = _Gateway(self.ROUTE, accessLog=True)
+        gateway.send(self)
+        self.assertTrue(lines[-1].endswith("backend=good attempts=2"), lines[-1])
+        self.assertNotIn("None", lines[-1])

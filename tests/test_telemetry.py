@@ -319,7 +319,8 @@ class AccessLogTests(SynchronousTestCase):
         [event] = traced.events
         self.assertRegex(
             formatEvent(event),
-            r"^POST /local/v1/chat/completions local -> 200 in \d+\.\d ms model=gpt-4o-mini tokens=4/8 sub=None$",
+            r"^POST /local/v1/chat/completions local -> 200 in \d+\.\d ms model=gpt-4o-mini tokens=4/8 sub=-"
+            r" backend=local attempts=1$",
         )
         # The event carries that text, for every observer to write as it is.
         self.assertEqual(event["log_format"], formatEvent(event))

@@ -138,6 +138,10 @@ class Metrics:
         self.upstreamErrors = Counter(
             "aigateway_upstream_errors", "Upstream failures by kind.", ["route", "kind"], registry=r
         )
+        self.attempts = Counter(
+            "aigateway_upstream_attempts", "Upstream attempts by route, backend and outcome.",
+            ["route", "backend", "outcome"], registry=r,
+        )
         self.inFlight = Gauge(
             "aigateway_requests_in_flight", "Requests being served.", registry=r
         )
@@ -324,9 +328,21 @@ class Telemetry:
         exchange.upstreamStarted = self.clock.seconds()
         if self.tracer is None or exchange.serverSpan is None:
             return []
+        previous = exchange.clientSpan
+        if previous is not None:
+            # An earlier attempt of this request failed: its span ends
+            # with why.
+            previous.set_attribute("error.type", exchange.attempts[-1][1] if exchange.attempts else "failed")
+            previous.set_status(self._status(self._error))
+            previous.end()
         name = f"{exchange.operation} {exchange.requestModel}" if exchange.operation else exchange.method
+        attributes: dict[str, Any] = {"gen_ai.provider.name": exchange.provider or "",
+                                      "server.address": exchange.serverAddress or ""}
+        if exchange.serverPort is not None:
+            attributes["server.port"] = exchange.serverPort
         exchange.clientSpan = span = self.tracer.start_span(
-            name, context=self._inContext(exchange.serverSpan), kind=self._kinds.CLIENT
+            name, context=self._inContext(exchange.serverSpan), kind=self._kinds.CLIENT,
+            attributes=attributes,
         )
         context = span.get_span_context()
         headers = [(b"traceparent", b"00-%032x-%016x-%02x" % (context.trace_id, context.span_id, context.trace_flags))]
@@ -439,6 +455,8 @@ class Telemetry:
             metrics.child(metrics.authFailures, route, exchange.authFailure).inc()
         if exchange.upstreamError is not None:
             metrics.child(metrics.upstreamErrors, route, exchange.upstreamError).inc()
+        for backend, outcome in exchange.attempts:
+            metrics.child(metrics.attempts, route, backend, outcome).inc()
         responseModel = answer.responseModel if answer is not None else None
         inputTokens = answer.inputTokens if answer is not None else None
         outputTokens = answer.outputTokens if answer is not None else None
@@ -470,9 +488,12 @@ class Telemetry:
         """
         accessLog.info(
             "{method} {path} {route} -> {status} in {durationMs:.1f} ms"
-            " model={requestModel} tokens={inputTokens}/{outputTokens} sub={sub}",
+            " model={requestModel} tokens={inputTokens}/{outputTokens} sub={sub}"
+            " backend={backend} attempts={attempts}",
             time=exchange.started,
-            route=exchange.route,
+            route=exchange.route or "-",
+            backend=exchange.target or "-",
+            attempts=len(exchange.attempts),
             method=exchange.method,
             path=exchange.path,
             status=status,
@@ -480,11 +501,11 @@ class Telemetry:
             ttfbMs=(exchange.firstChunk - exchange.started) * 1000.0
             if exchange.firstChunk is not None else None,
             upstreamStatus=exchange.upstreamStatus,
-            requestModel=exchange.requestModel,
+            requestModel=exchange.requestModel or "-",
             responseModel=responseModel,
-            inputTokens=inputTokens,
-            outputTokens=outputTokens,
-            sub=exchange.subject,
+            inputTokens=inputTokens if inputTokens is not None else "-",
+            outputTokens=outputTokens if outputTokens is not None else "-",
+            sub=exchange.subject or "-",
             bytesIn=exchange.bytesIn,
             bytesOut=exchange.bytesOut,
             traceId=traceId,

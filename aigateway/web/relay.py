@@ -337,6 +337,10 @@ class _Relay:
         self._watch: Optional[IDelayedCall] = None
         self._phase = "head"
         self._deadlineAt = float("inf")
+        # When the body last moved: the watch, when it fires, looks here
+        # before it calls the upstream idle, rather than being moved on
+        # every piece.
+        self._lastRead = 0.0
         self._attemptTimedOut = False
         self._relayedFields: list[bytes] = []
         # Set by the head of the answer, for the ways other than passing on.
@@ -367,6 +371,17 @@ class _Relay:
             watch.reset(delay)
         else:
             self._watch = self.clock.callLater(delay, self._watchFired)
+
+    def _bodyWatch(self) -> None:
+        """
+        The head came: from now on the watch is for the body's idle time.
+        It is moved only when it would fire too late for that.
+        """
+        self._phase = "body"
+        now = self._lastRead = self.clock.seconds()
+        watch = self._watch
+        if watch is None or not watch.active() or watch.getTime() > now + self.timeouts.idle:
+            self._arm("body", self.timeouts.idle)
 
     def _disarm(self) -> None:
         watch, self._watch = self._watch, None
@@ -422,6 +437,10 @@ class _Relay:
             self._attemptTimedOut = True
             self._pending.cancel()
         else:
+            quiet = self.clock.seconds() - self._lastRead
+            if quiet < self.timeouts.idle:
+                self._arm("body", self.timeouts.idle - quiet)
+                return
             self.exchange.upstreamError = "timeout"
             self._timeOut(f"the upstream sent nothing for {self.timeouts.idle:g}s")
 
@@ -461,7 +480,8 @@ class _Relay:
         The client's request is over: normally, or because it went away.
         """
         self.done = True
-        self._disarm()
+        if self._watch is not None:
+            self._disarm()
         if isinstance(result, Failure):
             self._stopUpstream()
 
@@ -551,8 +571,10 @@ class _Relay:
                 return
         else:
             self._record(self.upstream, "success")
-            self.health.succeeded()
-        self._arm("body", self.timeouts.idle)
+            health = self.health
+            if health.failures or health.ejections:
+                health.succeeded()
+        self._bodyWatch()
         self.exchange.target = self.upstream.backend.name
         self.exchange.upstreamStatus = response.code
         call = self.call
@@ -627,10 +649,10 @@ class _Relay:
     def bodyData(self, data: bytes) -> None:
         if self.done:
             return
-        self._arm("body", self.timeouts.idle)
         exchange = self.exchange
+        self._lastRead = now = self.clock.seconds()
         if exchange.firstChunk is None:
-            exchange.firstChunk = self.clock.seconds()
+            exchange.firstChunk = now
         if self._whole is not None:
             self._wholeSize += len(data)
             if self._wholeSize > MAX_TRANSLATED_BODY:
@@ -847,21 +869,17 @@ class Upstream:
     """
     One target of a route, built once per configuration load: the backend,
     its provider and credential.
+
+    @ivar problem: why this backend cannot be called at all, or L{None}.
     """
 
     def __init__(self, backend: Backend, provider: Provider, credential: Credential) -> None:
         self.backend = backend
         self.provider = provider
         self.credential = credential
-
-    def unavailable(self) -> str | None:
-        """
-        Why this backend cannot be called at all, or L{None}.
-        """
-        problem = self.credential.problem or self.provider.problem
-        if problem is None:
-            return None
-        return f"backend '{self.backend.name}' has no credential: {problem}"
+        problem = credential.problem or provider.problem
+        self.problem = None if problem is None else (
+            f"backend '{backend.name}' has no credential: {problem}")
 
 
 class RelayResource(Resource):
@@ -897,15 +915,15 @@ class RelayResource(Resource):
         self.telemetry = telemetry
         self.random = random
         self.capture = telemetry.config.captureContent
+        problems = [u.problem for u in self.upstreams]
+        self._unavailable = problems[0] if all(problems) else None
+        self._someUnavailable = any(problems)
 
     def unavailable(self) -> str | None:
         """
         Why no target of this route can be called at all, or L{None}.
         """
-        problems = [u.unavailable() for u in self.upstreams]
-        if all(problems):
-            return problems[0]
-        return None
+        return self._unavailable
 
     def plan(self, model: str | None, narrowed: int | None) -> list[tuple[Upstream, Health]]:
         """
@@ -916,7 +934,9 @@ class RelayResource(Resource):
         if narrowed is not None:
             attempts = min(attempts, narrowed + 1)
         plan = self.planner.plan(model, self.clock.seconds(), self.random, attempts)
-        return [(u, h) for u, h in plan if u.unavailable() is None] or plan[:1]
+        if not self._someUnavailable:
+            return plan
+        return [(u, h) for u, h in plan if u.problem is None] or plan[:1]
 
     def prepareAttempt(
         self, upstream: Upstream, call: UpstreamCall, request: Request, identity: Identity | None,

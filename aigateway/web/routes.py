@@ -121,7 +121,7 @@ class RouteTable(Resource):
         segments = path[1:].split(b"/")
         depth = self._depth[route.name]
         request.prepath, request.postpath = segments[:depth], segments[depth:]
-        if route.match.pathPrefix is not None:
+        if route.match.pathPrefix is not None and b"messages" in path[-23:].lower():
             exchange.api = clientAPI(path[len(b"/".join(request.prepath)) + 1:])
         return renderChild(resource, request)
 
