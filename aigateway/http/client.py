@@ -763,6 +763,18 @@ def _address(url: bytes) -> tuple[bytes, bytes, int]:
 
 
 @implementer(IAgent, IAgentEndpointFactory)
+def _byOrigin(seconds: Mapping[str | bytes, float]) -> dict[tuple[bytes, bytes, int], float]:
+    """
+    Times keyed by URL, keyed by origin instead: the shortest of the URLs
+    on one origin.
+    """
+    out: dict[tuple[bytes, bytes, int], float] = {}
+    for url, value in seconds.items():
+        address = _address(url.encode("ascii") if isinstance(url, str) else url)
+        out[address] = min(value, out.get(address, value))
+    return out
+
+
 class UpstreamAgent:
     """
     An HTTP/1.1 agent with a pool of kept-alive connections per origin.
@@ -808,10 +820,7 @@ class UpstreamAgent:
         @param idleTimeouts: seconds, keyed by a URL on each origin.
         @raise ValueError: for a key that is not an absolute URL.
         """
-        timeouts: dict[tuple[bytes, bytes, int], float] = {}
-        for url, seconds in idleTimeouts.items():
-            address = _address(url.encode("ascii") if isinstance(url, str) else url)
-            timeouts[address] = min(seconds, timeouts.get(address, seconds))
+        timeouts = _byOrigin(idleTimeouts)
         self._idleTimeouts = timeouts
         for origin in self._origins.values():
             origin.idleTimeout = timeouts.get(origin.address, self.idleTimeout)
@@ -826,10 +835,7 @@ class UpstreamAgent:
         @param connectTimeouts: seconds, keyed by a URL on each origin.
         @raise ValueError: for a key that is not an absolute URL.
         """
-        timeouts: dict[tuple[bytes, bytes, int], float] = {}
-        for url, seconds in connectTimeouts.items():
-            address = _address(url.encode("ascii") if isinstance(url, str) else url)
-            timeouts[address] = min(seconds, timeouts.get(address, seconds))
+        timeouts = _byOrigin(connectTimeouts)
         changed = {a for a in set(timeouts) | set(self._connectTimeouts)
                    if timeouts.get(a) != self._connectTimeouts.get(a)}
         self._connectTimeouts = timeouts

@@ -24,6 +24,7 @@ from aigateway.llm.messages import (
     chatToMessages,
 )
 from aigateway.llm.provider import (
+    AnswerReader,
     COUNT_TOKENS,
     OpenAIWriter,
     TranslatingProvider,
@@ -50,14 +51,10 @@ def modelsToOpenAI(body: dict[str, Any]) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-class _AnthropicReader:
+class _AnthropicReader(AnswerReader):
     """
     Reads one Messages answer into OpenAI chat documents.
     """
-
-    def __init__(self, model: str, created: int) -> None:
-        self.model = model
-        self.created = created
 
     def plain(self, document: dict[str, Any]) -> dict[str, Any]:
         return messageToCompletion(document, created=self.created)
@@ -88,11 +85,11 @@ class AnthropicProvider(TranslatingProvider):
             chat, model=model, defaultMaxTokens=self.backend.maxTokens)
 
     def reader(self, model: str, stream: bool, created: int, id: str) -> _AnthropicReader:
-        return _AnthropicReader(model, created)
+        return _AnthropicReader(model, created, id)
 
     def models(self, method: bytes) -> UpstreamCall:
         return UpstreamCall(b"GET", self.basePath + b"/v1/models?limit=1000", b"",
-                            reader=_ModelListReader("", 0), writer=OpenAIWriter(False),
+                            reader=_ModelListReader("", 0, ""), writer=OpenAIWriter(False),
                             headers=self.headers)
 
     def door(self, method: bytes, endpoint: bytes, body: bytes, now: float) -> UpstreamCall:
@@ -119,6 +116,6 @@ class AnthropicProvider(TranslatingProvider):
             stream=stream,
             document=document,
             parameters=chatParameters(document),
-            reader=_AnthropicReader(model or "", int(now)),
+            reader=_AnthropicReader(model or "", int(now), ""),
             headers=self.headers,
         )

@@ -129,7 +129,7 @@ from urllib.parse import quote
 from twisted.web.http_headers import Headers
 
 from aigateway.config import Backend
-from aigateway.llm.provider import TranslatingProvider
+from aigateway.llm.provider import AnswerReader, TranslatingProvider
 
 from aigateway.llm.translate import (
     StreamError,
@@ -1044,15 +1044,10 @@ class Signer:
         return [(b"authorization", authorization.encode("ascii"))] + added
 
 
-class _BedrockReader:
+class _BedrockReader(AnswerReader):
     """
     Reads one Converse answer into OpenAI chat documents.
     """
-
-    def __init__(self, model: str, created: int, id: str) -> None:
-        self.model = model
-        self.created = created
-        self.id = id
 
     def plain(self, document: dict[str, Any]) -> dict[str, Any]:
         return converseToCompletion(document, model=self.model, created=self.created, id=self.id)

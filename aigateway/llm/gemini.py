@@ -134,7 +134,7 @@ from urllib.parse import quote, urlsplit
 
 from twisted.web.http_headers import Headers
 
-from aigateway.llm.provider import OpenAIWriter, TranslatingProvider, UpstreamCall
+from aigateway.llm.provider import AnswerReader, OpenAIWriter, TranslatingProvider, UpstreamCall
 from aigateway.llm.sse import SSEParser
 from aigateway.llm.translate import (
     StreamError,
@@ -944,15 +944,10 @@ def modelsToOpenAI(body: dict[str, Any]) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-class _GeminiReader:
+class _GeminiReader(AnswerReader):
     """
     Reads one Gemini answer into OpenAI chat documents.
     """
-
-    def __init__(self, model: str, created: int, id: str) -> None:
-        self.model = model
-        self.created = created
-        self.id = id
 
     def plain(self, document: dict[str, Any]) -> dict[str, Any]:
         return geminiToCompletion(document, model=self.model, created=self.created, id=self.id)

@@ -39,6 +39,7 @@ from aigateway.llm.translate import (
 )
 
 __all__ = [
+    "AnswerReader",
     "HubStream",
     "OpenAIReader",
     "OpenAIWriter",
@@ -72,6 +73,22 @@ class ProviderError(Exception):
         self.message = message
         self.code = code
         self.headers = headers
+
+
+class AnswerReader:
+    """
+    The common part of a provider's L{Reader}: what every translated
+    document of one answer says of itself until the answer says otherwise.
+
+    @ivar model: the model the answer is for.
+    @ivar created: its C{created} time.
+    @ivar id: its id, unless the provider gives one.
+    """
+
+    def __init__(self, model: str, created: int, id: str) -> None:
+        self.model = model
+        self.created = created
+        self.id = id
 
 
 class HubStream(Protocol):
