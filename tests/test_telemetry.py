@@ -380,6 +380,55 @@ class OpenInferenceTests(SynchronousTestCase):
             self.assertTrue(str(caught.exception).startswith(where), str(caught.exception))
 
 
+class LabRefusalTests(SynchronousTestCase):
+    """
+    The lab's trace of the request without a token, reproduced with
+    C{jwt.failureStatus: 403} and C{legacyAttributes}.
+    """
+
+    def refused(self, legacy: bool) -> dict:
+        """
+        The SERVER span's attributes of the lab's chat request sent
+        without a token to a route under the lab's JWT policy, answered
+        403.
+        """
+        from tests.lab import CHAT as LAB_CHAT, LAB_POLICY
+
+        spans = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(spans))
+        config = (CONFIG % {"capture": "true"}).replace("legacyAttributes: true", f"legacyAttributes: {str(legacy).lower()}")
+        config = config.replace("routes:\n  - {name: local, match: {pathPrefix: /local}",
+                                "routes:\n  - {name: openai, match: {pathPrefix: /openai}")
+        config += LAB_POLICY.replace("jwt:\n", "jwt:\n  failureStatus: 403\n", 1)
+        gateway = MemoryGateway(config, tracerProvider=provider)
+        response, _ = gateway.post(self, "/openai", LAB_CHAT)
+        self.assertEqual(response.code, 403)
+        [server] = spans.get_finished_spans()
+        self.assertEqual((server.kind, server.name), (SpanKind.SERVER, "POST openai"))
+        return dict(server.attributes)
+
+    def test_labWords(self) -> None:
+        """
+        The refused request's SERVER span has C{http.status} 403 and an
+        C{error} with the words C{authorization failed}, as the lab's
+        Jaeger shows, followed by the gateway's own reason.
+        """
+        a = self.refused(legacy=True)
+        self.assertEqual((a["http.status"], a["http.response.status_code"]), (403, 403))
+        self.assertEqual(a["error"], "authorization failed: authentication failure: no bearer token found")
+        self.assertEqual(a["error.type"], "missing_token")
+
+    def test_withoutLegacy(self) -> None:
+        """
+        Without C{legacyAttributes} the span keeps the standard names and
+        the gateway's reason as it is.
+        """
+        a = self.refused(legacy=False)
+        self.assertNotIn("http.status", a)
+        self.assertEqual(a["error"], "authentication failure: no bearer token found")
+
+
 class NoTracingTests(SynchronousTestCase):
     """
     Without a tracer, nothing is traced and the trace context is passed on

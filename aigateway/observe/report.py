@@ -550,7 +550,12 @@ class Telemetry:
         if errorType is not None:
             attributes["error.type"] = errorType
         if exchange.reason is not None:
-            attributes["error"] = exchange.reason
+            reason = exchange.reason
+            if self.config.legacyAttributes and status == 403 and not reason.startswith("authorization failed"):
+                # The older gateways' traces say "authorization failed"
+                # of every 403 (a JWT refusal with failureStatus 403).
+                reason = f"authorization failed: {reason}"
+            attributes["error"] = reason
         if self._openinference:
             attributes["openinference.span.kind"] = "CHAIN"
         server.set_attributes(attributes)
