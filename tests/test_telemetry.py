@@ -252,7 +252,7 @@ class OpenInferenceTests(SynchronousTestCase):
         With both conventions the CLIENT span is an LLM span with the
         model, provider, system, parameters and token counts beside the
         GenAI attributes, and the SERVER span a CHAIN span; without content
-        capture no input, output or message attribute is written.
+        capture no input, output or message attribute is written on either.
         """
         traced = _Traced(more=BOTH)
         traced.send(self, "/local", CHAT)
@@ -272,13 +272,16 @@ class OpenInferenceTests(SynchronousTestCase):
         content = [key for key in a if key.startswith(("input.", "output.", "llm.input_messages",
                                                        "llm.output_messages", "gen_ai.input", "gen_ai.output"))]
         self.assertEqual(content, [])
+        self.assertEqual([key for key in spans[SpanKind.SERVER].attributes if key.startswith(("input.", "output."))],
+                         [])
 
     def test_captured(self) -> None:
         """
         With content capture, C{input.value} is the request's JSON as the
         gateway forwards it (a stream asks for usage), the
         messages are OpenInference's flattened lists, and the answer is
-        C{output.value} and the first output message, for a stream too.
+        C{output.value} and the first output message, for a stream too;
+        the SERVER span, the trace's root, has the same input and output.
         """
         messages = [{"role": "system", "content": "Be brief."},
                     {"role": "user", "content": [{"type": "text", "text": "Whats your "},
@@ -301,6 +304,9 @@ class OpenInferenceTests(SynchronousTestCase):
             self.assertEqual((a["llm.output_messages.0.message.role"], a["llm.output_messages.0.message.content"]),
                              ("assistant", "Shall I compare thee to"))
             self.assertEqual(a["llm.token_count.completion"], 5, stream)
+            server = traced.byKind()[SpanKind.SERVER].attributes
+            self.assertEqual({key: server[key] for key in server if key.startswith(("input.", "output."))},
+                             {key: a[key] for key in a if key.startswith(("input.", "output."))})
 
     def test_openInferenceAlone(self) -> None:
         """

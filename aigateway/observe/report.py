@@ -531,6 +531,7 @@ class Telemetry:
 
     def _endSpans(self, exchange: Exchange, status: int, errorType: str | None, answer: Any) -> str:
         client = exchange.clientSpan
+        attributes: dict[str, Any] = {}
         if client is not None:
             attributes = self._clientAttributes(exchange, answer)
             client.set_attributes(attributes)
@@ -539,6 +540,7 @@ class Telemetry:
             client.end(exchange.endedNs)
         server = exchange.serverSpan
         server.update_name(f"{exchange.method} {exchange.route}" if exchange.route else exchange.method)
+        called = attributes
         attributes = exchange.serverAttributes or {}
         attributes["http.response.status_code"] = status
         if self.config.legacyAttributes:
@@ -558,6 +560,11 @@ class Telemetry:
             attributes["error"] = reason
         if self._openinference:
             attributes["openinference.span.kind"] = "CHAIN"
+            # Phoenix lists a trace by its root's input and output: the
+            # chain's are those of the call it made.
+            for name in ("input.value", "input.mime_type", "output.value", "output.mime_type"):
+                if name in called:
+                    attributes[name] = called[name]
         server.set_attributes(attributes)
         if status >= 500 or errorType is not None and status >= 400:
             server.set_status(self._status(self._error, exchange.reason))
