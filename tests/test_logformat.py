@@ -23,8 +23,8 @@ from twisted.logger import (
 )
 from twisted.trial.unittest import SynchronousTestCase
 
-from aigateway.logs import json as jsonLogger
-from aigateway.observe.logformat import Preformatter, compactJSON, preformatted
+from aigateway.logs import compactJSON, json as jsonLogger
+from aigateway.observe.logformat import Preformatter, preformatted
 from tests.memory import MemoryGateway
 
 CONFIG = """
