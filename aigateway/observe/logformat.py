@@ -73,4 +73,3 @@ class Preformatter:
 
     def __call__(self, event: LogEvent) -> None:
         self.observer(preformatted(event))
-
