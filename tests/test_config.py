@@ -142,7 +142,7 @@ def _everyMapping() -> list[dict[str, Any]]:
         }],
         "tracing": {"otlp": {"endpoint": "http://127.0.0.1:4318/v1/traces", "headers": {"a": "b"}},
                     "sampleRatio": 0.5, "captureContent": True, "legacyAttributes": True,
-                    "serviceName": "gw"},
+                    "serviceName": "gw", "conventions": ["genai", "openinference"]},
     }
     full = json.loads(json.dumps(full))  # no mapping shared between two places
     other = copy.deepcopy(full)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import sys
+from typing import Any
 
 from twisted.logger import (
     Logger,
@@ -15,12 +17,26 @@ from twisted.logger import (
     eventAsJSON,
     eventFromJSON,
     formatEvent,
+    globalLogPublisher,
     jsonFileLogObserver,
     textFileLogObserver,
 )
 from twisted.trial.unittest import SynchronousTestCase
 
+from aigateway.logs import compactJSON, json as jsonLogger
 from aigateway.observe.logformat import Preformatter, preformatted
+from tests.memory import MemoryGateway
+
+CONFIG = """
+backends:
+  openai: {provider: openai, url: 'http://127.0.0.1:9000'}
+routes:
+  - {name: openai, match: {pathPrefix: /openai}, backend: openai}
+"""
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Whats your favorite poem?"}]}
+ACCESS_FIELDS = ("time", "route", "method", "path", "status", "durationMs", "ttfbMs", "upstreamStatus",
+                 "requestModel", "responseModel", "inputTokens", "outputTokens", "sub", "backend",
+                 "attempts", "bytesIn", "bytesOut", "traceId", "error")
 
 
 class _Thing:
@@ -169,3 +185,124 @@ class PreformatterTests(SynchronousTestCase):
         """
         event = preformatted(_event(GOOD[8]))
         self.assertEqual(formatEvent(eventFromJSON(eventAsJSON(event))), "thing one value three")
+
+
+class CompactJSONTests(SynchronousTestCase):
+    """
+    C{--logger aigateway.logs.json} writes each event as one short JSON
+    object: its own fields, C{time}, C{level}, C{namespace} and C{text}.
+    """
+
+    def lines(self, emit: Any) -> list[str]:
+        """
+        The lines the JSON logger writes for the events C{emit} logs to
+        the global log publisher.
+        """
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        observer = jsonLogger()
+        globalLogPublisher.addObserver(observer)
+        try:
+            emit()
+        finally:
+            globalLogPublisher.removeObserver(observer)
+        return out.getvalue().splitlines()
+
+    def test_accessLine(self) -> None:
+        """
+        A typical request's access event is one line of under 600 bytes
+        with every field the documentation lists and its text line, and
+        none of Twisted's bookkeeping.
+        """
+        gateway = MemoryGateway(CONFIG)
+        lines = self.lines(lambda: gateway.post(self, "/openai", CHAT, {"user-agent": "lab/1"}))
+        access = [json.loads(line) for line in lines if '"aigateway.access"' in line]
+        [line] = [line for line in lines if '"aigateway.access"' in line]
+        self.assertLess(len(line.encode()), 600, line)
+        [event] = access
+        self.assertEqual((event["level"], event["namespace"]), ("info", "aigateway.access"))
+        self.assertTrue(event["text"].startswith("POST /openai openai -> 200 in "), event["text"])
+        self.assertIn(" model=gpt-4o-mini tokens=4/8 sub=- backend=openai attempts=1", event["text"])
+        self.assertEqual((event["status"], event["route"], event["responseModel"], event["inputTokens"],
+                          event["outputTokens"], event["attempts"]), (200, "openai", "gpt-4o-mini", 4, 8, 1))
+        self.assertEqual([name for name in ACCESS_FIELDS if name not in event], ["traceId", "error"])
+        self.assertFalse([key for key in event if key.startswith("log_")])
+
+    def test_accessFieldsWhenTracedAndRefused(self) -> None:
+        """
+        A refused request's line carries the error in words, and a traced
+        one its trace id: every documented field appears.
+        """
+        from opentelemetry.sdk.trace import TracerProvider
+
+        gateway = MemoryGateway(CONFIG, tracerProvider=TracerProvider())
+        lines = self.lines(lambda: gateway.post(self, "/openai", {"model": 3}))
+        [event] = [json.loads(line) for line in lines if '"aigateway.access"' in line]
+        self.assertEqual(event["status"], 400)
+        self.assertEqual(len(event["traceId"]), 32)
+        self.assertIn("model", event["error"])
+
+    def test_oneLinePerEvent(self) -> None:
+        """
+        Text with newlines, braces and non-ASCII characters stays on one
+        line, and reads back as it was given.
+        """
+        log = Logger(namespace="aigateway.test")
+        words = "two\nlines {braces} h\u00e9llo \u2028"
+        lines = self.lines(lambda: (log.info("said {words}", words=words), log.warn("plain")))
+        self.assertEqual(len(lines), 2)
+        first, second = (json.loads(line) for line in lines)
+        self.assertEqual((first["words"], first["text"]), (words, "said " + words))
+        self.assertEqual((second["level"], second["text"], second["namespace"]), ("warn", "plain", "aigateway.test"))
+        self.assertIsInstance(first["time"], float)
+
+    def test_failure(self) -> None:
+        """
+        A failure logged with C{log.failure} is one line whose C{failure}
+        field names the exception's type and message, with the traceback.
+        """
+        log = Logger(namespace="aigateway.test")
+
+        def emit() -> None:
+            try:
+                raise ValueError("no good\nat all")
+            except ValueError:
+                log.failure("reporting {path}", path="/openai")
+
+        [line] = self.lines(emit)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        event = json.loads(line)
+        self.assertEqual((event["level"], event["text"], event["path"]), ("critical", "reporting /openai", "/openai"))
+        self.assertEqual((event["failure"]["type"], event["failure"]["message"]), ("ValueError", "no good\nat all"))
+        self.assertIn("Traceback", event["failure"]["traceback"])
+        self.assertIn("raise ValueError", event["failure"]["traceback"])
+
+    def test_notSerialisable(self) -> None:
+        """
+        A field JSON cannot hold (an object, a mapping with tuple keys, a
+        cycle, bytes) is written as its C{repr}; the others stay as they
+        are.
+        """
+        cycle: list = []
+        cycle.append(cycle)
+        event = {"log_format": "{thing} {table}", "log_namespace": "aigateway.test", "log_level": LogLevel.error,
+                 "log_time": 5.0, "thing": _Thing(), "table": {(1, 2): 3}, "cycle": cycle, "raw": b"x",
+                 "count": 3, "nothing": None}
+        line = compactJSON(event)
+        self.assertEqual(line.count("\n"), 1)
+        self.assertEqual(json.loads(line), {"time": 5.0, "level": "error", "namespace": "aigateway.test",
+                                            "text": "a thing {(1, 2): 3}", "thing": "<thing>",
+                                            "table": "{(1, 2): 3}", "cycle": "[[...]]", "raw": "b'x'",
+                                            "count": 3})
+
+    def test_legacyEvent(self) -> None:
+        """
+        A C{twisted.python.log} event (Twisted's own messages) is its text
+        and system, not the legacy keys repeating it.
+        """
+        from twisted.python import log as legacy
+
+        [line] = self.lines(lambda: legacy.msg("Starting factory", system="-"))
+        event = json.loads(line)
+        self.assertEqual(event, {"time": event["time"], "level": "info", "namespace": "log_legacy",
+                                 "text": "Starting factory", "system": "-"})

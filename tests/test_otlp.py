@@ -110,6 +110,33 @@ class EncodingTests(SynchronousTestCase):
         self.assertEqual([span.name for span in spans], ["chat gpt-4o-mini", "POST local"])
         self.assertEqual(ExportTraceServiceRequest.FromString(body), encode_spans(spans))
 
+    def test_openInferenceSpans(self) -> None:
+        """
+        With both conventions and content capture, the OpenInference
+        attributes (the flattened message lists included) are posted byte
+        for byte as the exporter's encoder writes them.
+        """
+        from tests.memory import MemoryGateway
+        from tests.test_telemetry import CHAT, CONFIG
+
+        agent = _Agent()
+        sender = SpanSender(Clock(), agent, "http://collector/v1/traces")
+        provider = _provider(sender)
+        kept = InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(kept))
+        gateway = MemoryGateway(CONFIG % {"capture": "true"} + "  conventions: [genai, openinference]\n",
+                                tracerProvider=provider)
+        gateway.post(self, "/local", CHAT, {"user-agent": "lab/1"})
+        sender.flush()
+        [(_, _, body, _)] = agent.posts
+        spans = kept.get_finished_spans()
+        self.assertEqual(spans[0].attributes["llm.input_messages.0.message.content"], "Whats your favorite poem?")
+        self.assertEqual(spans[1].attributes["openinference.span.kind"], "CHAIN")
+        self.assertEqual(body, encode_spans(spans).SerializeToString())
+        for name in (b"openinference.span.kind", b"llm.input_messages.0.message.role", b"input.value",
+                     b"llm.token_count.total", b"Whats your favorite poem?"):
+            self.assertIn(name, body)
+
     def test_empty(self) -> None:
         """
         No spans, no bytes.

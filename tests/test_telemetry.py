@@ -221,6 +221,220 @@ class SpanTests(SynchronousTestCase):
         self.assertTrue(values["gen_ai.input.messages"].startswith('[{"role":"user","content":"Whats'))
 
 
+BOTH = "  conventions: [genai, openinference]\n"
+OPENINFERENCE_ONLY = "  conventions: [openinference]\n"
+
+
+class OpenInferenceTests(SynchronousTestCase):
+    """
+    C{tracing.conventions} with C{openinference} adds OpenInference's
+    attributes, which Arize Phoenix reads; the default is the GenAI
+    convention alone.
+    """
+
+    def test_absentByDefault(self) -> None:
+        """
+        Without C{openinference} in the conventions, no span carries an
+        OpenInference attribute, and the GenAI ones are there.
+        """
+        traced = _Traced(capture=True)
+        traced.send(self, "/local", CHAT)
+        for span in traced.spans.get_finished_spans():
+            found = [key for key in span.attributes
+                     if key.split(".")[0] in ("openinference", "input", "output")
+                     or key.startswith(("llm.model_name", "llm.provider", "llm.system", "llm.token_count",
+                                        "llm.input_messages", "llm.output_messages", "llm.invocation"))]
+            self.assertEqual(found, [], span.name)
+        self.assertEqual(traced.byKind()[SpanKind.CLIENT].attributes["gen_ai.request.model"], "gpt-4o-mini")
+
+    def test_bothConventions(self) -> None:
+        """
+        With both conventions the CLIENT span is an LLM span with the
+        model, provider, system, parameters and token counts beside the
+        GenAI attributes, and the SERVER span a CHAIN span; without content
+        capture no input, output or message attribute is written on either.
+        """
+        traced = _Traced(more=BOTH)
+        traced.send(self, "/local", CHAT)
+        spans = traced.byKind()
+        a = spans[SpanKind.CLIENT].attributes
+        self.assertEqual(
+            {key: a[key] for key in ("openinference.span.kind", "llm.model_name", "llm.provider", "llm.system",
+                                     "llm.token_count.prompt", "llm.token_count.completion",
+                                     "llm.token_count.total")},
+            {"openinference.span.kind": "LLM", "llm.model_name": "gpt-4o-mini", "llm.provider": "openai",
+             "llm.system": "openai", "llm.token_count.prompt": 4, "llm.token_count.completion": 8,
+             "llm.token_count.total": 12},
+        )
+        self.assertEqual(json.loads(a["llm.invocation_parameters"]), {"temperature": 0.5, "max_tokens": 50})
+        self.assertEqual(a["gen_ai.usage.input_tokens"], 4)
+        self.assertEqual(spans[SpanKind.SERVER].attributes["openinference.span.kind"], "CHAIN")
+        content = [key for key in a if key.startswith(("input.", "output.", "llm.input_messages",
+                                                       "llm.output_messages", "gen_ai.input", "gen_ai.output"))]
+        self.assertEqual(content, [])
+        self.assertEqual([key for key in spans[SpanKind.SERVER].attributes if key.startswith(("input.", "output."))],
+                         [])
+
+    def test_captured(self) -> None:
+        """
+        With content capture, C{input.value} is the request's JSON as the
+        gateway forwards it (a stream asks for usage), the
+        messages are OpenInference's flattened lists, and the answer is
+        C{output.value} and the first output message, for a stream too;
+        the SERVER span, the trace's root, has the same input and output.
+        """
+        messages = [{"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": [{"type": "text", "text": "Whats your "},
+                                                 {"type": "text", "text": "favorite poem?"}]}]
+        for stream in (False, True):
+            traced = _Traced(capture=True, more=BOTH)
+            body = dict(CHAT, messages=messages, stream=stream)
+            traced.send(self, "/local", body, {"x-fakellm-chunks": "5"})
+            a = traced.byKind()[SpanKind.CLIENT].attributes
+            forwarded = dict(body, stream_options={"include_usage": True}) if stream else body
+            self.assertEqual((json.loads(a["input.value"]), a["input.mime_type"]), (forwarded, "application/json"))
+            self.assertEqual(
+                {key: value for key, value in a.items() if key.startswith("llm.input_messages.")},
+                {"llm.input_messages.0.message.role": "system",
+                 "llm.input_messages.0.message.content": "Be brief.",
+                 "llm.input_messages.1.message.role": "user",
+                 "llm.input_messages.1.message.content": "Whats your favorite poem?"},
+            )
+            self.assertEqual((a["output.value"], a["output.mime_type"]), ("Shall I compare thee to", "text/plain"))
+            self.assertEqual((a["llm.output_messages.0.message.role"], a["llm.output_messages.0.message.content"]),
+                             ("assistant", "Shall I compare thee to"))
+            self.assertEqual(a["llm.token_count.completion"], 5, stream)
+            server = traced.byKind()[SpanKind.SERVER].attributes
+            self.assertEqual({key: server[key] for key in server if key.startswith(("input.", "output."))},
+                             {key: a[key] for key in a if key.startswith(("input.", "output."))})
+
+    def test_openInferenceAlone(self) -> None:
+        """
+        C{conventions: [openinference]} writes OpenInference's attributes
+        and none of the GenAI convention's C{gen_ai.*} ones, on either
+        span.
+        """
+        traced = _Traced(more=OPENINFERENCE_ONLY)
+        traced.send(self, "/local", CHAT)
+        spans = traced.byKind()
+        self.assertEqual(spans[SpanKind.CLIENT].attributes["llm.model_name"], "gpt-4o-mini")
+        self.assertEqual(spans[SpanKind.CLIENT].name, "chat gpt-4o-mini")
+        for span in spans.values():
+            self.assertEqual([key for key in span.attributes if key.startswith("gen_ai.")], [], span.name)
+
+    def test_toolCalls(self) -> None:
+        """
+        An assistant message's tool calls and a tool message's call id are
+        flattened as OpenInference names them.
+        """
+        from aigateway.observe.openinference import messageAttributes
+
+        attributes: dict = {}
+        messageAttributes("llm.input_messages", [
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        ], attributes)
+        self.assertEqual(attributes, {
+            "llm.input_messages.0.message.role": "assistant",
+            "llm.input_messages.0.message.tool_calls.0.tool_call.id": "call_1",
+            "llm.input_messages.0.message.tool_calls.0.tool_call.function.name": "weather",
+            "llm.input_messages.0.message.tool_calls.0.tool_call.function.arguments": "{}",
+            "llm.input_messages.1.message.role": "tool",
+            "llm.input_messages.1.message.content": "sunny",
+            "llm.input_messages.1.message.tool_call_id": "call_1",
+        })
+        attributes = {}
+        messageAttributes("llm.input_messages", "just a string", attributes)
+        self.assertEqual(attributes, {"llm.input_messages.0.message.role": "user",
+                                      "llm.input_messages.0.message.content": "just a string"})
+
+    def test_providers(self) -> None:
+        """
+        Every provider maps to OpenInference's C{llm.provider} and
+        C{llm.system} values; Bedrock's system is read from the model id.
+        """
+        from aigateway.observe.openinference import provider, system
+
+        self.assertEqual(
+            [(provider(name), system(name, model)) for name, model in [
+                ("openai", "gpt-4o"), ("anthropic", "claude"), ("gcp.gemini", "gemini-2.0-flash"),
+                ("azure.ai.openai", "gpt-4o"), ("aws.bedrock", "anthropic.claude-3-haiku"),
+                ("aws.bedrock", "us.anthropic.claude-3-haiku"), ("aws.bedrock", "mistral.large"),
+                ("aws.bedrock", "amazon.nova-lite-v1:0"), ("elsewhere", "m")]],
+            [("openai", "openai"), ("anthropic", "anthropic"), ("google", "vertexai"), ("azure", "openai"),
+             ("aws", "anthropic"), ("aws", "anthropic"), ("aws", "mistralai"), ("aws", None), (None, None)],
+        )
+
+    def test_conventionsConfig(self) -> None:
+        """
+        C{tracing.conventions} defaults to C{[genai]}; an unknown or
+        repeated value, an empty list and a bare string are errors naming
+        the field.
+        """
+        from aigateway.config import ConfigError
+
+        base = CONFIG % {"capture": "false"}
+        self.assertEqual(loadConfig(base).tracing.conventions, ("genai",))
+        self.assertEqual(loadConfig(base + BOTH).tracing.conventions, ("genai", "openinference"))
+        for bad, where in [("[genai, openinferense]", "tracing.conventions[1]: must be one of genai, openinference"),
+                           ("[genai, genai]", "tracing.conventions[1]: 'genai' is listed twice"),
+                           ("[]", "tracing.conventions: must name at least one of"),
+                           ("genai", "tracing.conventions: must be a list of")]:
+            with self.assertRaises(ConfigError) as caught:
+                loadConfig(base + f"  conventions: {bad}\n")
+            self.assertTrue(str(caught.exception).startswith(where), str(caught.exception))
+
+
+class LabRefusalTests(SynchronousTestCase):
+    """
+    The lab's trace of the request without a token, reproduced with
+    C{jwt.failureStatus: 403} and C{legacyAttributes}.
+    """
+
+    def refused(self, legacy: bool) -> dict:
+        """
+        The SERVER span's attributes of the lab's chat request sent
+        without a token to a route under the lab's JWT policy, answered
+        403.
+        """
+        from tests.lab import CHAT as LAB_CHAT, LAB_POLICY
+
+        spans = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(spans))
+        config = (CONFIG % {"capture": "true"}).replace("legacyAttributes: true", f"legacyAttributes: {str(legacy).lower()}")
+        config = config.replace("routes:\n  - {name: local, match: {pathPrefix: /local}",
+                                "routes:\n  - {name: openai, match: {pathPrefix: /openai}")
+        config += LAB_POLICY.replace("jwt:\n", "jwt:\n  failureStatus: 403\n", 1)
+        gateway = MemoryGateway(config, tracerProvider=provider)
+        response, _ = gateway.post(self, "/openai", LAB_CHAT)
+        self.assertEqual(response.code, 403)
+        [server] = spans.get_finished_spans()
+        self.assertEqual((server.kind, server.name), (SpanKind.SERVER, "POST openai"))
+        return dict(server.attributes)
+
+    def test_labWords(self) -> None:
+        """
+        The refused request's SERVER span has C{http.status} 403 and an
+        C{error} with the words C{authorization failed}, as the lab's
+        Jaeger shows, followed by the gateway's own reason.
+        """
+        a = self.refused(legacy=True)
+        self.assertEqual((a["http.status"], a["http.response.status_code"]), (403, 403))
+        self.assertEqual(a["error"], "authorization failed: authentication failure: no bearer token found")
+        self.assertEqual(a["error.type"], "missing_token")
+
+    def test_withoutLegacy(self) -> None:
+        """
+        Without C{legacyAttributes} the span keeps the standard names and
+        the gateway's reason as it is.
+        """
+        a = self.refused(legacy=False)
+        self.assertNotIn("http.status", a)
+        self.assertEqual(a["error"], "authentication failure: no bearer token found")
+
+
 class NoTracingTests(SynchronousTestCase):
     """
     Without a tracer, nothing is traced and the trace context is passed on

@@ -21,6 +21,7 @@ from aigateway.config.schema import (
     DEFAULT_REQUEST_HEAD_TIMEOUT,
     DEFAULT_ROUTE_TIMEOUT,
     RETRY_CONDITIONS,
+    TRACING_CONVENTIONS,
     AdminConfig,
     AuthorizationPolicy,
     Backend,
@@ -734,8 +735,28 @@ def _jwtPolicy(value: object, path: str) -> JWTPolicy:
     return policy
 
 
+def _conventions(value: object, path: str) -> tuple[str, ...]:
+    """
+    The semantic conventions spans follow: a non-empty list of
+    L{TRACING_CONVENTIONS}, each at most once.
+    """
+    if not isinstance(value, list):
+        raise ConfigError(path, f"must be a list of {', '.join(TRACING_CONVENTIONS)}, not {_kind(value)}")
+    if not value:
+        raise ConfigError(path, f"must name at least one of {', '.join(TRACING_CONVENTIONS)}")
+    parse = _oneOf(TRACING_CONVENTIONS)
+    conventions: list[str] = []
+    for i, v in enumerate(value):
+        name = parse(v, f"{path}[{i}]")
+        if name in conventions:
+            raise ConfigError(f"{path}[{i}]", f"{name!r} is listed twice")
+        conventions.append(name)
+    return tuple(conventions)
+
+
 def _tracing(value: object, path: str) -> TracingConfig:
-    fields = _Fields(value, path, ("otlp", "sampleRatio", "captureContent", "legacyAttributes", "serviceName"))
+    fields = _Fields(value, path, ("otlp", "sampleRatio", "captureContent", "legacyAttributes", "serviceName",
+                                   "conventions"))
 
     def otlp(v: object, p: str) -> tuple[str, tuple[tuple[str, str], ...]]:
         inner = _Fields(v, p, ("endpoint", "headers"))
@@ -764,6 +785,7 @@ def _tracing(value: object, path: str) -> TracingConfig:
         captureContent=fields.take("captureContent", _boolean, False),  # type: ignore[arg-type]
         legacyAttributes=fields.take("legacyAttributes", _boolean, False),  # type: ignore[arg-type]
         serviceName=fields.take("serviceName", _string, "aigateway"),  # type: ignore[arg-type]
+        conventions=fields.take("conventions", _conventions, ("genai",)),  # type: ignore[arg-type]
     )
     fields.done()
     return config

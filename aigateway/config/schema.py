@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_ROUTE_TIMEOUT",
     "RETRY_CONDITIONS",
+    "TRACING_CONVENTIONS",
     "AdminConfig",
     "AuthorizationPolicy",
     "Backend",
@@ -286,6 +287,9 @@ class Target:
 
 RETRY_CONDITIONS = ("connect-failure", "timeout", "429", "5xx")
 
+# The semantic conventions spans can follow (tracing.conventions).
+TRACING_CONVENTIONS = ("genai", "openinference")
+
 
 @attrs.frozen
 class Retries:
@@ -384,6 +388,11 @@ class TracingConfig:
     @ivar captureContent: put prompts and answers on spans.
     @ivar legacyAttributes: also write the older C{llm.*} and
         C{gen_ai.prompt}/C{gen_ai.completion} names.
+    @ivar conventions: the semantic conventions spans follow, among
+        L{TRACING_CONVENTIONS}: C{genai} (OpenTelemetry's GenAI
+        attributes) and C{openinference} (OpenInference's, which Arize
+        Phoenix reads); a convention left out writes none of its
+        attributes.
     """
 
     otlpEndpoint: str | None = None
@@ -392,6 +401,7 @@ class TracingConfig:
     captureContent: bool = False
     legacyAttributes: bool = False
     serviceName: str = "aigateway"
+    conventions: tuple[str, ...] = ("genai",)
 
 
 @attrs.frozen

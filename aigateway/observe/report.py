@@ -80,6 +80,7 @@ class Exchange:
     stream: bool = False
     parameters: dict[str, Any] = attrs.Factory(dict)
     inputMessages: Any = None
+    inputDocument: Any = None
     upstreamStarted: float | None = None
     upstreamStatus: int | None = None
     upstreamError: str | None = None
@@ -274,6 +275,8 @@ class Telemetry:
         self._reportTimer: Any = None
         self.metrics = metrics
         self.clock = clock
+        self._genai = "genai" in config.conventions
+        self._openinference = "openinference" in config.conventions
         self.inFlight = inFlight if inFlight is not None else InFlight(metrics)
         self.tracer = tracerProvider.get_tracer("aigateway") if tracerProvider is not None else None
         if self.tracer is not None:
@@ -336,8 +339,9 @@ class Telemetry:
             previous.set_status(self._status(self._error))
             previous.end()
         name = f"{exchange.operation} {exchange.requestModel}" if exchange.operation else exchange.method
-        attributes: dict[str, Any] = {"gen_ai.provider.name": exchange.provider or "",
-                                      "server.address": exchange.serverAddress or ""}
+        attributes: dict[str, Any] = {"server.address": exchange.serverAddress or ""}
+        if self._genai:
+            attributes["gen_ai.provider.name"] = exchange.provider or ""
         if exchange.serverPort is not None:
             attributes["server.port"] = exchange.serverPort
         exchange.clientSpan = span = self.tracer.start_span(
@@ -352,57 +356,70 @@ class Telemetry:
 
     def _clientAttributes(self, exchange: Exchange, answer: Any) -> dict[str, Any]:
         """
-        The CLIENT span's attributes: the call, then what the answer said.
+        The CLIENT span's attributes: the call, then what the answer said,
+        in each convention the configuration asks for.
         """
-        legacy = self.config.legacyAttributes
-        attributes: dict[str, Any] = {
-            "gen_ai.provider.name": exchange.provider or "",
-            "server.address": exchange.serverAddress or "",
-        }
+        config = self.config
+        legacy = config.legacyAttributes
+        attributes: dict[str, Any] = {"server.address": exchange.serverAddress or ""}
         if exchange.serverPort is not None:
             attributes["server.port"] = exchange.serverPort
+        if self._genai:
+            attributes.update(self._genaiAttributes(exchange, answer))
+        if legacy:
+            if exchange.requestModel:
+                attributes["llm.request.model"] = exchange.requestModel
+            if config.captureContent and exchange.inputMessages is not None:
+                attributes["gen_ai.prompt"] = json.dumps(exchange.inputMessages, separators=(",", ":"))
+            if answer is not None:
+                if answer.responseModel:
+                    attributes["llm.response.model"] = answer.responseModel
+                if answer.inputTokens is not None:
+                    attributes["llm.request.tokens"] = answer.inputTokens
+                if answer.outputTokens is not None:
+                    attributes["llm.response.tokens"] = answer.outputTokens
+                if config.captureContent and answer.text:
+                    attributes["gen_ai.completion"] = "".join(answer.text)
+        if self._openinference:
+            from aigateway.observe.openinference import llmAttributes
+
+            attributes.update(llmAttributes(exchange, answer, config.captureContent))
+        if exchange.upstreamStatus is not None:
+            attributes["http.response.status_code"] = exchange.upstreamStatus
+        if exchange.upstreamError is not None or (exchange.upstreamStatus or 0) >= 400:
+            attributes["error.type"] = exchange.upstreamError or str(exchange.upstreamStatus)
+        return attributes
+
+    def _genaiAttributes(self, exchange: Exchange, answer: Any) -> dict[str, Any]:
+        """
+        The OpenTelemetry GenAI convention's attributes of a CLIENT span.
+        """
+        attributes: dict[str, Any] = {"gen_ai.provider.name": exchange.provider or ""}
         if exchange.operation:
             attributes["gen_ai.operation.name"] = exchange.operation
         if exchange.requestModel:
             attributes["gen_ai.request.model"] = exchange.requestModel
-            if legacy:
-                attributes["llm.request.model"] = exchange.requestModel
         attributes.update(exchange.parameters)
         if self.config.captureContent and exchange.inputMessages is not None:
-            messages = json.dumps(exchange.inputMessages, separators=(",", ":"))
-            attributes["gen_ai.input.messages"] = messages
-            if legacy:
-                attributes["gen_ai.prompt"] = messages
+            attributes["gen_ai.input.messages"] = json.dumps(exchange.inputMessages, separators=(",", ":"))
         if answer is not None:
             if answer.responseModel:
                 attributes["gen_ai.response.model"] = answer.responseModel
-                if legacy:
-                    attributes["llm.response.model"] = answer.responseModel
             if answer.responseId:
                 attributes["gen_ai.response.id"] = answer.responseId
             if answer.finishReasons:
                 attributes["gen_ai.response.finish_reasons"] = answer.finishReasons
             if answer.inputTokens is not None:
                 attributes["gen_ai.usage.input_tokens"] = answer.inputTokens
-                if legacy:
-                    attributes["llm.request.tokens"] = answer.inputTokens
             if answer.outputTokens is not None:
                 attributes["gen_ai.usage.output_tokens"] = answer.outputTokens
-                if legacy:
-                    attributes["llm.response.tokens"] = answer.outputTokens
             if self.config.captureContent and answer.text:
-                text = "".join(answer.text)
                 attributes["gen_ai.output.messages"] = json.dumps(
-                    [{"role": "assistant", "parts": [{"type": "text", "content": text}]}], separators=(",", ":")
+                    [{"role": "assistant", "parts": [{"type": "text", "content": "".join(answer.text)}]}],
+                    separators=(",", ":"),
                 )
-                if legacy:
-                    attributes["gen_ai.completion"] = text
         if exchange.firstChunk is not None and exchange.upstreamStarted is not None:
             attributes["gen_ai.response.time_to_first_chunk"] = exchange.firstChunk - exchange.upstreamStarted
-        if exchange.upstreamStatus is not None:
-            attributes["http.response.status_code"] = exchange.upstreamStatus
-        if exchange.upstreamError is not None or (exchange.upstreamStatus or 0) >= 400:
-            attributes["error.type"] = exchange.upstreamError or str(exchange.upstreamStatus)
         return attributes
 
     def finish(self, exchange: Exchange, status: int, completed: bool) -> None:
@@ -514,6 +531,7 @@ class Telemetry:
 
     def _endSpans(self, exchange: Exchange, status: int, errorType: str | None, answer: Any) -> str:
         client = exchange.clientSpan
+        attributes: dict[str, Any] = {}
         if client is not None:
             attributes = self._clientAttributes(exchange, answer)
             client.set_attributes(attributes)
@@ -522,6 +540,7 @@ class Telemetry:
             client.end(exchange.endedNs)
         server = exchange.serverSpan
         server.update_name(f"{exchange.method} {exchange.route}" if exchange.route else exchange.method)
+        called = attributes
         attributes = exchange.serverAttributes or {}
         attributes["http.response.status_code"] = status
         if self.config.legacyAttributes:
@@ -533,7 +552,19 @@ class Telemetry:
         if errorType is not None:
             attributes["error.type"] = errorType
         if exchange.reason is not None:
-            attributes["error"] = exchange.reason
+            reason = exchange.reason
+            if self.config.legacyAttributes and status == 403 and not reason.startswith("authorization failed"):
+                # The older gateways' traces say "authorization failed"
+                # of every 403 (a JWT refusal with failureStatus 403).
+                reason = f"authorization failed: {reason}"
+            attributes["error"] = reason
+        if self._openinference:
+            attributes["openinference.span.kind"] = "CHAIN"
+            # Phoenix lists a trace by its root's input and output: the
+            # chain's are those of the call it made.
+            for name in ("input.value", "input.mime_type", "output.value", "output.mime_type"):
+                if name in called:
+                    attributes[name] = called[name]
         server.set_attributes(attributes)
         if status >= 500 or errorType is not None and status >= 400:
             server.set_status(self._status(self._error, exchange.reason))

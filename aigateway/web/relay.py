@@ -969,6 +969,7 @@ class RelayResource(Resource):
             exchange.parameters = call.parameters
             if self.capture and call.document is not None:
                 exchange.inputMessages = call.document.get("messages", call.document.get("input"))
+                exchange.inputDocument = call.document
             observer = AnswerObserver(call.stream, self.capture)
             exchange.answer = observer
         exchange.serverAddress = provider.serverAddress
