@@ -150,6 +150,7 @@ from typing import Any, TypeGuard
 
 from aigateway.llm.sse import Event, SSEParser
 from aigateway.llm.translate import (
+    compactJSON,
     StreamError,
     TranslationError,
     UpstreamError,
@@ -285,7 +286,7 @@ def _count(value: object) -> int:
 
 
 def _compact(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return compactJSON(value)
 
 
 def _parseArguments(text: object, param: str) -> dict[str, Any]:
@@ -1403,5 +1404,4 @@ def errorToAnthropic(status: int, message: str) -> bytes:
     kind = _ERROR_TYPES.get(status)
     if kind is None:
         kind = "api_error" if status >= 500 else "invalid_request_error"
-    return json.dumps({"type": "error", "error": {"type": kind, "message": message}},
-                      separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return compactJSON({"type": "error", "error": {"type": kind, "message": message}}).encode("utf-8")

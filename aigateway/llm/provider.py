@@ -31,6 +31,7 @@ from aigateway.llm.body import BodyError, readJSONObject
 from aigateway.llm.messages import ChunksToMessages, completionToMessage, errorToAnthropic, messagesToChat
 from aigateway.llm.sse import SSEParser
 from aigateway.llm.translate import (
+    compactJSON,
     StreamError,
     TranslationError,
     UpstreamError,
@@ -305,11 +306,14 @@ def readBody(body: bytes) -> dict[str, Any]:
         raise ProviderError(400, e.message, e.code) from None
 
 
+_compactASCII = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def encodeBody(document: dict[str, Any]) -> bytes:
     """
     A JSON request body, compact.
     """
-    return json.dumps(document, separators=(",", ":")).encode("utf-8")
+    return _compactASCII(document).encode("utf-8")
 
 
 # Request parameters recorded on the upstream call's span, by the name the
@@ -550,7 +554,7 @@ class OpenAIWriter:
         self.hideUsage = hideUsage
 
     def plain(self, completion: dict[str, Any]) -> bytes:
-        return json.dumps(completion, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return compactJSON(completion).encode("utf-8")
 
     def stream(self) -> ClientStream:
         return _OpenAIClientStream(self.hideUsage)
@@ -570,8 +574,7 @@ class AnthropicWriter:
     """
 
     def plain(self, completion: dict[str, Any]) -> bytes:
-        return json.dumps(completionToMessage(completion), separators=(",", ":"),
-                          ensure_ascii=False).encode("utf-8")
+        return compactJSON(completionToMessage(completion)).encode("utf-8")
 
     def stream(self) -> ClientStream:
         return _MessagesClientStream()

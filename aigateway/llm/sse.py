@@ -9,15 +9,15 @@ unfinished line between chunks.
 
 from __future__ import annotations
 
-import attrs
+from typing import NamedTuple
 
 __all__ = ["Event", "SSEParser"]
 
 
-@attrs.frozen
-class Event:
+class Event(NamedTuple):
     """
-    One dispatched event.
+    One dispatched event (a named tuple: a stream makes one per event, and
+    a tuple is the cheapest value to make).
 
     @ivar event: the C{event:} field, or C{"message"} when there was none.
     @ivar data: the C{data:} lines joined with newlines.

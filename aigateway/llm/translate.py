@@ -22,6 +22,7 @@ import json
 from typing import Any
 
 __all__ = [
+    "compactJSON",
     "StreamError",
     "TranslationError",
     "UpstreamError",
@@ -31,6 +32,14 @@ __all__ = [
     "openAIError",
     "usage",
 ]
+
+
+compactJSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+"""
+A document as compact JSON text, non-ASCII characters as they are.  One
+encoder made once: C{json.dumps} with arguments makes a new one per call,
+which costs more than the encoding of a stream's chunk.
+"""
 
 
 class TranslationError(ValueError):
@@ -184,7 +193,7 @@ def encodeEvent(data: dict[str, Any], event: str | None = None) -> bytes:
     """
     One server-sent event whose data is C{data} as compact JSON.
     """
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text = compactJSON(data).encode("utf-8")
     if event is None:
         return b"data: " + text + b"\n\n"
     return b"event: " + event.encode("ascii") + b"\ndata: " + text + b"\n\n"
