@@ -58,8 +58,29 @@ class SSEParser:
         lines = buffer.split(b"\n")
         self._pending = lines.pop() + tail
         events: list[Event] = []
+        # The lines are read here rather than one method call each: a
+        # stream's every event passes through this loop.
+        data = self._data
         for line in lines:
-            self._line(line, events)
+            if not line:
+                if data:
+                    events.append(Event("\n".join(data), self._event or "message", self._id))
+                    data = self._data = []
+                self._event = ""
+                continue
+            if line[0] == 0x3A:  # ":" starts a comment
+                continue
+            name, colon, value = line.partition(b":")
+            if colon and value[:1] == b" ":
+                value = value[1:]
+            if name == b"data":
+                data.append(value.decode("utf-8", "replace"))
+            elif name == b"event":
+                self._event = value.decode("utf-8", "replace")
+            elif name == b"id":
+                text = value.decode("utf-8", "replace")
+                if "\x00" not in text:
+                    self._id = text
         return events
 
     def end(self) -> list[Event]:
@@ -70,25 +91,3 @@ class SSEParser:
         if not self._pending.endswith(b"\r"):
             return []
         return self.feed(b"\n")
-
-    def _line(self, line: bytes, events: list[Event]) -> None:
-        if not line:
-            if self._data:
-                events.append(Event("\n".join(self._data), self._event or "message", self._id))
-            self._data = []
-            self._event = ""
-            return
-        if line[0:1] == b":":
-            return
-        name, colon, value = line.partition(b":")
-        if colon and value[0:1] == b" ":
-            value = value[1:]
-        text = value.decode("utf-8", "replace")
-        if name == b"data":
-            self._data.append(text)
-        elif name == b"event":
-            self._event = text
-        elif name == b"id":
-            if "\x00" not in text:
-                self._id = text
-
