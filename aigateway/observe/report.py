@@ -94,6 +94,7 @@ class Exchange:
     bytesOut: int = 0
     serverSpan: Any = None
     clientSpan: Any = None
+    clientTarget: Any = None
     ended: float = 0.0
     endedNs: int | None = None
     serverAttributes: dict[str, Any] | None = None
@@ -334,19 +335,23 @@ class Telemetry:
         previous = exchange.clientSpan
         if previous is not None:
             # An earlier attempt of this request failed: its span ends
-            # with why.
-            previous.set_attribute("error.type", exchange.attempts[-1][1] if exchange.attempts else "failed")
+            # with where it went and why (the attributes are written only
+            # now, as an attempt that answers gets them all at the end).
+            provider, address, port = exchange.clientTarget
+            attributes: dict[str, Any] = {
+                "server.address": address or "",
+                "error.type": exchange.attempts[-1][1] if exchange.attempts else "failed"}
+            if self._genai:
+                attributes["gen_ai.provider.name"] = provider or ""
+            if port is not None:
+                attributes["server.port"] = port
+            previous.set_attributes(attributes)
             previous.set_status(self._status(self._error))
             previous.end()
         name = f"{exchange.operation} {exchange.requestModel}" if exchange.operation else exchange.method
-        attributes: dict[str, Any] = {"server.address": exchange.serverAddress or ""}
-        if self._genai:
-            attributes["gen_ai.provider.name"] = exchange.provider or ""
-        if exchange.serverPort is not None:
-            attributes["server.port"] = exchange.serverPort
+        exchange.clientTarget = (exchange.provider, exchange.serverAddress, exchange.serverPort)
         exchange.clientSpan = span = self.tracer.start_span(
-            name, context=self._inContext(exchange.serverSpan), kind=self._kinds.CLIENT,
-            attributes=attributes,
+            name, context=self._inContext(exchange.serverSpan), kind=self._kinds.CLIENT
         )
         context = span.get_span_context()
         headers = [(b"traceparent", b"00-%032x-%016x-%02x" % (context.trace_id, context.span_id, context.trace_flags))]
