@@ -1,0 +1,311 @@
+"""
+Token buckets in Redis, shared by every gateway (replica or process) that
+names the same server, through C{txredisapi}.
+
+One decision is one round trip: a Lua script that reads Redis's own clock
+(so gateways with skewed clocks agree), refills every bucket of the
+request, checks them all and takes from them only when all admit.  Token
+charges after an answer are one more script call, not waited for.  Each
+key expires a little after its bucket would be full again, so an idle
+bucket costs nothing.
+
+Every call has a deadline (C{timeout}).  A call that misses it, fails, or
+finds no connection is decided by C{onError} (allow or deny), counted by
+the fallback callback and logged at most once a minute; the connection is
+re-established in the background, and decisions go back to Redis as soon
+as it answers again.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+from urllib.parse import quote
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+
+import txredisapi
+
+from aigateway.config import Bucket, RedisConfig
+from aigateway.state.memory import UNAVAILABLE, BucketStore, Check, Refused, Verdict
+
+__all__ = ["ADMIT_SCRIPT", "CHARGE_SCRIPT", "RedisBuckets"]
+
+log = Logger()
+
+# How long after a bucket would be full again its key lives, in ms.
+EXPIRY_MARGIN_MS = 1000
+
+# The most often a kind of trouble with Redis is logged, in seconds.
+LOG_EVERY = 60.0
+
+# Common to both scripts: Redis's time in ms, and a bucket's level now.
+# (Since Redis 5 scripts replicate their effects, so a script may read TIME
+# and then write; replicate_commands turns that on for older servers.)
+_PRELUDE = """
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function level(key, limit, per)
+  local stored = redis.call('HMGET', key, 'l', 't')
+  if not stored[1] then return limit end
+  return math.min(limit, tonumber(stored[1]) + math.max(0, now - tonumber(stored[2])) * limit / per)
+end
+local function store(key, value, limit, per)
+  redis.call('HSET', key, 'l', string.format('%.17g', value), 't', now)
+  redis.call('PEXPIRE', key, math.ceil((limit - value) * per / limit) + tonumber(ARGV[1]))
+end
+"""
+
+# KEYS: the buckets; ARGV: the expiry margin, then limit, per (ms) and take
+# of each bucket.  Returns 0 when admitted (and taken), else the refusing
+# bucket's place (from 1) and its level, as a string.
+ADMIT_SCRIPT = _PRELUDE + """
+local levels = {}
+for i = 1, #KEYS do
+  local limit, per, take = tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i]), tonumber(ARGV[3*i+1])
+  local l = level(KEYS[i], limit, per)
+  if l <= 0 or l < take then return {i, string.format('%.17g', l)} end
+  levels[i] = l
+end
+for i = 1, #KEYS do
+  local limit, per, take = tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i]), tonumber(ARGV[3*i+1])
+  if take > 0 then store(KEYS[i], levels[i] - take, limit, per) end
+end
+return 0
+"""
+
+# KEYS: the buckets; ARGV: the expiry margin, the amount, then limit and
+# per (ms) of each bucket.  Takes the amount from each, into debt.
+CHARGE_SCRIPT = _PRELUDE + """
+local amount = tonumber(ARGV[2])
+for i = 1, #KEYS do
+  local limit, per = tonumber(ARGV[2*i+1]), tonumber(ARGV[2*i+2])
+  store(KEYS[i], level(KEYS[i], limit, per) - amount, limit, per)
+end
+return 0
+"""
+
+
+class _TLSEndpoint:
+    """
+    A client endpoint that speaks TLS over another, connecting the given
+    factory's protocol (not the TLS wrapper) as txredisapi expects.
+    """
+
+    def __init__(self, endpoint: Any, host: str) -> None:
+        self.endpoint = endpoint
+        self.creator = optionsForClientTLS(host)
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        wrapper = TLSMemoryBIOFactory(self.creator, True, factory)
+        return self.endpoint.connect(wrapper).addCallback(lambda protocol: protocol.wrappedProtocol)
+
+
+def bucketKey(prefix: str, name: str) -> str:
+    """
+    The Redis key of the bucket C{name} (the route, the limit's place, its
+    kind and the key's value, separated by NULs): each part escaped, so
+    that no two routes or values ever meet in one key.
+    """
+    return prefix + ":".join(quote(part, safe="") for part in name.split("\x00", 3))
+
+
+class RedisBuckets(BucketStore):
+    """
+    Token buckets in one Redis server.
+
+    @ivar onFallback: called with the reason (C{timeout}, C{error},
+        C{unavailable}) each time a decision or charge could not be made
+        in Redis.
+    @ivar keys: the Redis key of each bucket name, for the most recent
+        names.
+    """
+
+    maxDelay = 2.0
+
+    def __init__(self, config: RedisConfig, onError: str, reactor: IReactorTime,
+                 password: str | None = None,
+                 onFallback: Callable[[str], None] = lambda reason: None) -> None:
+        """
+        @param password: the password, read where C{config} says.
+        @param reactor: connects, and times the calls.
+        """
+        self.config = config
+        self.deny = onError == "deny"
+        self.reactor = reactor
+        self.password = password
+        self.onFallback = onFallback
+        self.keys: dict[str, str] = {}
+        self._factory: Any = None
+        self._logged: dict[str, float] = {}
+        self._since: dict[str, int] = {}
+
+    def start(self) -> None:
+        if self._factory is not None:
+            return
+        factory = txredisapi.RedisFactory(
+            self.config.url, self.config.database or None, 1, True, txredisapi.ConnectionHandler,
+            "utf-8", self.password, None, False, self.config.username,
+        )
+        factory.maxDelay = self.maxDelay
+        endpoint: Any = HostnameEndpoint(self.reactor, self.config.host, self.config.port,
+                                         timeout=max(1, int(math.ceil(self.config.timeout * 20))))
+        if self.config.tls:
+            endpoint = _TLSEndpoint(endpoint, self.config.host)
+        factory.startConnecting(endpoint)
+        self._factory = factory
+
+    def stop(self) -> Deferred[None]:
+        factory, self._factory = self._factory, None
+        if factory is None:
+            return succeed(None)
+        return factory.disconnect().addCallback(lambda _: None)
+
+    @property
+    def connected(self) -> bool:
+        """
+        Whether a connection to Redis is up.
+        """
+        factory = self._factory
+        return factory is not None and any(c.connected for c in factory.pool)
+
+    def _connection(self) -> Any:
+        factory = self._factory
+        if factory is not None:
+            for connection in factory.pool:
+                if connection.connected:
+                    return connection
+        return None
+
+    def _key(self, name: str) -> str:
+        key = self.keys.get(name)
+        if key is None:
+            if len(self.keys) > 10_000:
+                self.keys.clear()
+            key = self.keys[name] = bucketKey(self.config.keyPrefix, name)
+        return key
+
+    def _call(self, script: str, keys: list[str], args: list[object]) -> Deferred[Any]:
+        """
+        Run C{script} (EVALSHA, or EVAL when Redis does not know it yet),
+        within the timeout.
+
+        @return: a L{Deferred} that fires with the reply, or fails with the
+            reason for a fallback as a L{_Fallback}.
+        """
+        connection = self._connection()
+        if connection is None:
+            raise _Fallback("unavailable")
+        result: Deferred[Any] = Deferred()
+
+        def late() -> None:
+            # A reply that reached the socket by the deadline counts: give
+            # up only after the reactor has read what is waiting (a busy
+            # reactor may reach the timer first).
+            self.reactor.callLater(0, giveUp)
+
+        def giveUp() -> None:
+            if not result.called:
+                result.errback(_Fallback("timeout"))
+
+        timer = self.reactor.callLater(self.config.timeout, late)
+
+        def answered(reply: Any) -> None:
+            if timer.active():
+                timer.cancel()
+            if not result.called:
+                if isinstance(reply, Failure):
+                    result.errback(_Fallback("error", reply.getErrorMessage()))
+                else:
+                    result.callback(reply)
+
+        connection.eval(script, keys, args).addBoth(answered)
+        return result
+
+    def decide(self, checks: Sequence[Check], now: float) -> Verdict | Deferred[Verdict]:
+        keys = [self._key(name) for name, _, _ in checks]
+        args: list[object] = [EXPIRY_MARGIN_MS]
+        for _, bucket, take in checks:
+            args += [_number(bucket.limit), _number(bucket.per * 1000), _number(take)]
+        try:
+            d = self._call(ADMIT_SCRIPT, keys, args)
+        except _Fallback as e:
+            return self._fallback(Failure(e))
+        return d.addCallbacks(self._verdict, self._fallback)
+
+    def _verdict(self, reply: Any) -> Verdict:
+        if reply == 0 or reply == b"0" or reply == "0":
+            return None
+        index, level = reply
+        return Refused(int(index) - 1, float(level))
+
+    def _fallback(self, failure: Failure) -> Verdict:
+        failure.trap(_Fallback)
+        reason = failure.value.reason
+        self._problem(reason, failure.value.detail)
+        self.onFallback(reason)
+        return UNAVAILABLE if self.deny else None
+
+    def charge(self, buckets: Sequence[tuple[str, Bucket]], amount: float, now: float) -> None:
+        keys = [self._key(name) for name, _ in buckets]
+        args: list[object] = [EXPIRY_MARGIN_MS, _number(amount)]
+        for _, bucket in buckets:
+            args += [_number(bucket.limit), _number(bucket.per * 1000)]
+        try:
+            d = self._call(CHARGE_SCRIPT, keys, args)
+        except _Fallback as e:
+            d = Deferred()
+            d.errback(e)
+
+        def lost(failure: Failure) -> None:
+            failure.trap(_Fallback)
+            reason = failure.value.reason
+            self._problem(reason, failure.value.detail, f"{amount:g} tokens not charged")
+            self.onFallback(reason)
+
+        d.addErrback(lost)
+
+    def _problem(self, reason: str, detail: str | None, what: str | None = None) -> None:
+        """
+        Log trouble with Redis, each kind at most once every C{LOG_EVERY}
+        seconds, with how often it happened since the last time.
+        """
+        self._since[reason] = self._since.get(reason, 0) + 1
+        now = self.reactor.seconds()
+        last = self._logged.get(reason)
+        if last is not None and now - last < LOG_EVERY:
+            return
+        self._logged[reason] = now
+        count, self._since[reason] = self._since[reason], 0
+        words = {
+            "timeout": f"did not answer within {self.config.timeout * 1000:g} ms",
+            "error": "failed" + (f": {detail}" if detail else ""),
+            "unavailable": "is not connected",
+        }[reason]
+        log.warn(
+            "Redis at {url} {words}: rate limits {decision} ({what}; {count} times since the last report)",
+            url=self.config.url, words=words, decision="deny" if self.deny else "allow",
+            what=what or "state.onError", count=count,
+        )
+
+
+class _Fallback(Exception):
+    """
+    A call to Redis that did not give an answer, and why.
+    """
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def _number(value: float) -> str:
+    return repr(float(value)) if value != int(value) else str(int(value))
