@@ -16,12 +16,14 @@ from typing import Any
 
 from prometheus_client import generate_latest
 from treq import collect
+from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
 
 from aigateway.app.admin import redacted
 from aigateway.config import ConfigError, loadConfig
@@ -30,6 +32,7 @@ from aigateway.state import storeFor
 from aigateway.state.memory import MemoryBuckets
 from aigateway.state.redis import RedisBuckets, bucketKey
 from tests.memory import MemoryGateway
+from tests.processes import startFakeLLM, startGateway, writeFile
 
 BACKEND = "backends: {local: {provider: openai, url: 'http://127.0.0.1:9000'}}\n"
 
@@ -169,9 +172,9 @@ class SharedLimitTests(_ServerCase):
         40 requests at once, spread over two gateways, against a limit of
         10 requests: exactly 10 pass, the others are 429s.
         """
-        # The gateways in memory take the whole burst in one turn of the
-        # reactor, which holds the first calls to Redis back for longer
-        # than the default timeout: this test is about sharing.
+        # Forty requests pumped in memory keep the reactor of this test busy
+        # for longer than the default timeout: this test is about sharing
+        # (the replicas' test below keeps the default).
         gateways = _Gateways(self, _routes("{requests: {limit: 10, per: 1h}}")
                              + _state(self.redis.port, ", timeout: 2s"))
         await gateways.connected()
@@ -408,3 +411,65 @@ class StateConfigTests(SynchronousTestCase):
         """
         dump = redacted({"state": {"redis": {"url": "redis://user:s3cret@h:6379/0"}}})
         self.assertEqual(dump["state"]["redis"]["url"], "redis://user:<redacted>@h:6379/0")
+
+
+class ReplicaTests(_ServerCase):
+    """
+    Two C{twistd aigateway} processes, one Redis: the replicas a load
+    balancer spreads requests over.
+    """
+
+    async def test_twoReplicas(self) -> None:
+        """
+        40 requests at once over two replicas, against a limit of 10:
+        exactly 10 pass.  With Redis killed they keep serving (under
+        C{onError: allow}), stay ready, and count the fallbacks.
+        """
+        fakellm = startFakeLLM(self)
+        config = (
+            "listen: tcp:0:interface=127.0.0.1\nadmin: {listen: tcp:0:interface=127.0.0.1}\n"
+            f"backends: {{local: {{provider: openai, url: 'http://127.0.0.1:{fakellm.ports[0]}'}}}}\n"
+            "routes:\n  - {name: r, match: {pathPrefix: /r}, backend: local, "
+            "rateLimits: [{requests: {limit: 10, per: 1h}}]}\n" + _state(self.redis.port)
+        )
+        replicas = [startGateway(self, writeFile(self, config)) for _ in range(2)]
+        client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+        async def ask(replica: Any) -> int:
+            response = await client.post(f"http://127.0.0.1:{replica.ports[0]}/r", json=chat)
+            await response.content()
+            return response.code
+
+        codes = await gatherResults([Deferred.fromCoroutine(ask(replicas[i % 2])) for i in range(40)])
+        fallbacks = [line for replica in replicas for line in
+                     (await (await client.get(f"http://127.0.0.1:{replica.ports[1]}/metrics")).text()).splitlines()
+                     if line.startswith("aigateway_state_fallbacks_total{")]
+        self.assertEqual((codes.count(200), codes.count(429), fallbacks), (10, 30, []))
+        self.redis.kill()
+        await deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual([await ask(replica) for replica in replicas], [200, 200])
+        for replica in replicas:
+            admin = f"http://127.0.0.1:{replica.ports[1]}"
+            response = await client.get(admin + "/readyz")
+            self.assertEqual(response.code, 200)
+            await response.content()
+            metrics = await (await client.get(admin + "/metrics")).text()
+            self.assertIn('aigateway_state_fallbacks_total{reason="unavailable"} 1.0', metrics)
+
+
+class StartTests(_ServerCase):
+    """
+    The first decisions after start.
+    """
+
+    async def test_firstRequestsWaitForConnection(self) -> None:
+        """
+        Requests that come before the first connection is up wait for it
+        (within the timeout) instead of falling back.
+        """
+        gateways = _Gateways(self, _routes("{requests: {limit: 1, per: 1h}}")
+                             + _state(self.redis.port, ", timeout: 2s", "deny"), count=1)
+        self.assertFalse(gateways.stores[0].connected)
+        self.assertEqual(await gateways.spread(2), [200, 429])
+        self.assertNotIn("aigateway_state_fallbacks_total{", gateways.fallbacks())

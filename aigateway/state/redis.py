@@ -144,6 +144,9 @@ class RedisBuckets(BucketStore):
         self.onFallback = onFallback
         self.keys: dict[str, str] = {}
         self._factory: Any = None
+        # What waits for the first connection since start; L{None} once
+        # there was one (or before start).
+        self._starting: list[Callable[[], None]] | None = None
         self._logged: dict[str, float] = {}
         self._since: dict[str, int] = {}
 
@@ -161,9 +164,18 @@ class RedisBuckets(BucketStore):
             endpoint = _TLSEndpoint(endpoint, self.config.host)
         factory.startConnecting(endpoint)
         self._factory = factory
+        self._starting = []
+
+        def connected(_: object) -> None:
+            waiting, self._starting = self._starting or [], None
+            for send in waiting:
+                send()
+
+        factory.deferred.addBoth(connected)
 
     def stop(self) -> Deferred[None]:
         factory, self._factory = self._factory, None
+        self._starting = None
         if factory is None:
             return succeed(None)
         return factory.disconnect().addCallback(lambda _: None)
@@ -201,7 +213,7 @@ class RedisBuckets(BucketStore):
             reason for a fallback as a L{_Fallback}.
         """
         connection = self._connection()
-        if connection is None:
+        if connection is None and self._starting is None:
             raise _Fallback("unavailable")
         result: Deferred[Any] = Deferred()
 
@@ -213,11 +225,16 @@ class RedisBuckets(BucketStore):
 
         def giveUp() -> None:
             if not result.called:
-                result.errback(_Fallback("timeout"))
+                result.errback(_Fallback("timeout" if connection is not None else "unavailable"))
 
-        timer = self.reactor.callLater(self.config.timeout, late)
+        # The deadline counts from the next turn of the reactor, when the
+        # call is written out: the rest of this turn is the gateway's own
+        # work (a burst of requests read at once), not Redis's.
+        timer = self.reactor.callLater(0, lambda: timers.append(self.reactor.callLater(self.config.timeout, late)))
+        timers = [timer]
 
         def answered(reply: Any) -> None:
+            timer = timers[-1]
             if timer.active():
                 timer.cancel()
             if not result.called:
@@ -226,7 +243,17 @@ class RedisBuckets(BucketStore):
                 else:
                     result.callback(reply)
 
-        connection.eval(script, keys, args).addBoth(answered)
+        def send(connection: Any) -> None:
+            if not result.called:
+                connection.eval(script, keys, args).addBoth(answered)
+
+        if connection is not None:
+            send(connection)
+        else:
+            # Just started, not connected yet: the first requests wait for
+            # the connection, within the same deadline.
+            assert self._starting is not None
+            self._starting.append(lambda: send(self._connection()) if self._connection() else None)
         return result
 
     def decide(self, checks: Sequence[Check], now: float) -> Verdict | Deferred[Verdict]:
