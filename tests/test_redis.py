@@ -8,6 +8,7 @@ for the failure cases.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -473,3 +474,42 @@ class StartTests(_ServerCase):
         self.assertFalse(gateways.stores[0].connected)
         self.assertEqual(await gateways.spread(2), [200, 429])
         self.assertNotIn("aigateway_state_fallbacks_total{", gateways.fallbacks())
+
+
+class ServiceTests(_ServerCase):
+    """
+    The running gateway's store across reloads.
+    """
+
+    async def test_reloadKeepsOrReplacesStore(self) -> None:
+        """
+        A reload with the same C{state} keeps the connected store (and so
+        the buckets); one with another C{state} starts a new store and
+        stops the old one; a C{passwordFrom} variable that is missing
+        fails the reload and changes nothing.
+        """
+        from aigateway.app.service import GatewayService
+
+        path = os.path.abspath(self.mktemp())
+        state = _state(self.redis.port)
+        files = {path: (_routes("{requests: {limit: 1, per: 1h}}") + state).encode()}
+        service = GatewayService(reactor, path, environ={}, readFile=lambda p: files[p], watch=False)
+        service.startService()
+        self.addCleanup(service.stopService)
+        first = service.buckets
+        self.assertIsInstance(first, RedisBuckets)
+        await _until(lambda: first.connected)
+        files[path] = (_routes("{requests: {limit: 2, per: 1h}}") + state).encode()
+        self.assertIsNone(service.reload("test"))
+        self.assertIs(service.buckets, first)
+        files[path] = (_routes("{requests: {limit: 2, per: 1h}}")
+                       + _state(self.redis.port, ", passwordFrom: {env: NOPE}")).encode()
+        self.assertIn("state.redis.passwordFrom.env", service.reload("test"))
+        self.assertIs(service.buckets, first)
+        files[path] = (_routes("{requests: {limit: 2, per: 1h}}")
+                       + _state(self.redis.port, ", keyPrefix: other")).encode()
+        self.assertIsNone(service.reload("test"))
+        second = service.buckets
+        self.assertIsInstance(second, RedisBuckets)
+        self.assertIsNot(second, first)
+        await _until(lambda: second.connected and not first.connected)
