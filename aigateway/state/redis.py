@@ -18,6 +18,7 @@ as it answers again.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any, Callable, Sequence
 from urllib.parse import quote
@@ -63,34 +64,54 @@ local function store(key, value, limit, per)
 end
 """
 
-# KEYS: the buckets; ARGV: the expiry margin, then limit, per (ms) and take
-# of each bucket.  Returns 0 when admitted (and taken), else the refusing
-# bucket's place (from 1) and its level, as a string.
+# KEYS: the buckets; ARGV[1]: the expiry margin; ARGV[2]: limit, per (ms)
+# and take of each bucket, separated by spaces (one argument: the client
+# encodes each argument on its own, and that is most of its work).
+# Returns 0 when admitted (and taken), else the refusing bucket's place
+# (from 1) and its level, as a string.
 ADMIT_SCRIPT = _PRELUDE + """
 local levels = {}
+local values = {}
+for v in string.gmatch(ARGV[2], '%S+') do values[#values + 1] = tonumber(v) end
 for i = 1, #KEYS do
-  local limit, per, take = tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i]), tonumber(ARGV[3*i+1])
+  local limit, per, take = values[3*i-2], values[3*i-1], values[3*i]
   local l = level(KEYS[i], limit, per)
   if l <= 0 or l < take then return {i, string.format('%.17g', l)} end
   levels[i] = l
 end
 for i = 1, #KEYS do
-  local limit, per, take = tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i]), tonumber(ARGV[3*i+1])
+  local limit, per, take = values[3*i-2], values[3*i-1], values[3*i]
   if take > 0 then store(KEYS[i], levels[i] - take, limit, per) end
 end
 return 0
 """
 
-# KEYS: the buckets; ARGV: the expiry margin, the amount, then limit and
-# per (ms) of each bucket.  Takes the amount from each, into debt.
+# KEYS: the buckets; ARGV[1]: the expiry margin; ARGV[2]: limit, per (ms)
+# and amount of each bucket, separated by spaces.  Takes each amount, into
+# debt.
 CHARGE_SCRIPT = _PRELUDE + """
-local amount = tonumber(ARGV[2])
+local values = {}
+for v in string.gmatch(ARGV[2], '%S+') do values[#values + 1] = tonumber(v) end
 for i = 1, #KEYS do
-  local limit, per = tonumber(ARGV[2*i+1]), tonumber(ARGV[2*i+2])
+  local limit, per, amount = values[3*i-2], values[3*i-1], values[3*i]
   store(KEYS[i], level(KEYS[i], limit, per) - amount, limit, per)
 end
 return 0
 """
+
+
+class _Script:
+    """
+    A script, by its text and its SHA-1 (what EVALSHA sends).
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text.encode("utf-8")
+        self.sha = hashlib.sha1(self.text).hexdigest().encode("ascii")
+
+
+_ADMIT = _Script(ADMIT_SCRIPT)
+_CHARGE = _Script(CHARGE_SCRIPT)
 
 
 class _TLSEndpoint:
@@ -125,7 +146,7 @@ class RedisBuckets(BucketStore):
         C{unavailable}) each time a decision or charge could not be made
         in Redis.
     @ivar keys: the Redis key of each bucket name, for the most recent
-        names.
+        names, encoded.
     """
 
     maxDelay = 2.0
@@ -142,7 +163,10 @@ class RedisBuckets(BucketStore):
         self.reactor = reactor
         self.password = password
         self.onFallback = onFallback
-        self.keys: dict[str, str] = {}
+        self.keys: dict[str, bytes] = {}
+        self._buckets: dict[Bucket, bytes] = {}
+        # Charges made in this turn of the reactor, sent together.
+        self._charges: dict[bytes, list] = {}
         self._factory: Any = None
         # What waits for the first connection since start; L{None} once
         # there was one (or before start).
@@ -196,15 +220,21 @@ class RedisBuckets(BucketStore):
                     return connection
         return None
 
-    def _key(self, name: str) -> str:
+    def _key(self, name: str) -> bytes:
         key = self.keys.get(name)
         if key is None:
             if len(self.keys) > 10_000:
                 self.keys.clear()
-            key = self.keys[name] = bucketKey(self.config.keyPrefix, name)
+            key = self.keys[name] = bucketKey(self.config.keyPrefix, name).encode("utf-8")
         return key
 
-    def _call(self, script: str, keys: list[str], args: list[object]) -> Deferred[Any]:
+    def _bucket(self, bucket: Bucket) -> bytes:
+        found = self._buckets.get(bucket)
+        if found is None:
+            found = self._buckets[bucket] = _number(bucket.limit) + b" " + _number(bucket.per * 1000)
+        return found
+
+    def _call(self, script: _Script, keys: list[bytes], args: list[bytes]) -> Deferred[Any]:
         """
         Run C{script} (EVALSHA, or EVAL when Redis does not know it yet),
         within the timeout.
@@ -245,7 +275,16 @@ class RedisBuckets(BucketStore):
 
         def send(connection: Any) -> None:
             if not result.called:
-                connection.eval(script, keys, args).addBoth(answered)
+                count = b"%d" % len(keys)
+                d = connection.execute_command(b"EVALSHA", script.sha, count, *keys, *args)
+
+                def unknown(failure: Failure) -> Any:
+                    # Redis restarted, or SCRIPT FLUSH: send the script.
+                    if failure.check(txredisapi.ResponseError) and str(failure.value).startswith("NOSCRIPT"):
+                        return connection.execute_command(b"EVAL", script.text, count, *keys, *args)
+                    return failure
+
+                d.addErrback(unknown).addBoth(answered)
 
         if connection is not None:
             send(connection)
@@ -258,11 +297,12 @@ class RedisBuckets(BucketStore):
 
     def decide(self, checks: Sequence[Check], now: float) -> Verdict | Deferred[Verdict]:
         keys = [self._key(name) for name, _, _ in checks]
-        args: list[object] = [EXPIRY_MARGIN_MS]
+        values = []
         for _, bucket, take in checks:
-            args += [_number(bucket.limit), _number(bucket.per * 1000), _number(take)]
+            values.append(self._bucket(bucket))
+            values.append(_TAKE.get(take) or _number(take))
         try:
-            d = self._call(ADMIT_SCRIPT, keys, args)
+            d = self._call(_ADMIT, keys, [_MARGIN, b" ".join(values)])
         except _Fallback as e:
             return self._fallback(Failure(e))
         return d.addCallbacks(self._verdict, self._fallback)
@@ -281,12 +321,32 @@ class RedisBuckets(BucketStore):
         return UNAVAILABLE if self.deny else None
 
     def charge(self, buckets: Sequence[tuple[str, Bucket]], amount: float, now: float) -> None:
-        keys = [self._key(name) for name, _ in buckets]
-        args: list[object] = [EXPIRY_MARGIN_MS, _number(amount)]
-        for _, bucket in buckets:
-            args += [_number(bucket.limit), _number(bucket.per * 1000)]
+        """
+        Charge C{amount} to each bucket with the other charges of this turn
+        of the reactor, in one script call sent at the next.
+        """
+        charges = self._charges
+        if not charges:
+            self.reactor.callLater(0, self._sendCharges)
+        for name, bucket in buckets:
+            key = self._key(name)
+            found = charges.get(key)
+            if found is None:
+                charges[key] = [bucket, amount]
+            else:
+                found[1] += amount
+
+    def _sendCharges(self) -> None:
+        charges, self._charges = self._charges, {}
+        keys = list(charges)
+        values = []
+        total = 0.0
+        for bucket, amount in charges.values():
+            values.append(self._bucket(bucket))
+            values.append(_number(amount))
+            total += amount
         try:
-            d = self._call(CHARGE_SCRIPT, keys, args)
+            d = self._call(_CHARGE, keys, [_MARGIN, b" ".join(values)])
         except _Fallback as e:
             d = Deferred()
             d.errback(e)
@@ -294,7 +354,7 @@ class RedisBuckets(BucketStore):
         def lost(failure: Failure) -> None:
             failure.trap(_Fallback)
             reason = failure.value.reason
-            self._problem(reason, failure.value.detail, f"{amount:g} tokens not charged")
+            self._problem(reason, failure.value.detail, f"{total:g} tokens not charged")
             self.onFallback(reason)
 
         d.addErrback(lost)
@@ -334,5 +394,9 @@ class _Fallback(Exception):
         self.detail = detail
 
 
-def _number(value: float) -> str:
-    return repr(float(value)) if value != int(value) else str(int(value))
+def _number(value: float) -> bytes:
+    return (repr(float(value)) if value != int(value) else str(int(value))).encode("ascii")
+
+
+_MARGIN = _number(EXPIRY_MARGIN_MS)
+_TAKE = {0: b"0", 1: b"1"}
