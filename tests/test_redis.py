@@ -174,8 +174,7 @@ class SharedLimitTests(_ServerCase):
         10 requests: exactly 10 pass, the others are 429s.
         """
         # Forty requests pumped in memory keep the reactor of this test busy
-        # for longer than the default timeout: this test is about sharing
-        # (the replicas' test below keeps the default).
+        # for longer than the default timeout: this test is about sharing.
         gateways = _Gateways(self, _routes("{requests: {limit: 10, per: 1h}}")
                              + _state(self.redis.port, ", timeout: 2s"))
         await gateways.connected()
@@ -431,9 +430,14 @@ class ReplicaTests(_ServerCase):
             "listen: tcp:0:interface=127.0.0.1\nadmin: {listen: tcp:0:interface=127.0.0.1}\n"
             f"backends: {{local: {{provider: openai, url: 'http://127.0.0.1:{fakellm.ports[0]}'}}}}\n"
             "routes:\n  - {name: r, match: {pathPrefix: /r}, backend: local, "
-            "rateLimits: [{requests: {limit: 10, per: 1h}}]}\n" + _state(self.redis.port)
+            "rateLimits: [{requests: {limit: 10, per: 1h}}]}\n"
+            # Three processes and this test on a shared machine can stall
+            # past 50 ms; the deadline is the failure tests' subject.
+            + _state(self.redis.port, ", timeout: 1s")
         )
         replicas = [startGateway(self, writeFile(self, config)) for _ in range(2)]
+        # Both connected (CLIENT LIST also shows redis-cli's own).
+        await _until(lambda: len(self.redis.cli("CLIENT", "LIST").splitlines()) == 3, 20)
         client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
         chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 

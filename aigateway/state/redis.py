@@ -198,6 +198,9 @@ class RedisBuckets(BucketStore):
         factory.deferred.addBoth(connected)
 
     def stop(self) -> Deferred[None]:
+        if self._charges:
+            # The charges of this turn go out before the connection closes.
+            self._sendCharges()
         factory, self._factory = self._factory, None
         self._starting = None
         if factory is None:
@@ -338,6 +341,8 @@ class RedisBuckets(BucketStore):
 
     def _sendCharges(self) -> None:
         charges, self._charges = self._charges, {}
+        if not charges:
+            return
         keys = list(charges)
         values = []
         total = 0.0
