@@ -405,6 +405,18 @@ class StateConfigTests(SynchronousTestCase):
         self.assertEqual(caught.exception.path, "state.redis.passwordFrom.env")
         self.assertIsInstance(storeFor(state, reactor, {"NOPE": "x"}), RedisBuckets)
 
+    def test_passwordNotLogged(self) -> None:
+        """
+        The lines logged at start name the Redis server, not its password.
+        """
+        from aigateway.app.summary import describeStart
+
+        config = loadConfig(BACKEND + "state: {redis: {url: 'redis://:s3cret@cache:6379/0'}, onError: deny}")
+        lines = describeStart(config, ["tcp:8080"], [], None, "0")
+        self.assertIn("rate limits in Redis at redis://cache:6379/0 (keys under 'aigateway:'; "
+                      "while it does not answer: deny)", lines)
+        self.assertNotIn("s3cret", "\n".join(lines))
+
     def test_passwordRedacted(self) -> None:
         """
         The admin's configuration dump hides a password in the URL.
@@ -517,3 +529,23 @@ class ServiceTests(_ServerCase):
         self.assertIsInstance(second, RedisBuckets)
         self.assertIsNot(second, first)
         await _until(lambda: second.connected and not first.connected)
+
+
+class ChargeFailureTests(_ServerCase):
+    """
+    Token charges that Redis cannot take.
+    """
+
+    async def test_chargeLostCounted(self) -> None:
+        """
+        An answer whose charge cannot reach Redis (killed while the answer
+        was served) is counted as a fallback, and the request it belongs
+        to was still answered.
+        """
+        gateways = _Gateways(self, _routes("{tokens: {limit: 20, per: 1h}}") + _state(self.redis.port), count=1)
+        await gateways.connected()
+        store = gateways.stores[0]
+        self.patch(store, "_sendCharges", lambda original=store._sendCharges: (self.redis.kill(), original()))
+        self.assertEqual((await gateways.ask(gateways.gateways[0]))[0], 200)
+        await _until(lambda: "aigateway_state_fallbacks_total{" in gateways.fallbacks())
+        self.assertRegex(gateways.fallbacks(), r'aigateway_state_fallbacks_total\{reason="(error|unavailable)"\} 1\.0')

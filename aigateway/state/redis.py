@@ -263,8 +263,9 @@ class RedisBuckets(BucketStore):
         # The deadline counts from the next turn of the reactor, when the
         # call is written out: the rest of this turn is the gateway's own
         # work (a burst of requests read at once), not Redis's.
-        timer = self.reactor.callLater(0, lambda: timers.append(self.reactor.callLater(self.config.timeout, late)))
-        timers = [timer]
+        timers: list[Any] = []
+        timers.append(self.reactor.callLater(0, lambda: timers.append(
+            self.reactor.callLater(self.config.timeout, late))))
 
         def answered(reply: Any) -> None:
             timer = timers[-1]
@@ -279,7 +280,11 @@ class RedisBuckets(BucketStore):
         def send(connection: Any) -> None:
             if not result.called:
                 count = b"%d" % len(keys)
-                d = connection.execute_command(b"EVALSHA", script.sha, count, *keys, *args)
+                try:
+                    d = connection.execute_command(b"EVALSHA", script.sha, count, *keys, *args)
+                except Exception:
+                    answered(Failure())
+                    return
 
                 def unknown(failure: Failure) -> Any:
                     # Redis restarted, or SCRIPT FLUSH: send the script.
@@ -404,4 +409,4 @@ def _number(value: float) -> bytes:
 
 
 _MARGIN = _number(EXPIRY_MARGIN_MS)
-_TAKE = {0: b"0", 1: b"1"}
+_TAKE: dict[float, bytes] = {0: b"0", 1: b"1"}
