@@ -37,13 +37,12 @@ from aigateway.config import (
 from aigateway.llm.credentials import resolveCredential
 from aigateway.llm.providers import providerFor
 from aigateway.observe.report import Metrics, Telemetry
+from aigateway.state.memory import BucketStore, MemoryBuckets
 from aigateway.web.guard import JWTGuard
 from aigateway.web.policy import (
-    BucketStore,
     Expression,
     ExpressionError,
     Limit,
-    MemoryBuckets,
     PolicyResource,
     RoutePolicy,
     Rule,

@@ -32,7 +32,8 @@ class MemoryGateway:
 
     def __init__(self, configText: str, key: str | None = None, tracerProvider: Any = None,
                  readFile: Any = None, reportDelay: float | None = None,
-                 environ: dict[str, str] | None = None, **fakeOptions: Any) -> None:
+                 environ: dict[str, str] | None = None, buckets: Any = None,
+                 **fakeOptions: Any) -> None:
         self.clock = Clock()
         self.fakellm = FakeLLM(self.clock, key=key, **fakeOptions)
         self.upstream = RequestTraversalAgent(self.fakellm)
@@ -40,7 +41,9 @@ class MemoryGateway:
         self.metrics = Metrics()
         telemetry = Telemetry(config.tracing, self.metrics, self.clock, tracerProvider,
                               accessLog=config.accessLog, reportDelay=reportDelay)
-        extra = {"readFile": readFile} if readFile is not None else {}
+        extra: dict[str, Any] = {"readFile": readFile} if readFile is not None else {}
+        if buckets is not None:
+            extra["buckets"] = buckets
         self.telemetry = telemetry
         root = buildGateway(config, self.upstream, self.clock, environ or {}, telemetry=telemetry,
                             **extra).root

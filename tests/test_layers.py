@@ -1,6 +1,6 @@
 """
 The package's layers import one way: app -> build -> web ->
-auth/llm/http/observe -> config, so a change low in the stack never needs
+auth/llm/http/state/observe -> config, so a change low in the stack never needs
 the code above it.  Read from the source, so a function-local import
 counts too.
 """
@@ -21,10 +21,11 @@ ALLOWED = {
     "llm": {"config"},
     "http": set(),
     "observe": {"config", "http"},
+    "state": {"config"},
     "testing": set(),
-    "web": {"config", "auth", "llm", "http", "observe"},
-    "build": {"config", "auth", "llm", "http", "observe", "web"},
-    "app": {"config", "auth", "llm", "http", "observe", "web", "build", "logs"},
+    "web": {"config", "auth", "llm", "http", "state", "observe"},
+    "build": {"config", "auth", "llm", "http", "state", "observe", "web"},
+    "app": {"config", "auth", "llm", "http", "state", "observe", "web", "build", "logs"},
     "logs": set(),
     "__main__": {"config", "build", "app"},
 }

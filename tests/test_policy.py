@@ -12,7 +12,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from aigateway.build import compileRules
 from aigateway.config import ConfigError, loadConfig
-from aigateway.web.policy import Bucket, MemoryBuckets, Variables, compileExpression
+from aigateway.config import Bucket
+from aigateway.state.memory import MemoryBuckets
+from aigateway.web.policy import Variables, compileExpression
 from aigateway.auth.token import sign
 from tests.lab import ALICE_TOKEN, LAB_POLICY, indented
 from tests.memory import MemoryGateway

@@ -17,6 +17,7 @@ The admin knows the gateway only through L{GatewayControl}.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Protocol
 
 import yaml
@@ -30,17 +31,22 @@ __all__ = ["AdminRoot", "AdminSite", "GatewayControl", "redacted"]
 
 REDACTED = "<redacted>"
 
+# The password of a redis:// URL: what follows the user and a colon.
+_REDIS_PASSWORD = re.compile(r"^(\w+://[^:@/]*:)[^@/]*@")
+
 
 def redacted(document: Any, parent: str = "") -> Any:
     """
     A copy of a configuration document with every secret replaced: inline
-    backend keys and the collector's headers.
+    backend keys, the collector's headers and the password in Redis's URL.
     """
     if isinstance(document, dict):
         copy = {}
         for key, value in document.items():
             if parent == "authToken" and key == "value":
                 copy[key] = REDACTED
+            elif parent == "redis" and key == "url" and isinstance(value, str):
+                copy[key] = _REDIS_PASSWORD.sub(r"\1" + REDACTED + "@", value)
             elif parent == "otlp" and key == "headers" and isinstance(value, dict):
                 copy[key] = {name: REDACTED for name in value}
             else:

@@ -31,7 +31,8 @@ from aigateway.build import Gateway, buildGateway, readFile as _readFile
 from aigateway.config import Config
 from aigateway.http.client import UpstreamAgent
 from aigateway.observe.report import InFlight, Metrics, Telemetry, buildTracerProvider
-from aigateway.web.policy import MemoryBuckets
+from aigateway.state import storeFor
+from aigateway.state.memory import BucketStore
 from aigateway.web.site import GatewaySite, ListenerFactory
 from aigateway import __version__
 
@@ -109,7 +110,12 @@ class GatewayService(MultiService):
         self.readFile = readFile
         self.metrics = Metrics()
         self.inFlight = InFlight(self.metrics)
-        self.buckets = MemoryBuckets()
+        # The rate-limit buckets outlive reloads while the configuration's
+        # state section stays the same (a new one is used once a
+        # configuration with another is served).
+        self.buckets: BucketStore | None = None
+        self._state: Any = None
+        self._pendingStore: tuple[Any, BucketStore] | None = None
         # The targets' health, by route and backend, outlives reloads as
         # the buckets do.
         self.health: dict = {}
@@ -121,6 +127,7 @@ class GatewayService(MultiService):
         self._built: tuple[tuple[Any, ...], Any] | None = None
         gateway = self._build(config)
         self._followTracing(config)
+        self._followState(config)
         self.site = GatewaySite(gateway.root, reactor)
         self.current = CurrentGateway(self.site, reactor, config, text, gateway)
         self.current.setServiceParent(self)
@@ -144,7 +151,7 @@ class GatewayService(MultiService):
         self.adminListeners.setServiceParent(self)
         self.reloader = Reloader(
             self.file.load, self._build, self.current, self.metrics, reactor,
-            followers=[self._followTracing, self._followListeners, self._followFiles],
+            followers=[self._followTracing, self._followState, self._followListeners, self._followFiles],
         )
         self._followListeners(config)
 
@@ -160,14 +167,45 @@ class GatewayService(MultiService):
             return settings, self.tracerProvider
         return settings, buildTracerProvider(tracing, self.reactor, self.agent, self.environ)
 
+    def _storeFor(self, config: Config) -> BucketStore:
+        """
+        The bucket store for C{config}'s state section: the one in use when
+        the section is the same, else a new one, started once a tree that
+        uses it is served.
+        """
+        if self.buckets is not None and config.state == self._state:
+            self._pendingStore = None
+            return self.buckets
+        fallbacks = self.metrics.stateFallbacks
+        store = storeFor(config.state, self.reactor, self.environ,
+                         lambda reason: self.metrics.child(fallbacks, reason).inc())
+        self._pendingStore = (config.state, store)
+        return store
+
+    def _followState(self, config: Config) -> None:
+        """
+        After a swap to a tree with a new bucket store, start it, and stop
+        the one it replaces.
+        """
+        pending, self._pendingStore = self._pendingStore, None
+        if pending is None:
+            return
+        old = self.buckets
+        self._state, self.buckets = pending
+        if self.running:
+            self.buckets.start()
+        if old is not None:
+            old.stop().addErrback(lambda f: log.failure("stopping the old bucket store", f))
+
     def _build(self, config: Config) -> Gateway:
+        buckets = self._storeFor(config)
         settings, tracerProvider = self._tracerProviderFor(config)
         self._built = settings, tracerProvider
         telemetry = Telemetry(config.tracing, self.metrics, self.reactor, tracerProvider, self.inFlight,
                               accessLog=config.accessLog, reportDelay=REPORT_DELAY)
         gateway = buildGateway(
             config, self.agent, self.reactor, self.environ, self.readFile,
-            treqFetch(self.agent, self.reactor), telemetry, self.buckets, self.health,
+            treqFetch(self.agent, self.reactor), telemetry, buckets, self.health,
         )
         if isinstance(self.agent, UpstreamAgent):
             configureAgent(self.agent, config)
@@ -265,6 +303,8 @@ class GatewayService(MultiService):
         served and where spans go.
         """
         super().startService()
+        assert self.buckets is not None
+        self.buckets.start()
         for line in describeStart(self.config, self.listeners.descriptions, self.adminListeners.descriptions,
                                   self.tracerProvider, __version__):
             log.info("{line}", line=line)
@@ -283,6 +323,8 @@ class GatewayService(MultiService):
         for child in reversed(list(self)):
             if child is not self.drain:
                 await maybeDeferred(child.stopService)
+        assert self.buckets is not None
+        await self.buckets.stop()
         self.current.gateway.root.telemetry.flushReports()
         providers = self.retiredTracerProviders + [self.tracerProvider]
         flushes = [provider.flush() for provider in providers if provider is not None]

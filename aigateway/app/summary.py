@@ -71,5 +71,9 @@ def describeStart(config: Config, listen: Sequence[str], admin: Sequence[str],
     lines = [f"aigateway {version} serving on {', '.join(listen) or 'nothing'}; "
              f"admin on {', '.join(admin) if admin else 'nothing (no admin.listen)'}"]
     lines += describeRoutes(config)
+    if config.state.redis is not None:
+        lines.append(f"rate limits in Redis at {config.state.redis.url} "
+                     f"(keys under {config.state.redis.keyPrefix!r}; while it does not answer: "
+                     f"{config.state.onError})")
     lines.append(describeTracing(config.tracing, tracerProvider))
     return lines

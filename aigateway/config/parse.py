@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from urllib.parse import unquote
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from twisted.internet.endpoints import serverFromString
@@ -39,6 +40,9 @@ from aigateway.config.schema import (
     Route,
     RuleConfig,
     SecretRef,
+    StateConfig,
+    RedisConfig,
+    STATE_ON_ERROR,
     Target,
     Timeouts,
     TokenSource,
@@ -791,6 +795,62 @@ def _tracing(value: object, path: str) -> TracingConfig:
     return config
 
 
+_REDIS_URL = re.compile(
+    r"(rediss?)://(?:([^:@/\s]*)(?::([^@/\s]*))?@)?(\[[0-9A-Fa-f:.]+\]|[^:/@\s\[\]]+)(?::(\d{1,5}))?(?:/(\d*))?/?"
+)
+
+
+def _redis(value: object, path: str) -> RedisConfig:
+    fields = _Fields(value, path, ("url", "passwordFrom", "keyPrefix", "timeout"))
+    url = fields.take("url", _string, required=True)
+    assert url is not None
+    found = _REDIS_URL.fullmatch(url)
+    if found is None:
+        raise ConfigError(fields.at("url"), "must be redis://[user:password@]host[:port][/database] "
+                                            "or the same with rediss:// (TLS)")
+    scheme, user, password, host, port, database = found.groups()
+    if port is not None and not 0 < int(port) < 65536:
+        raise ConfigError(fields.at("url"), f"port {port} is not between 1 and 65535")
+
+    def fromEnv(v: object, p: str) -> SecretRef:
+        inner = _Fields(v, p, ("env",))
+        name = inner.take("env", _string, required=True)
+        inner.done()
+        assert name is not None
+        return SecretRef("env", name)
+
+    passwordFrom = fields.take("passwordFrom", fromEnv)
+    if passwordFrom is not None and password:
+        raise ConfigError(fields.at("passwordFrom"), "the url already holds a password: give one or the other")
+    host = host.strip("[]")
+    port = int(port) if port else 6379
+    database = int(database) if database else 0
+    config = RedisConfig(
+        url=f"{scheme}://{host if ':' not in host else '[' + host + ']'}:{port}/{database}",
+        host=host,
+        port=port,
+        database=database,
+        tls=scheme == "rediss",
+        username=unquote(user) if user else None,
+        password=unquote(password) if password else None,
+        passwordFrom=passwordFrom,
+        keyPrefix=fields.take("keyPrefix", _string, "aigateway:"),  # type: ignore[arg-type]
+        timeout=fields.take("timeout", _positiveDuration, 0.05),  # type: ignore[arg-type]
+    )
+    fields.done()
+    return config
+
+
+def _state(value: object, path: str) -> StateConfig:
+    fields = _Fields(value, path, ("redis", "onError"))
+    state = StateConfig(
+        redis=fields.take("redis", _redis),
+        onError=fields.take("onError", _oneOf(STATE_ON_ERROR), "allow"),  # type: ignore[arg-type]
+    )
+    fields.done()
+    return state
+
+
 def parseConfig(document: object) -> Config:
     """
     Validate a loaded YAML document and turn it into a L{Config}.
@@ -799,7 +859,7 @@ def parseConfig(document: object) -> Config:
     """
     fields = _Fields(document, "", ("listen", "admin", "maxRequestBody", "jwt", "authorization", "backends",
                                      "routes", "tracing", "shutdownTimeout", "accessLog", "maxConnections",
-                                     "requestHeadTimeout"))
+                                     "requestHeadTimeout", "state"))
     listen = fields.take("listen", _endpoints, ("tcp:8080",)) or ("tcp:8080",)
     admin = fields.take("admin", _admin)
     maxRequestBody = fields.take("maxRequestBody", parseSize, DEFAULT_MAX_REQUEST_BODY)
@@ -847,6 +907,7 @@ def parseConfig(document: object) -> Config:
         maxRequestBody=maxRequestBody,
         maxConnections=fields.take("maxConnections", _positiveInteger, DEFAULT_MAX_CONNECTIONS),  # type: ignore[arg-type]
         requestHeadTimeout=fields.take("requestHeadTimeout", _positiveDuration, DEFAULT_REQUEST_HEAD_TIMEOUT),  # type: ignore[arg-type]
+        state=fields.take("state", _state, StateConfig()),  # type: ignore[arg-type]
     )
     fields.done()
     return config

@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_ROUTE_TIMEOUT",
     "RETRY_CONDITIONS",
+    "STATE_ON_ERROR",
     "TRACING_CONVENTIONS",
     "AdminConfig",
     "AuthorizationPolicy",
@@ -33,10 +34,12 @@ __all__ = [
     "LimitConfig",
     "Match",
     "Outlier",
+    "RedisConfig",
     "Retries",
     "Route",
     "RuleConfig",
     "SecretRef",
+    "StateConfig",
     "Target",
     "Timeouts",
     "TokenSource",
@@ -405,6 +408,55 @@ class TracingConfig:
 
 
 @attrs.frozen
+class RedisConfig:
+    """
+    The Redis server that holds the rate-limit buckets.
+
+    @ivar url: C{redis://} or C{rediss://} (TLS), host, port and database,
+        without the password.
+    @ivar host: the server's name or address.
+    @ivar port: its port.
+    @ivar database: the database number.
+    @ivar tls: whether to speak TLS (C{rediss://}).
+    @ivar username: the ACL user, or L{None}.
+    @ivar password: the password given in the URL, or L{None}.
+    @ivar passwordFrom: the environment variable that holds the password,
+        or L{None}.
+    @ivar keyPrefix: what every key begins with.
+    @ivar timeout: seconds one call may take.
+    """
+
+    url: str
+    host: str
+    port: int = 6379
+    database: int = 0
+    tls: bool = False
+    username: str | None = None
+    password: str | None = attrs.field(default=None, repr=False)
+    passwordFrom: SecretRef | None = None
+    keyPrefix: str = "aigateway:"
+    timeout: float = 0.05
+
+
+STATE_ON_ERROR = ("allow", "deny")
+
+
+@attrs.frozen
+class StateConfig:
+    """
+    Where rate-limit buckets live.
+
+    @ivar redis: the Redis server that holds them, or L{None}: this
+        process's memory.
+    @ivar onError: what a limit decides while Redis cannot answer: C{allow}
+        or C{deny}.
+    """
+
+    redis: RedisConfig | None = None
+    onError: str = "allow"
+
+
+@attrs.frozen
 class Config:
     """
     A whole, validated gateway configuration.
@@ -427,3 +479,4 @@ class Config:
     maxRequestBody: int = DEFAULT_MAX_REQUEST_BODY
     maxConnections: int = DEFAULT_MAX_CONNECTIONS
     requestHeadTimeout: float = DEFAULT_REQUEST_HEAD_TIMEOUT
+    state: StateConfig = StateConfig()

@@ -150,6 +150,12 @@ class Metrics:
         self.reloads = Counter(
             "aigateway_config_reloads", "Configuration reloads by result.", ["result"], registry=r
         )
+        self.stateFallbacks = Counter(
+            "aigateway_state_fallbacks",
+            "Rate-limit decisions and charges the shared state (Redis) could not make, by reason "
+            "(timeout, error, unavailable); decisions then follow state.onError.",
+            ["reason"], registry=r,
+        )
 
     def child(self, metric: Any, *labels: str) -> Any:
         """

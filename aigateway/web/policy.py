@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import attrs
 import cel
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -39,6 +40,7 @@ from aigateway.web.errors import finishWith, refuse
 from aigateway.web.guard import IIdentity
 from aigateway.web.routes import renderChild
 from aigateway.web.site import BodyTooLarge, requestBody
+from aigateway.state.memory import UNAVAILABLE, BucketStore, Check, Refused
 
 from aigateway.config import Bucket
 
@@ -47,11 +49,9 @@ __all__ = [
     "IAdmission",
     "PolicyResource",
     "Bucket",
-    "BucketStore",
     "Expression",
     "ExpressionError",
     "Limit",
-    "MemoryBuckets",
     "Refusal",
     "Rule",
     "RoutePolicy",
@@ -203,57 +203,6 @@ class Refusal:
     headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
-class BucketStore:
-    """
-    Where token buckets live.  One process keeps them in memory
-    (L{MemoryBuckets}); a shared store can serve several gateways.
-    """
-
-    def level(self, name: str, bucket: Bucket, now: float) -> float:
-        """
-        How many tokens the bucket C{name} holds at C{now}.
-        """
-        raise NotImplementedError()
-
-    def take(self, name: str, bucket: Bucket, amount: float, now: float, force: bool = False) -> float:
-        """
-        Take C{amount} tokens if the bucket holds them (or anyway, when
-        C{force}, going into debt).
-
-        @return: the level after taking, or the (unchanged) level, negative
-            only through debt, when there were not enough.
-        """
-        raise NotImplementedError()
-
-
-class MemoryBuckets(BucketStore):
-    """
-    Token buckets in this process's memory, the least recently used
-    forgotten beyond C{capacity} (a forgotten bucket is full again).
-    """
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        self.capacity = capacity
-        self._levels: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
-
-    def level(self, name: str, bucket: Bucket, now: float) -> float:
-        stored = self._levels.get(name)
-        if stored is None:
-            return bucket.limit
-        level, at = stored
-        return min(bucket.limit, level + (now - at) * bucket.rate)
-
-    def take(self, name: str, bucket: Bucket, amount: float, now: float, force: bool = False) -> float:
-        level = self.level(name, bucket, now)
-        if level >= amount or force:
-            level -= amount
-        self._levels[name] = (level, now)
-        self._levels.move_to_end(name)
-        if len(self._levels) > self.capacity:
-            self._levels.popitem(last=False)
-        return level
-
-
 def _seconds(value: float) -> bytes:
     return b"%d" % max(1, math.ceil(value))
 
@@ -287,6 +236,11 @@ class _PerClaims:
         if len(entries) > keep:
             entries.popitem(last=False)
         return value
+
+
+# What the limits decided: a refusal or L{None}, and the charge of the
+# tokens the answer used.
+Admitted = tuple[Refusal | None, Callable[..., None] | None]
 
 
 class RoutePolicy:
@@ -392,37 +346,47 @@ class RoutePolicy:
         text = "" if value is None else str(value)
         return f"{self.routeName}\x00{index}\x00{kind}\x00{text}"
 
-    def admit(self, variables: Variables, now: float) -> tuple[Refusal | None, Callable[[int], None]]:
+    def admit(self, variables: Variables, now: float) -> Admitted | Deferred[Admitted]:
         """
         Check every limit; take one request from each request bucket only
-        when all of them admit the request.
+        when all of them admit the request (token buckets must not be
+        empty; their tokens are charged after the answer).
 
         @return: a refusal or L{None}, and a function to charge the tokens
-            the answer used.
+            the answer used; or, from a store across the network, a
+            L{Deferred} that fires with them.
         """
-        requestBuckets = []
-        tokenBuckets = []
+        checks: list[Check] = []
+        limits: list[tuple[Bucket, str]] = []
+        tokenBuckets: list[tuple[str, Bucket]] = []
         for index, limit in enumerate(self.limits):
             if limit.requests is not None:
-                name = self._name(index, limit, "requests", variables)
-                level = self.store.level(name, limit.requests, now)
-                if level < 1:
-                    return self._tooMany(limit.requests, level, 1, "requests"), _nothing
-                requestBuckets.append((name, limit.requests))
+                checks.append((self._name(index, limit, "requests", variables), limit.requests, 1))
+                limits.append((limit.requests, "requests"))
             if limit.tokens is not None:
                 name = self._name(index, limit, "tokens", variables)
-                level = self.store.level(name, limit.tokens, now)
-                if level <= 0:
-                    return self._tooMany(limit.tokens, level, 1, "tokens"), _nothing
+                checks.append((name, limit.tokens, 0))
+                limits.append((limit.tokens, "tokens"))
                 tokenBuckets.append((name, limit.tokens))
-        for name, bucket in requestBuckets:
-            self.store.take(name, bucket, 1, now)
+        if not checks:
+            return None, None
+        store = self.store
 
         def charge(tokens: int, at: float | None = None) -> None:
-            for name, bucket in tokenBuckets:
-                self.store.take(name, bucket, tokens, now if at is None else at, force=True)
+            store.charge(tokenBuckets, tokens, now if at is None else at)
 
-        return None, charge
+        def decided(verdict: Refused | None) -> Admitted:
+            if verdict is None:
+                return None, charge if tokenBuckets else None
+            if verdict is UNAVAILABLE:
+                return _UNDECIDED, _nothing
+            bucket, what = limits[verdict.index]
+            return self._tooMany(bucket, verdict.level, 1, what), _nothing
+
+        verdict = store.decide(checks, now)
+        if isinstance(verdict, Deferred):
+            return verdict.addCallback(decided)
+        return decided(verdict)
 
     def _tooMany(self, bucket: Bucket, level: float, need: float, what: str) -> Refusal:
         wait = (need - level) / bucket.rate
@@ -441,6 +405,12 @@ class RoutePolicy:
 
 def _nothing(tokens: int, at: float | None = None) -> None:
     pass
+
+
+# A request the limits could not judge (their store did not answer), under
+# state.onError: deny.
+_UNDECIDED = Refusal(503, "rate limits cannot be checked right now (state.onError: deny)",
+                     "rate_limit_unavailable", ((b"retry-after", b"1"),))
 
 
 log = Logger()
@@ -584,23 +554,41 @@ class PolicyResource(Resource):
             finishWith(request, refuse(request, e.status, e.message, e.code, e.headers))
             return
         exchange.provider = provider.name
-        charge = None
-        if self.policy is not None:
-            token = identity.token if identity is not None else None
-            refusal, charge = self._admit(request, token.claims if token is not None else None, call,
-                                          provider.kind)
-            if refusal is not None:
-                if refusal.status == 403:
-                    exchange.authFailure = "authorization failed"
-                finishWith(request, refuse(request, refusal.status, refusal.message, refusal.code,
-                                           refusal.headers))
-                return
-        request.setComponent(IAdmission, Admission(call, identity, charge, plan, reading))
+        if self.policy is None:
+            self._relay(request, Admission(call, identity, None, plan, reading))
+            return
+        token = identity.token if identity is not None else None
+        decided = self._admit(request, token.claims if token is not None else None, call, provider.kind)
+        if isinstance(decided, Deferred):
+            decided.addCallback(self._decided, request, call, identity, plan, reading)
+            decided.addErrback(self._bug, request)
+        else:
+            self._decided(decided, request, call, identity, plan, reading)
+
+    def _decided(self, decided: Admitted, request: IRequest, call: UpstreamCall, identity: Any,
+                 plan: list, reading: tuple) -> None:
+        """
+        The rules and limits have judged: refuse, or relay.
+        """
+        if request.finished or request.channel is None:
+            # The client left while the limits' store answered.
+            return
+        refusal, charge = decided
+        if refusal is not None:
+            if refusal.status == 403:
+                request.getComponent(IExchange).authFailure = "authorization failed"
+            finishWith(request, refuse(request, refusal.status, refusal.message, refusal.code,
+                                       refusal.headers))
+            return
+        self._relay(request, Admission(call, identity, charge, plan, reading))
+
+    def _relay(self, request: IRequest, admission: Admission) -> None:
+        request.setComponent(IAdmission, admission)
         finishWith(request, renderChild(self.relay, request))
 
     def _admit(
         self, request: IRequest, claims: Mapping[str, Any] | None, call: UpstreamCall, kind: str
-    ) -> tuple[Refusal | None, Callable[[int, float], None] | None]:
+    ) -> Admitted | Deferred[Admitted]:
         """
         The route's authorization rules, then its rate limits.
         """
@@ -609,7 +597,7 @@ class PolicyResource(Resource):
         if call.modelUnknown:
             refusal = policy.unknownModel()
             if refusal is not None:
-                return refusal, None
+                return refusal, _nothing
 
         def headers() -> dict[str, str]:
             return {
@@ -628,5 +616,5 @@ class PolicyResource(Resource):
         )
         refusal = policy.authorize(variables)
         if refusal is not None:
-            return refusal, None
+            return refusal, _nothing
         return policy.admit(variables, self.clock.seconds())
