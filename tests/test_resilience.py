@@ -44,6 +44,11 @@ class _Agent:
         self.hosts.append(host)
         if host == "refuse":
             return fail(ConnectionRefusedError())
+        if host == "reset":
+            from twisted.python.failure import Failure
+            from twisted.internet.error import ConnectionLost
+            from twisted.web.client import ResponseFailed
+            return fail(ResponseFailed([Failure(ConnectionLost())]))
         if host == "hang":
             d: Deferred = Deferred()
             self.hanging.append(d)
@@ -68,7 +73,7 @@ routes:
 
 BACKENDS = "\n".join(
     f"  {name}: {{provider: openai, url: 'http://{name}'}}"
-    for name in ("good", "good2", "refuse", "hang", "s503", "s429", "s500")
+    for name in ("good", "good2", "refuse", "reset", "hang", "s503", "s429", "s500")
 ) + "\n  claude: {provider: anthropic, url: 'http://claude', model: claude-fallback}"
 
 
@@ -167,6 +172,29 @@ class FailoverTests(SynchronousTestCase):
         status, body = gateway.send(self, "GET", "/r/v1/models", None)
         self.assertEqual(status, 200, body)
         self.assertEqual(gateway.agent.hosts, ["s503", "good"])
+
+    def test_resetBeforeAnswer(self) -> None:
+        """
+        A connection reset before the answer's head is not tried again for a
+        POST (the upstream may have acted), and is for a GET.
+        """
+        gateway = _Gateway(_route([{"backend": "reset"}, {"backend": "good", "priority": 1}]))
+        self.assertEqual(gateway.send(self)[0], 502)
+        self.assertEqual(gateway.agent.hosts, ["reset"])
+        status, _ = gateway.send(self, "GET", "/r/v1/models", None)
+        self.assertEqual(status, 200)
+        self.assertEqual(gateway.agent.hosts, ["reset", "reset", "good"])
+
+    def test_limitsChargedOnce(self) -> None:
+        """
+        A request that took two attempts counts once against a request
+        budget, and its tokens are those of the answer it got.
+        """
+        route = _route([{"backend": "s429"}, {"backend": "good", "priority": 1}],
+                       rateLimits=[{"key": "route.name", "requests": {"limit": 2, "per": "1m"}}])
+        gateway = _Gateway(route)
+        self.assertEqual([gateway.send(self)[0] for _ in range(3)], [200, 200, 429])
+        self.assertEqual(gateway.agent.hosts, ["s429", "good", "s429", "good"])
 
     def test_firstByteTimeout(self) -> None:
         """
