@@ -333,6 +333,10 @@ class BalanceTests(SynchronousTestCase):
         gateway.clock.advance(31)
         gateway.send(self, wait=1)
         self.assertEqual(gateway.agent.hosts[5:], ["refuse", "good"])
+        from prometheus_client import generate_latest
+
+        self.assertIn('aigateway_upstream_ejections_total{backend="refuse",route="r"} 1.0',
+                      generate_latest(gateway.metrics.registry).decode())
 
     def test_allEjected(self) -> None:
         """

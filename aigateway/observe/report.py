@@ -144,6 +144,10 @@ class Metrics:
             "aigateway_upstream_attempts", "Upstream attempts by route, backend and outcome.",
             ["route", "backend", "outcome"], registry=r,
         )
+        self.ejections = Counter(
+            "aigateway_upstream_ejections", "Targets ejected for failing, by route and backend.",
+            ["route", "backend"], registry=r,
+        )
         self.inFlight = Gauge(
             "aigateway_requests_in_flight", "Requests being served.", registry=r
         )

@@ -451,7 +451,9 @@ class _Relay:
 
         @return: whether another attempt is on its way.
         """
-        self.health.failed(self.resource.route.outlier, self.clock.seconds())
+        if self.health.failed(self.resource.route.outlier, self.clock.seconds()):
+            metrics = self.resource.telemetry.metrics
+            metrics.child(metrics.ejections, self.resource.route.name, self.upstream.backend.name).inc()
         if self.done or self.tries >= len(self.plan) or condition not in self.retries.on:
             return False
         idempotent = self.call.method in _IDEMPOTENT
