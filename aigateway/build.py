@@ -244,7 +244,6 @@ class _Builder:
         return verifier
 
     def route(self, index: int, route: Route) -> IResource:
-        backend = route.backend.name
         policy = None
         if route.authorization is not None or route.rateLimits:
             rules = self.rules[route.authorization] if route.authorization is not None else ()
@@ -256,8 +255,7 @@ class _Builder:
         relay = RelayResource(route, upstreams, health, self.agent, self.clock, self.telemetry)
         self.relays.append(relay)
         judged = PolicyResource(route.name, route.maxRequestBody, route.match.pathPrefix,
-                                self.providers[backend], policy, relay, self.clock,
-                                guarded=route.jwt is not None)
+                                policy, relay, self.clock, guarded=route.jwt is not None)
         if route.jwt is None:
             return judged
         where = "jwt" if route.jwt is self.config.jwt else f"routes[{index}].jwt"

@@ -1068,6 +1068,10 @@ class BedrockProvider(TranslatingProvider):
 
     name = "aws.bedrock"
 
+    @classmethod
+    def fromConfig(cls, backend: Backend, environ: Mapping[str, str]) -> BedrockProvider:
+        return cls(backend, environ)
+
     def __init__(self, backend: Backend, environ: Mapping[str, str]) -> None:
         super().__init__(backend)
         assert backend.region is not None

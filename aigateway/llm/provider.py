@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 from urllib.parse import urlsplit
 
 import attrs
@@ -363,6 +363,16 @@ class Provider:
     name = "openai"
     credentialField = b"authorization"
     problem: str | None = None
+
+    @classmethod
+    def fromConfig(cls, backend: Backend, environ: Mapping[str, str]) -> Provider:
+        """
+        The provider of C{backend}, once per configuration load.
+
+        @param environ: the process environment, for providers that look up
+            credentials of their own there (AWS's).
+        """
+        return cls(backend)
 
     def __init__(self, backend: Backend) -> None:
         parts = urlsplit(backend.url)

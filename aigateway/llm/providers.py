@@ -15,11 +15,12 @@ from aigateway.llm.provider import Provider
 
 __all__ = ["providerFor"]
 
-_CLASSES: dict[str, type] = {
+_CLASSES: dict[str, type[Provider]] = {
     "openai": OpenAIProvider,
     "anthropic": AnthropicProvider,
     "azure-openai": AzureOpenAIProvider,
     "gemini": GeminiProvider,
+    "bedrock": BedrockProvider,
 }
 
 
@@ -30,6 +31,4 @@ def providerFor(backend: Backend, environ: Mapping[str, str]) -> Provider:
     @param environ: the process environment, where a provider finds the
         credentials it looks up itself (AWS's).
     """
-    if backend.provider == "bedrock":
-        return BedrockProvider(backend, environ)
-    return _CLASSES[backend.provider](backend)
+    return _CLASSES[backend.provider].fromConfig(backend, environ)

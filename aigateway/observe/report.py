@@ -25,6 +25,7 @@ from twisted.web.iweb import IRequest
 
 from aigateway.config import TracingConfig
 from aigateway.observe.logformat import Preformatter
+from aigateway.observe.openinference import llmAttributes
 
 __all__ = ["Exchange", "InFlight", "Metrics", "Telemetry", "buildTracerProvider"]
 
@@ -396,8 +397,6 @@ class Telemetry:
                 if config.captureContent and answer.text:
                     attributes["gen_ai.completion"] = "".join(answer.text)
         if self._openinference:
-            from aigateway.observe.openinference import llmAttributes
-
             attributes.update(llmAttributes(exchange, answer, config.captureContent))
         if exchange.upstreamStatus is not None:
             attributes["http.response.status_code"] = exchange.upstreamStatus

@@ -74,12 +74,16 @@ def writeError(
     message: str,
     code: str | None = None,
     headers: Iterable[tuple[bytes, bytes]] = (),
+    api: str = "openai",
 ) -> bytes:
     """
     Set C{request}'s status and headers for an error and return its body,
     for a C{render} method to return.
+
+    @param api: the API the client speaks, whose error shape the body has
+        (C{openai}, or C{anthropic} at the C{/v1/messages} door).
     """
-    body = errorBody(status, message, code)
+    body = errorToAnthropic(status, message) if api == "anthropic" else errorBody(status, message, code)
     setStatus(request, status)
     request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
     for name, value in headers:
@@ -101,13 +105,11 @@ def refuse(
     @return: the body, for a C{render} method to return.
     """
     exchange = request.getComponent(IExchange)
-    if exchange is not None:
-        exchange.reason = message
-        exchange.errorCode = code
-        if exchange.api == "anthropic":
-            writeError(request, status, message, code, headers)
-            return errorToAnthropic(status, message)
-    return writeError(request, status, message, code, headers)
+    if exchange is None:
+        return writeError(request, status, message, code, headers)
+    exchange.reason = message
+    exchange.errorCode = code
+    return writeError(request, status, message, code, headers, exchange.api)
 
 
 def finishWith(request: IRequest, body: bytes | int) -> None:

@@ -34,7 +34,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import Interface
 
-from aigateway.llm.provider import Provider, ProviderError, UpstreamCall, clientModel
+from aigateway.llm.provider import ProviderError, UpstreamCall, clientModel
 from aigateway.observe.record import IExchange
 from aigateway.web.errors import finishWith, refuse
 from aigateway.web.guard import IIdentity
@@ -476,13 +476,12 @@ class PolicyResource(Resource):
     isLeaf = True
 
     def __init__(self, routeName: str, maxRequestBody: int, prefix: str | None,
-                 provider: Provider, policy: RoutePolicy | None, relay: Any,
+                 policy: RoutePolicy | None, relay: Any,
                  clock: IReactorTime, guarded: bool = False) -> None:
         super().__init__()
         self.guarded = guarded
         self.routeName = routeName
         self.maxRequestBody = maxRequestBody
-        self.provider = provider
         self.policy = policy
         self.relay = relay
         self.clock = clock
@@ -490,7 +489,7 @@ class PolicyResource(Resource):
 
     def render(self, request: IRequest) -> bytes | int:
         exchange = request.getComponent(IExchange)
-        exchange.provider = self.provider.name
+        exchange.provider = self.relay.provider.name
         problem = self.relay.unavailable()
         if problem is not None:
             return refuse(request, 503, problem, "backend_credential_missing")
