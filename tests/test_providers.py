@@ -515,6 +515,20 @@ class DoorTests(SynchronousTestCase):
         text = generate_latest(self.gateway.metrics.registry).decode()
         self.assertIn('gen_ai_token_type="output"', text)
 
+    def test_nativeStreamBroken(self) -> None:
+        """
+        A native stream that breaks reaches a door client with an error
+        event in Anthropic's shape, and no message_stop.
+        """
+        response, body = self.gateway.post(
+            self, "/claude/v1/messages", _messages("claude-sonnet-4-5", stream=True),
+            {"x-fakellm-drop-after": "2", "x-fakellm-chunks": "5"}, broken=True)
+        self.assertEqual(response.code, 200)
+        events = _anthropicEvents(body)
+        self.assertEqual(events[-1][0], "error")
+        self.assertEqual(events[-1][1]["type"], "error")
+        self.assertNotIn("message_stop", [n for n, _ in events])
+
     def test_countTokens(self) -> None:
         """
         count_tokens is passed through to anthropic backends and refused,

@@ -48,7 +48,14 @@ from aigateway.config import Backend, Route
 from aigateway.http.client import BytesBody, ProtocolError
 from aigateway.llm.credentials import Credential
 from aigateway.llm.openai import UsageChunkFilter
-from aigateway.llm.provider import ClientStream, HubStream, Provider, ProviderError, UpstreamCall
+from aigateway.llm.provider import (
+    AnthropicWriter,
+    ClientStream,
+    HubStream,
+    Provider,
+    ProviderError,
+    UpstreamCall,
+)
 from aigateway.llm.translate import StreamError
 from aigateway.llm.usage import AnswerObserver
 from aigateway.observe.record import IExchange
@@ -179,6 +186,7 @@ def _malformed(failure: Failure) -> str | None:
     return None
 
 
+_DOOR = AnthropicWriter()
 _IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"])
 
 
@@ -856,6 +864,10 @@ class _Relay:
             self._stopUpstream()
         if self.stream:
             writer = self.call.writer
+            if writer is None and self.exchange.api == "anthropic":
+                # A stream passed through to a door client: its error event
+                # in the Messages API too.
+                writer = _DOOR
             request.write(writer.streamError(message) if writer is not None else _streamError(message))
         self.done = True
         self._disarm()
