@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from aigateway.config import ConfigError, loadConfig, parseConfig, parseDuration, parseSize
+from aigateway.config import ConfigError, loadConfig, parseConfig, parseDuration, parseSize, workerCount
 from tests.lab import LAB_PEM, LAB_POLICY
 
 LAB = """
@@ -543,3 +543,73 @@ class PolicyConfigTests(SynchronousTestCase):
         self.assertEqual((limit.key.source, limit.key.path, limit.where),
                          ("jwt.sub", "routes[0].rateLimits[0].key", "routes[0].rateLimits[0]"))
         self.assertEqual((limit.requests, limit.tokens.limit, limit.tokens.per), (None, 5.0, 60.0))
+
+
+class WorkersConfigTests(SynchronousTestCase):
+    """
+    C{workers}: how many processes serve, and what they cannot share.
+    """
+
+    LIMITED = ("backends: {b: {provider: openai, url: 'http://h'}}\nroutes:\n"
+               "  - {name: a, match: {pathPrefix: /a}, backend: b}\n"
+               "  - {name: r, match: {pathPrefix: /r}, backend: b, rateLimits: [{requests: {limit: 1, per: 1m}}]}\n")
+
+    def test_values(self) -> None:
+        """
+        A number of 1 or more, or C{auto}; 1 by default.
+        """
+        self.assertEqual(loadConfig("{}").workers, 1)
+        self.assertEqual(loadConfig("workers: 4").workers, 4)
+        self.assertEqual(loadConfig("workers: auto").workers, "auto")
+        for bad in ("0", "-1", "true", "2.5", "'2'", "many", "[2]"):
+            with self.assertRaises(ConfigError) as caught:
+                loadConfig(f"workers: {bad}")
+            self.assertEqual(caught.exception.path, "workers")
+            self.assertIn("must be a number of processes (1 or more) or auto", str(caught.exception))
+
+    def test_count(self) -> None:
+        """
+        C{auto} is one worker per core, and at least one.
+        """
+        self.assertEqual([workerCount("auto", 8), workerCount("auto", None), workerCount(3, 8)], [8, 1, 3])
+
+    def test_limitsNeedRedis(self) -> None:
+        """
+        More than one worker (or C{auto}) with a rate limit in memory is an
+        error naming both fields; with C{state.redis}, or one worker, it
+        is not.
+        """
+        for workers in ("2", "auto"):
+            with self.assertRaises(ConfigError) as caught:
+                loadConfig(f"workers: {workers}\n" + self.LIMITED)
+            self.assertEqual(str(caught.exception),
+                             f"workers: {workers} workers with routes[1].rateLimits need state.redis: buckets "
+                             "in memory are not shared, so each worker would admit the whole limit")
+        loadConfig("workers: 1\n" + self.LIMITED)
+        loadConfig("workers: 2\nstate: {redis: {url: 'redis://127.0.0.1:6379/0'}}\n" + self.LIMITED)
+
+    def test_sharedListeners(self) -> None:
+        """
+        Workers share TCP listeners; any other kind is an error with more
+        than one worker.
+        """
+        loadConfig("workers: 2\nlisten: [tcp:8080, 'tcp6:8081:interface=\\:\\:1']")
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig("workers: 2\nlisten: [tcp:8080, unix:/tmp/gw.sock]")
+        self.assertEqual(str(caught.exception), "workers: 2 workers cannot share listen[1] 'unix:/tmp/gw.sock': "
+                                                "they share tcp: and tcp6: listeners only")
+        loadConfig("workers: 1\nlisten: unix:/tmp/gw.sock")
+
+    def test_commandLine(self) -> None:
+        """
+        C{--workers} replaces the file's C{workers}, and its errors name
+        C{--workers}.
+        """
+        from aigateway.app.configfile import ConfigFile
+
+        files = {"/gw.yaml": self.LIMITED.encode()}
+        with self.assertRaises(ConfigError) as caught:
+            ConfigFile("/gw.yaml", files.__getitem__, workers=2).load()
+        self.assertEqual(caught.exception.path, "--workers")
+        config, _ = ConfigFile("/gw.yaml", {"/gw.yaml": b"workers: 3"}.__getitem__, workers=1).load()
+        self.assertEqual(config.workers, 1)

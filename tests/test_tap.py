@@ -10,6 +10,7 @@ import re
 
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
+from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from aigateway import __version__
@@ -19,7 +20,7 @@ from aigateway.app.tap import Options, listenOverride
 
 class OptionsTests(SynchronousTestCase):
     """
-    C{--config} and C{--listen}.
+    C{--config}, C{--listen} and C{--workers}.
     """
 
     def test_defaults(self) -> None:
@@ -37,6 +38,20 @@ class OptionsTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["-c", "x.yaml", "--listen", "tcp:9090", "--listen", "unix:/tmp/gw.sock"])
         self.assertEqual(listenOverride(options), ("tcp:9090", "unix:/tmp/gw.sock"))
+
+    def test_workers(self) -> None:
+        """
+        C{--workers} takes a number of processes or C{auto}; anything else
+        is a usage error that says what it takes.
+        """
+        for value, expected in (("3", 3), ("auto", "auto")):
+            options = Options()
+            options.parseOptions(["--workers", value])
+            self.assertEqual(options["workers"], expected)
+        for bad in ("0", "-2", "two", ""):
+            with self.assertRaises(UsageError) as caught:
+                Options().parseOptions(["--workers", bad])
+            self.assertIn("--workers must be a number of processes (1 or more) or auto", str(caught.exception))
 
     def test_badListen(self) -> None:
         """

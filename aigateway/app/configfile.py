@@ -10,7 +10,7 @@ from typing import Callable
 
 import attrs
 
-from aigateway.config import Config, ConfigError, loadConfig
+from aigateway.config import Config, ConfigError, checkWorkers, loadConfig
 
 __all__ = ["ConfigFile"]
 
@@ -23,11 +23,14 @@ class ConfigFile:
         raising L{OSError}.
     @ivar listen: endpoints that replace the configuration's C{listen}
         (C{--listen}), or none.
+    @ivar workers: the number of workers that replaces the configuration's
+        C{workers} (C{--workers}), or L{None}.
     """
 
     path: str
     readFile: Callable[[str], bytes]
     listen: tuple[str, ...] = ()
+    workers: int | str | None = None
 
     def load(self) -> tuple[Config, bytes]:
         """
@@ -43,6 +46,11 @@ class ConfigFile:
         config = loadConfig(text)
         if self.listen:
             config = attrs.evolve(config, listen=self.listen)
+        if self.workers is not None:
+            config = attrs.evolve(config, workers=self.workers)
+            checkWorkers(config, "--workers")
+        elif self.listen:
+            checkWorkers(config, "workers")
         return config, text
 
     def dependencies(self, config: Config) -> list[str]:

@@ -99,12 +99,21 @@ class Listeners(MultiService):
     A site's listeners, one child per endpoint string, named by it.
 
     @ivar factory: makes the protocol factory of a new listener.
+    @ivar endpoint: makes the endpoint an endpoint string describes, from
+        the reactor and the string (L{serverFromString}; a worker's adopts
+        the socket its supervisor opened).
     """
 
-    def __init__(self, reactor: Any, factory: Callable[[], IProtocolFactory]) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        factory: Callable[[], IProtocolFactory],
+        endpoint: Callable[[Any, str], IStreamServerEndpoint] = serverFromString,
+    ) -> None:
         super().__init__()
         self.reactor = reactor
         self.factory = factory
+        self.endpoint = endpoint
 
     @property
     def descriptions(self) -> tuple[str, ...]:
@@ -125,7 +134,7 @@ class Listeners(MultiService):
         for description in wanted:
             if description not in self.namedServices:
                 listener = StreamServerEndpointService(
-                    _Listening(serverFromString(self.reactor, description), description), self.factory()
+                    _Listening(self.endpoint(self.reactor, description), description), self.factory()
                 )
                 listener.setName(description)
                 listener.setServiceParent(self)

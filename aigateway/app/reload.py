@@ -13,7 +13,6 @@ from twisted.logger import Logger
 from aigateway.app.current import CurrentGateway
 from aigateway.build import Gateway
 from aigateway.config import Config, ConfigError
-from aigateway.observe.report import Metrics
 
 __all__ = ["Reloader"]
 
@@ -26,6 +25,8 @@ class Reloader:
     Takes a new configuration, or keeps the last good one.
 
     @ivar lastError: why the last reload failed, or L{None}.
+    @ivar count: called with C{"ok"} or C{"failed"} after each reload (the
+        reloads metric).
     @ivar followers: called with each configuration taken, after the swap
         (the listeners, the watched files).
     """
@@ -35,14 +36,14 @@ class Reloader:
         load: Callable[[], tuple[Config, bytes]],
         build: Callable[[Config], Gateway],
         current: CurrentGateway,
-        metrics: Metrics,
+        count: Callable[[str], object],
         clock: IReactorTime,
         followers: Sequence[Callable[[Config], object]] = (),
     ) -> None:
         self.load = load
         self.build = build
         self.current = current
-        self.metrics = metrics
+        self.count = count
         self.clock = clock
         self.followers = followers
         self.lastError: str | None = None
@@ -60,12 +61,12 @@ class Reloader:
             gateway = self.build(config)
         except ConfigError as e:
             self.lastError = str(e)
-            self.metrics.reloads.labels("failed").inc()
+            self.count("failed")
             log.error("configuration not reloaded ({reason}): {error}", reason=reason, error=str(e))
             return self.lastError
         self.current.swap(config, text, gateway)
         self.lastError = None
-        self.metrics.reloads.labels("ok").inc()
+        self.count("ok")
         for follow in self.followers:
             follow(config)
         log.info(

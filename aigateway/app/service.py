@@ -15,6 +15,8 @@ from typing import Any, Callable, Mapping
 from twisted.application.service import MultiService, Service
 from twisted.internet import inotify
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.web.iweb import IAgent
 
@@ -62,6 +64,10 @@ def configureAgent(agent: UpstreamAgent, config: Config) -> None:
     agent.setConnectTimeouts(connect)
 
 
+def _tracesURL(tracerProvider: Any) -> str | None:
+    return tracerProvider.sender.url.decode("utf-8") if tracerProvider is not None else None
+
+
 class GatewayService(MultiService):
     """
     The running gateway: its listeners and admin listener, the remote key
@@ -92,6 +98,8 @@ class GatewayService(MultiService):
         listen: tuple[str, ...] = (),
         watch: bool = True,
         notifier: Callable[[Any], Any] = inotify.INotify,
+        endpoint: Callable[[Any, str], IStreamServerEndpoint] = serverFromString,
+        worker: bool = False,
     ) -> None:
         """
         Load and build the configuration.
@@ -101,6 +109,11 @@ class GatewayService(MultiService):
         @param listen: endpoints that replace the configuration's C{listen}.
         @param watch: whether a change on disk reloads.
         @param notifier: makes the inotify reader (see L{ConfigWatcher}).
+        @param endpoint: makes the endpoint of each C{listen} string.
+        @param worker: whether this is one of the worker processes of a
+            supervisor (L{aigateway.app.workers}), which has the admin
+            listener and counts reloads: then this one has neither, and
+            its metrics are written where the supervisor sums them.
         @raise aigateway.config.ConfigError: when the configuration is bad.
         """
         super().__init__()
@@ -108,7 +121,8 @@ class GatewayService(MultiService):
         self.agent = agent if agent is not None else UpstreamAgent(reactor)
         self.environ = environ
         self.readFile = readFile
-        self.metrics = Metrics()
+        self.worker = worker
+        self.metrics = Metrics(multiprocess=worker)
         self.inFlight = InFlight(self.metrics)
         # The rate-limit buckets outlive reloads while the configuration's
         # state section stays the same (a new one is used once a
@@ -141,7 +155,7 @@ class GatewayService(MultiService):
             # answers must not be missed.
             self.watcher.setServiceParent(self)
         self.listeners = Listeners(
-            reactor, lambda: ListenerFactory(self.site, self.current.config.maxConnections)
+            reactor, lambda: ListenerFactory(self.site, self.current.config.maxConnections), endpoint
         )
         self.drain = Drain(self.site, self.inFlight, reactor, lambda: self.current.config.shutdownTimeout)
         self.listeners.setServiceParent(self.drain)
@@ -150,7 +164,9 @@ class GatewayService(MultiService):
         self.adminListeners = Listeners(reactor, lambda: adminSite)
         self.adminListeners.setServiceParent(self)
         self.reloader = Reloader(
-            self.file.load, self._build, self.current, self.metrics, reactor,
+            self.file.load, self._build, self.current,
+            (lambda result: None) if worker else (lambda result: self.metrics.reloads.labels(result).inc()),
+            reactor,
             followers=[self._followTracing, self._followState, self._followListeners, self._followFiles],
         )
         self._followListeners(config)
@@ -227,13 +243,13 @@ class GatewayService(MultiService):
         if old is not None:
             old.flush()
             self.retiredTracerProviders.append(old)
-        log.info("{tracing}", tracing=describeTracing(config.tracing, tracerProvider))
+        log.info("{tracing}", tracing=describeTracing(config.tracing, _tracesURL(tracerProvider)))
 
     def _followListeners(self, config: Config) -> None:
         for listener in self.listeners:
             listener.factory.maxConnections = config.maxConnections
         self.listeners.follow(config.listen)
-        self.adminListeners.follow(config.admin.listen if config.admin else ())
+        self.adminListeners.follow(config.admin.listen if config.admin and not self.worker else ())
 
     def _followFiles(self, config: Config) -> None:
         if self.watcher is not None:
@@ -305,8 +321,11 @@ class GatewayService(MultiService):
         super().startService()
         assert self.buckets is not None
         self.buckets.start()
+        if self.worker:
+            # Its supervisor tells this once for all its workers.
+            return
         for line in describeStart(self.config, self.listeners.descriptions, self.adminListeners.descriptions,
-                                  self.tracerProvider, __version__):
+                                  _tracesURL(self.tracerProvider), __version__):
             log.info("{line}", line=line)
 
     def stopService(self) -> Deferred[None]:

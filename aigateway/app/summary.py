@@ -7,7 +7,7 @@ password in a URL).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from aigateway.config import Config, TracingConfig
@@ -24,17 +24,15 @@ def safeURL(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def describeTracing(tracing: TracingConfig, tracerProvider: Any) -> str:
+def describeTracing(tracing: TracingConfig, url: str | None) -> str:
     """
     One line: whether tracing is on and, if so, where spans go and what
     they hold.
 
-    @param tracerProvider: the gateway's tracer provider, or L{None} when
-        it makes no spans.
+    @param url: where spans are sent, or L{None} when no span is made.
     """
-    if tracerProvider is None:
+    if url is None:
         return "tracing: off (no tracing.otlp endpoint)"
-    url = tracerProvider.sender.url.decode("utf-8")
     details = [f"service {tracing.serviceName}", f"sampling {tracing.sampleRatio:g}"]
     if tracing.captureContent:
         details.append("content captured")
@@ -61,19 +59,22 @@ def describeRoutes(config: Config) -> list[str]:
 
 
 def describeStart(config: Config, listen: Sequence[str], admin: Sequence[str],
-                  tracerProvider: Any, version: str) -> list[str]:
+                  tracesURL: str | None, version: str, workers: int = 1) -> list[str]:
     """
     The lines the gateway logs once it listens.
 
     @param listen: the gateway's endpoint strings.
     @param admin: the admin site's endpoint strings (none: no admin).
+    @param tracesURL: where spans are sent, or L{None}.
+    @param workers: how many processes serve.
     """
-    lines = [f"aigateway {version} serving on {', '.join(listen) or 'nothing'}; "
+    processes = f" in {workers} workers" if workers > 1 else ""
+    lines = [f"aigateway {version} serving on {', '.join(listen) or 'nothing'}{processes}; "
              f"admin on {', '.join(admin) if admin else 'nothing (no admin.listen)'}"]
     lines += describeRoutes(config)
     if config.state.redis is not None:
         lines.append(f"rate limits in Redis at {config.state.redis.url} "
                      f"(keys under {config.state.redis.keyPrefix!r}; while it does not answer: "
                      f"{config.state.onError})")
-    lines.append(describeTracing(config.tracing, tracerProvider))
+    lines.append(describeTracing(config.tracing, tracesURL))
     return lines

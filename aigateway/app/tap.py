@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
@@ -34,6 +35,7 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["workers"] = None
 
     # twistd shows these docstrings as the options' help: plain words.
     def opt_listen(self, description: str) -> None:
@@ -41,6 +43,14 @@ class Options(usage.Options):
         Listen on this Twisted endpoint instead of the config's listen (repeat for several).
         """
         self["listen"].append(description)
+
+    def opt_workers(self, value: str) -> None:
+        """
+        Serve in this many processes (a number, or auto: one per core) instead of the config's workers.
+        """
+        if value != "auto" and not (value.isdigit() and int(value) >= 1):
+            raise usage.UsageError(f"--workers must be a number of processes (1 or more) or auto, not {value!r}")
+        self["workers"] = value if value == "auto" else int(value)
 
     def opt_version(self) -> None:
         """
@@ -109,20 +119,28 @@ class ProcessService(MultiService):
 
 def makeService(options: Options) -> IService:
     """
-    Load the configuration and build the gateway; a broken configuration is
-    reported on one line and the process exits with status 1.  C{SIGHUP}
-    reloads the configuration.
+    Load the configuration and build the gateway, served by this process
+    or, with more than one worker, by a L{Supervisor}'s workers; a broken
+    configuration is reported on one line and the process exits with
+    status 1.  C{SIGHUP} reloads the configuration.
     """
     from twisted.internet import reactor
 
+    from aigateway.app.configfile import ConfigFile
     from aigateway.app.heap import HeapSettler
     from aigateway.app.service import GatewayService
+    from aigateway.app.supervisor import Supervisor, cores
+    from aigateway.config import workerCount
 
     path = options["config"]
+    readFile = fileReader(path)
     try:
-        service = GatewayService(
-            reactor, os.path.abspath(path), readFile=fileReader(path), listen=listenOverride(options)
-        )
+        listen = listenOverride(options)
+        config, _ = ConfigFile(os.path.abspath(path), readFile, listen, options["workers"]).load()
+        if workerCount(config.workers, cores()) > 1:
+            service: Any = Supervisor(reactor, os.path.abspath(path), readFile, listen, options["workers"])
+        else:
+            service = GatewayService(reactor, os.path.abspath(path), readFile=readFile, listen=listen)
     except ConfigError as e:
         sys.stderr.write(f"aigateway: {path}: {e}\n")
         raise SystemExit(1)
@@ -132,5 +150,6 @@ def makeService(options: Options) -> IService:
     parent = getattr(options, "parent", None)
     top = ProcessService(foreground=bool(parent is None or parent.get("nodaemon")))
     service.setServiceParent(top)
-    HeapSettler().setServiceParent(top)
+    if isinstance(service, GatewayService):
+        HeapSettler().setServiceParent(top)
     return top

@@ -16,7 +16,7 @@ The package is pure data and imports no other part of the gateway:
 """
 
 from aigateway.config.load import loadConfig
-from aigateway.config.parse import parseConfig, parseDuration, parseEndpoint, parseSize
+from aigateway.config.parse import checkWorkers, parseConfig, parseDuration, parseEndpoint, parseSize, workerCount
 from aigateway.config.schema import (
     AdminConfig,
     AuthorizationPolicy,
@@ -83,9 +83,11 @@ __all__ = [
     "Timeouts",
     "TokenSource",
     "TracingConfig",
+    "checkWorkers",
     "loadConfig",
     "parseConfig",
     "parseDuration",
     "parseEndpoint",
     "parseSize",
+    "workerCount",
 ]

@@ -49,7 +49,7 @@ from aigateway.config.schema import (
     TracingConfig,
 )
 
-__all__ = ["PROVIDERS", "parseConfig", "parseDuration", "parseEndpoint", "parseSize"]
+__all__ = ["PROVIDERS", "checkWorkers", "parseConfig", "parseDuration", "parseEndpoint", "parseSize", "workerCount"]
 
 PROVIDERS: Mapping[str, str] = {
     "openai": "https://api.openai.com",
@@ -859,7 +859,7 @@ def parseConfig(document: object) -> Config:
     """
     fields = _Fields(document, "", ("listen", "admin", "maxRequestBody", "jwt", "authorization", "backends",
                                      "routes", "tracing", "shutdownTimeout", "accessLog", "maxConnections",
-                                     "requestHeadTimeout", "state"))
+                                     "requestHeadTimeout", "state", "workers"))
     listen = fields.take("listen", _endpoints, ("tcp:8080",)) or ("tcp:8080",)
     admin = fields.take("admin", _admin)
     maxRequestBody = fields.take("maxRequestBody", parseSize, DEFAULT_MAX_REQUEST_BODY)
@@ -908,6 +908,58 @@ def parseConfig(document: object) -> Config:
         maxConnections=fields.take("maxConnections", _positiveInteger, DEFAULT_MAX_CONNECTIONS),  # type: ignore[arg-type]
         requestHeadTimeout=fields.take("requestHeadTimeout", _positiveDuration, DEFAULT_REQUEST_HEAD_TIMEOUT),  # type: ignore[arg-type]
         state=fields.take("state", _state, StateConfig()),  # type: ignore[arg-type]
+        workers=fields.take("workers", _workers, 1),  # type: ignore[arg-type]
     )
     fields.done()
+    checkWorkers(config, "workers")
     return config
+
+
+def _workers(value: object, path: str) -> int | str:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(path, f"must be a number of processes (1 or more) or auto, not {value!r}")
+    return value
+
+
+def workerCount(workers: int | str, cores: int | None) -> int:
+    """
+    How many processes C{workers} asks for: C{auto} is one per core.
+
+    @param cores: the cores this process may run on (L{None}: unknown, one).
+    """
+    if workers == "auto":
+        return max(1, cores or 1)
+    assert isinstance(workers, int)
+    return workers
+
+
+# The endpoints whose listening socket workers can share.
+_SHAREABLE = ("tcp:", "tcp6:")
+
+
+def checkWorkers(config: Config, path: str) -> None:
+    """
+    Check that C{config} can be served by C{config.workers} processes: with
+    more than one, every listener must be a socket the workers can share
+    (TCP), and rate limits need buckets the workers share
+    (C{state.redis}); in memory each worker would admit the whole limit.
+
+    @param path: the field that set the number of workers (C{workers}, or
+        C{--workers} on the command line), for the error.
+    @raise ConfigError: naming both fields.
+    """
+    if config.workers == 1:
+        return
+    for i, description in enumerate(config.listen):
+        if not description.startswith(_SHAREABLE):
+            raise ConfigError(path, f"{config.workers} workers cannot share listen[{i}] {description!r}: "
+                                    "they share tcp: and tcp6: listeners only")
+    if config.state.redis is None:
+        for i, route in enumerate(config.routes):
+            if route.rateLimits:
+                raise ConfigError(
+                    path, f"{config.workers} workers with routes[{i}].rateLimits need state.redis: "
+                          "buckets in memory are not shared, so each worker would admit the whole limit"
+                )

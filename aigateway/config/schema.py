@@ -465,6 +465,8 @@ class Config:
     @ivar maxConnections: the most connections each listener keeps open.
     @ivar requestHeadTimeout: seconds a request's head may take to arrive,
         from its first byte.
+    @ivar workers: how many processes serve: a number, or C{"auto"}, one
+        per core.
     """
 
     listen: tuple[str, ...]
@@ -480,3 +482,4 @@ class Config:
     maxConnections: int = DEFAULT_MAX_CONNECTIONS
     requestHeadTimeout: float = DEFAULT_REQUEST_HEAD_TIMEOUT
     state: StateConfig = StateConfig()
+    workers: int | str = 1

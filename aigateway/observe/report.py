@@ -109,10 +109,16 @@ class Metrics:
 
     Model names come from callers, so at most C{maxModels} distinct ones
     become label values; the rest are counted as C{other}.
+
+    @ivar multiprocess: whether the values are written where a supervisor
+        sums those of its workers (prometheus-client's multiprocess mode,
+        on in a process started with C{PROMETHEUS_MULTIPROC_DIR} set).
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None, maxModels: int = 100) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, maxModels: int = 100,
+                 multiprocess: bool = False) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.multiprocess = multiprocess
         self.maxModels = maxModels
         self._models: set[str] = set()
         self._children: dict[tuple, Any] = {}
@@ -150,7 +156,8 @@ class Metrics:
             ["route", "backend"], registry=r,
         )
         self.inFlight = Gauge(
-            "aigateway_requests_in_flight", "Requests being served.", registry=r
+            "aigateway_requests_in_flight", "Requests being served.", registry=r,
+            multiprocess_mode="livesum",
         )
         self.reloads = Counter(
             "aigateway_config_reloads", "Configuration reloads by result.", ["result"], registry=r
@@ -198,13 +205,21 @@ class InFlight:
         self.metrics = metrics
         self.count = 0
         self._waiting: list[Deferred[None]] = []
-        metrics.inFlight.set_function(lambda: self.count)
+        # Read when scraped; a worker's value is written where its
+        # supervisor reads it, at each change.
+        self._gauge = metrics.inFlight if metrics.multiprocess else None
+        if self._gauge is None:
+            metrics.inFlight.set_function(lambda: self.count)
 
     def started(self) -> None:
         self.count += 1
+        if self._gauge is not None:
+            self._gauge.inc()
 
     def finished(self) -> None:
         self.count -= 1
+        if self._gauge is not None:
+            self._gauge.dec()
         if not self.count:
             waiting, self._waiting = self._waiting, []
             for d in waiting:
@@ -221,6 +236,18 @@ class InFlight:
         return d
 
 
+def tracesEndpoint(config: TracingConfig, environ: Mapping[str, str]) -> str | None:
+    """
+    Where spans go: the configuration's C{tracing.otlp.endpoint}, else
+    C{OTEL_EXPORTER_OTLP_TRACES_ENDPOINT}, else C{/v1/traces} under
+    C{OTEL_EXPORTER_OTLP_ENDPOINT}; L{None}: nowhere, no span is made.
+    """
+    endpoint = config.otlpEndpoint or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if endpoint is None and environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        endpoint = environ["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + "/v1/traces"
+    return endpoint
+
+
 def buildTracerProvider(config: TracingConfig, reactor: Any, agent: Any,
                         environ: Mapping[str, str] = os.environ) -> Any:
     """
@@ -232,9 +259,7 @@ def buildTracerProvider(config: TracingConfig, reactor: Any, agent: Any,
     C{OTEL_EXPORTER_OTLP_HEADERS} are sent.  Span attributes are bounded
     as L{aigateway.observe.tracing.spanLimits} says.
     """
-    endpoint = config.otlpEndpoint or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    if endpoint is None and environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        endpoint = environ["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + "/v1/traces"
+    endpoint = tracesEndpoint(config, environ)
     if endpoint is None:
         return None
     from opentelemetry.sdk.resources import Resource
