@@ -47,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -185,6 +186,37 @@ class Answer(Resource):
 site = Site(Answer()); site.log = lambda request: None
 reactor.listenTCP(int(sys.argv[1]), site, interface="127.0.0.1")
 reactor.run()
+"""
+
+# An upstream that costs next to nothing: the same chat completion for every
+# request, read by finding the end of its head and skipping its body.  For
+# the workers' row, where the gateway's processes must have the cores.
+CANNED = """
+import asyncio, re, sys
+BODY = (b'{"id":"chatcmpl-canned","object":"chat.completion","created":0,"model":"gpt-3.5-turbo",'
+        b'"choices":[{"index":0,"message":{"role":"assistant","content":"Roses are red."},'
+        b'"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":4,"total_tokens":9}}')
+ANSWER = (b"HTTP/1.1 200 OK\\r\\ncontent-type: application/json\\r\\ncontent-length: %d\\r\\n\\r\\n" % len(BODY)) + BODY
+LENGTH = re.compile(rb"content-length:\\s*(\\d+)", re.I)
+class Canned(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.buffer = transport, b""
+    def data_received(self, data):
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\\r\\n\\r\\n")
+            if end < 0:
+                return
+            found = LENGTH.search(self.buffer, 0, end)
+            total = end + 4 + (int(found.group(1)) if found else 0)
+            if len(self.buffer) < total:
+                return
+            self.buffer = self.buffer[total:]
+            self.transport.write(ANSWER)
+async def main():
+    server = await asyncio.get_running_loop().create_server(Canned, "127.0.0.1", int(sys.argv[1]))
+    await server.serve_forever()
+asyncio.run(main())
 """
 
 
@@ -440,6 +472,45 @@ def resilienceRows(fakellmPort: int, directory: str, seconds: int) -> list[tuple
     return rows
 
 
+def workersRows(directory: str, seconds: int) -> list[tuple[str, str, str]]:
+    """
+    Requests a second on a bare route served by two workers against one
+    process, with wrk on the same two cores and an upstream that costs next
+    to nothing (L{CANNED}: with the fake LLM the upstream would take the
+    cores the second worker needs).
+    """
+    port, admin, upstreamPort = freePort(), freePort(), freePort()
+    upstream = Process([sys.executable, "-c", CANNED, str(upstreamPort)], upstreamPort, directory, "canned")
+    path = os.path.join(directory, "workers.yaml")
+    with open(path, "w") as f:
+        f.write(gatewayConfig(upstreamPort, port, admin, False, 0, "", 0))
+    url = f"http://127.0.0.1:{port}/bench"
+    results: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(3):
+        for workers in (1, 2):
+            gateway = Process(twistd("aigateway", "-c", path, "--workers", str(workers)), port, directory,
+                              f"gateway-workers-{workers}")
+            try:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    try:
+                        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=1) as ready:
+                            if ready.status == 200:
+                                break
+                    except OSError:
+                        pass
+                    time.sleep(0.1)
+                wrk(url, 16, 2, None, KEY)
+                results[workers].append(wrk(url, 64, seconds, None, KEY)["rps"])
+            finally:
+                gateway.stop()
+    upstream.stop()
+    one, two = max(results[1]), max(results[2])
+    return [("bare route, 2 workers", "S2 64 connections, canned upstream",
+             f"{two:.0f} req/s against {one:.0f} with one process: {two / one:.2f}x "
+             f"(best of 3 runs each; wrk and the upstream share the {os.cpu_count()} cores)")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
@@ -448,9 +519,11 @@ def main() -> None:
                         help="only the rows of each provider (translation's cost)")
     parser.add_argument("--resilience", action="store_true",
                         help="only the rows of routes with several targets")
+    parser.add_argument("--workers", action="store_true",
+                        help="only the row of two workers against one process")
     args = parser.parse_args()
-    if (args.providers or args.resilience) and args.write:
-        parser.error("--write records the whole table; run it without --providers or --resilience")
+    if (args.providers or args.resilience or args.workers) and args.write:
+        parser.error("--write records the whole table; run it without --providers, --resilience or --workers")
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -480,11 +553,13 @@ def main() -> None:
     rows: list[tuple[str, str, str]] = []
     speedBefore = calibrate()
     try:
-        if args.providers or args.resilience:
+        if args.providers or args.resilience or args.workers:
             if args.providers:
                 rows.extend(providerRows(fakellmPort, directory, args.seconds))
             if args.resilience:
                 rows.extend(resilienceRows(fakellmPort, directory, args.seconds))
+            if args.workers:
+                rows.extend(workersRows(directory, args.seconds))
             return finish(rows, args, speedBefore, directory)
         direct = f"http://127.0.0.1:{fakellmPort}/v1/chat/completions"
         base1 = wrk(direct, 1, args.seconds, None, KEY)
@@ -561,6 +636,7 @@ def main() -> None:
                     gateway.stop()
         rows.extend(providerRows(fakellmPort, directory, args.seconds))
         rows.extend(resilienceRows(fakellmPort, directory, args.seconds))
+        rows.extend(workersRows(directory, args.seconds))
     finally:
         collector.terminate()
         fakellm.stop()
