@@ -201,9 +201,15 @@ class Channel(Protocol):
         """
         Load the configuration again and say how it went.
         """
-        if self.service is not None:
-            self.send({"reloaded": self.service.reload(reason)})
-            self.sendStatus()
+        if self.service is None:
+            return
+        try:
+            error = self.service.reload(reason)
+        except Exception as e:
+            log.failure("reloading the configuration")
+            error = f"reloading failed: {e}"
+        self.send({"reloaded": error})
+        self.sendStatus()
 
     def sendStatus(self) -> None:
         """
