@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from aigateway.app.listeners import CannotListen
-from aigateway.app.supervisor import Supervisor
+from aigateway.app.supervisor import Supervisor, cores, cpuQuota
 from aigateway.app.worker import Channel, WorkerOptions, eventMessage
 from aigateway.config import ConfigError
 from tests.test_listeners import ListeningReactor
@@ -361,6 +361,36 @@ def _metrics(supervisor: Supervisor) -> str:
     from prometheus_client import generate_latest
 
     return generate_latest(supervisor.registry).decode()
+
+
+class CoresTests(SynchronousTestCase):
+    """
+    C{workers: auto} counts the cores a container may use.
+    """
+
+    def cgroup(self, files: dict[str, str]) -> str:
+        root = os.path.abspath(self.mktemp())
+        for name, text in files.items():
+            os.makedirs(os.path.dirname(os.path.join(root, name)), exist_ok=True)
+            with open(os.path.join(root, name), "w") as f:
+                f.write(text)
+        return root
+
+    def test_quota(self) -> None:
+        """
+        A CPU limit (cgroup v2 or v1) caps the count, rounded up; no limit
+        leaves the cores the process may run on.
+        """
+        available = len(os.sched_getaffinity(0))
+        cases = [({"cpu.max": "max 100000\n"}, available),
+                 ({"cpu.max": "50000 100000\n"}, 1),
+                 ({"cpu.max": f"{available * 100000 + 1} 100000\n"}, available),
+                 ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, available),
+                 ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+                 ({}, available)]
+        for files, expected in cases:
+            self.assertEqual(cores(self.cgroup(files)), expected, files)
+        self.assertEqual(cpuQuota(self.cgroup({"cpu.max": "150000 100000\n"})), 1.5)
 
 
 class FakeService:

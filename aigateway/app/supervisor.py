@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -69,14 +70,40 @@ LONGEST_PAUSE = 30.0
 KILL_GRACE = 5.0
 
 
-def cores() -> int:
+def cores(cgroup: str = "/sys/fs/cgroup") -> int:
     """
-    How many cores this process may run on.
+    How many cores this process may use: those it may run on, or fewer when
+    its control group's CPU quota (a container's CPU limit) allows fewer,
+    rounded up.
     """
     try:
-        return len(os.sched_getaffinity(0))
+        count = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover (not Linux)
-        return os.cpu_count() or 1
+        count = os.cpu_count() or 1
+    quota = cpuQuota(cgroup)
+    return max(1, min(count, math.ceil(quota))) if quota is not None else count
+
+
+def cpuQuota(cgroup: str = "/sys/fs/cgroup") -> float | None:
+    """
+    The CPU quota of this process's control group, in cores: C{cpu.max} of
+    cgroup v2 (C{"200000 100000"} is 2), else C{cpu.cfs_quota_us} over
+    C{cpu.cfs_period_us} of cgroup v1; L{None} when there is none.
+    """
+    try:
+        with open(os.path.join(cgroup, "cpu.max")) as f:
+            quota, period = f.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(cgroup, "cpu", "cpu.cfs_quota_us")) as f:
+            quota = f.read().strip()
+        with open(os.path.join(cgroup, "cpu", "cpu.cfs_period_us")) as f:
+            period = f.read().strip()
+        return None if int(quota) <= 0 else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
 
 
 class _Unused(Factory):
