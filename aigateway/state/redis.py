@@ -18,12 +18,13 @@ as it answers again.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import math
 from typing import Any, Callable, Sequence
 from urllib.parse import quote
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.ssl import optionsForClientTLS
@@ -60,23 +61,23 @@ local function level(key, limit, per)
 end
 local function store(key, value, limit, per)
   redis.call('HSET', key, 'l', string.format('%.17g', value), 't', now)
-  redis.call('PEXPIRE', key, math.ceil((limit - value) * per / limit) + tonumber(ARGV[1]))
+  redis.call('PEXPIRE', key, math.ceil((limit - value) * per / limit) + MARGIN)
 end
-"""
+local values = {}
+for v in string.gmatch(ARGV[1], '%S+') do values[#values + 1] = tonumber(v) end
+""".replace("MARGIN", str(EXPIRY_MARGIN_MS))
 
-# KEYS: the buckets; ARGV[1]: the expiry margin; ARGV[2]: limit, per (ms)
-# and take of each bucket, separated by spaces (one argument: the client
-# encodes each argument on its own, and that is most of its work).
-# Returns 0 when admitted (and taken), else the refusing bucket's place
-# (from 1) and its level, as a string.
+# KEYS: the buckets; ARGV[1]: limit, per (ms) and take of each bucket,
+# separated by spaces (one argument: the client encodes each argument on its
+# own, and that is most of its work).  Returns 0 when admitted (and taken),
+# else the refusing bucket's place (from 1) and its level, in one status
+# line (a reply the client reads without a bulk string's second read).
 ADMIT_SCRIPT = _PRELUDE + """
 local levels = {}
-local values = {}
-for v in string.gmatch(ARGV[2], '%S+') do values[#values + 1] = tonumber(v) end
 for i = 1, #KEYS do
   local limit, per, take = values[3*i-2], values[3*i-1], values[3*i]
   local l = level(KEYS[i], limit, per)
-  if l <= 0 or l < take then return {i, string.format('%.17g', l)} end
+  if l <= 0 or l < take then return {ok = i .. ' ' .. string.format('%.17g', l)} end
   levels[i] = l
 end
 for i = 1, #KEYS do
@@ -86,12 +87,9 @@ end
 return 0
 """
 
-# KEYS: the buckets; ARGV[1]: the expiry margin; ARGV[2]: limit, per (ms)
-# and amount of each bucket, separated by spaces.  Takes each amount, into
-# debt.
+# KEYS: the buckets; ARGV[1]: limit, per (ms) and amount of each bucket,
+# separated by spaces.  Takes each amount, into debt.
 CHARGE_SCRIPT = _PRELUDE + """
-local values = {}
-for v in string.gmatch(ARGV[2], '%S+') do values[#values + 1] = tonumber(v) end
 for i = 1, #KEYS do
   local limit, per, amount = values[3*i-2], values[3*i-1], values[3*i]
   store(KEYS[i], level(KEYS[i], limit, per) - amount, limit, per)
@@ -167,6 +165,13 @@ class RedisBuckets(BucketStore):
         self._buckets: dict[Bucket, bytes] = {}
         # Charges made in this turn of the reactor, sent together.
         self._charges: dict[bytes, list] = {}
+        # The calls made in this turn of the reactor, whose deadline starts
+        # at the next.
+        self._sent: list[Deferred[Any]] = []
+        # Whether the next turn's work (L{_nextTurn}) is arranged.
+        self._turn = False
+        # The deadlines running, oldest first.
+        self._timers: collections.deque[Any] = collections.deque()
         self._factory: Any = None
         # What waits for the first connection since start; L{None} once
         # there was one (or before start).
@@ -203,6 +208,11 @@ class RedisBuckets(BucketStore):
             self._sendCharges()
         factory, self._factory = self._factory, None
         self._starting = None
+        # What is still in flight fails with the connection.
+        while self._timers:
+            timer = self._timers.popleft()
+            if timer.active():
+                timer.cancel()
         if factory is None:
             return succeed(None)
         return factory.disconnect().addCallback(lambda _: None)
@@ -237,71 +247,113 @@ class RedisBuckets(BucketStore):
             found = self._buckets[bucket] = _number(bucket.limit) + b" " + _number(bucket.per * 1000)
         return found
 
-    def _call(self, script: _Script, keys: list[bytes], args: list[bytes]) -> Deferred[Any]:
+    def _call(self, script: _Script, args: tuple[bytes, ...]) -> Deferred[Any]:
         """
         Run C{script} (EVALSHA, or EVAL when Redis does not know it yet),
         within the timeout.
 
+        @param args: the number of keys, the keys, then the arguments.
         @return: a L{Deferred} that fires with the reply, or fails with the
-            reason for a fallback as a L{_Fallback}.
+            reason for a fallback: a L{_Fallback}, a L{CancelledError} for
+            a call that missed its deadline, or the client's error.
+        @raise _Fallback: when there is no connection, and none coming.
         """
         connection = self._connection()
-        if connection is None and self._starting is None:
-            raise _Fallback("unavailable")
-        result: Deferred[Any] = Deferred()
-
-        def late() -> None:
-            # A reply that reached the socket by the deadline counts: give
-            # up only after the reactor has read what is waiting (a busy
-            # reactor may reach the timer first).
-            self.reactor.callLater(0, giveUp)
-
-        def giveUp() -> None:
-            if not result.called:
-                result.errback(_Fallback("timeout" if connection is not None else "unavailable"))
-
-        # The deadline counts from the next turn of the reactor, when the
-        # call is written out: the rest of this turn is the gateway's own
-        # work (a burst of requests read at once), not Redis's.
-        timers: list[Any] = []
-        timers.append(self.reactor.callLater(0, lambda: timers.append(
-            self.reactor.callLater(self.config.timeout, late))))
-
-        def answered(reply: Any) -> None:
-            timer = timers[-1]
-            if timer.active():
-                timer.cancel()
-            if not result.called:
-                if isinstance(reply, Failure):
-                    result.errback(_Fallback("error", reply.getErrorMessage()))
-                else:
-                    result.callback(reply)
-
-        def send(connection: Any) -> None:
-            if not result.called:
-                count = b"%d" % len(keys)
-                try:
-                    d = connection.execute_command(b"EVALSHA", script.sha, count, *keys, *args)
-                except Exception:
-                    answered(Failure())
-                    return
-
-                def unknown(failure: Failure) -> Any:
-                    # Redis restarted, or SCRIPT FLUSH: send the script.
-                    if failure.check(txredisapi.ResponseError) and str(failure.value).startswith("NOSCRIPT"):
-                        return connection.execute_command(b"EVAL", script.text, count, *keys, *args)
-                    return failure
-
-                d.addErrback(unknown).addBoth(answered)
-
         if connection is not None:
-            send(connection)
-        else:
+            try:
+                d = connection.execute_command(b"EVALSHA", script.sha, *args)
+            except Exception:
+                d = fail()
+            d.addErrback(self._unknown, connection, script, args)
+        elif self._starting is not None:
             # Just started, not connected yet: the first requests wait for
             # the connection, within the same deadline.
-            assert self._starting is not None
-            self._starting.append(lambda: send(self._connection()) if self._connection() else None)
-        return result
+            d = self._afterStart(script, args)
+        else:
+            raise _Fallback("unavailable")
+        self._deadline(d)
+        return d
+
+    def _unknown(self, failure: Failure, connection: Any, script: _Script, args: tuple[bytes, ...]) -> Any:
+        """
+        Redis restarted, or SCRIPT FLUSH: send the script itself.  The
+        call stays under the first one's deadline (a cancelled L{Deferred}
+        cancels the one it waits for).
+        """
+        if failure.check(txredisapi.ResponseError) and str(failure.value).startswith("NOSCRIPT"):
+            return connection.execute_command(b"EVAL", script.text, *args)
+        return failure
+
+    def _afterStart(self, script: _Script, args: tuple[bytes, ...]) -> Deferred[Any]:
+        """
+        A call made before the first connection is up: sent once it is, or
+        given up at the deadline as unavailable.
+        """
+        waiting: Deferred[Any] = Deferred(lambda d: d.errback(_Fallback("unavailable")))
+
+        def forward(result: Any) -> None:
+            if not waiting.called:
+                if isinstance(result, Failure):
+                    waiting.errback(result)
+                else:
+                    waiting.callback(result)
+
+        def send() -> None:
+            connection = self._connection()
+            if connection is not None and not waiting.called:
+                try:
+                    d = connection.execute_command(b"EVALSHA", script.sha, *args)
+                except Exception:
+                    d = fail()
+                d.addErrback(self._unknown, connection, script, args).addBoth(forward)
+
+        assert self._starting is not None
+        self._starting.append(send)
+        return waiting
+
+    def _deadline(self, d: Deferred[Any]) -> None:
+        """
+        Give C{d} C{timeout}, counted from the next turn of the reactor, when
+        the call is written out: the rest of this turn is the gateway's own
+        work (a burst of requests read at once), not Redis's.  Every call of
+        a turn shares one timer.
+        """
+        self._sent.append(d)
+        if not self._turn:
+            self._turn = True
+            self.reactor.callLater(0, self._nextTurn)
+
+    def _nextTurn(self) -> None:
+        """
+        The calls of the last turn are written out: send its charges, and
+        start the deadline of all of them.
+        """
+        if self._charges:
+            self._sendCharges()
+        sent, self._sent = self._sent, []
+        if sent:
+            self._timer(self.config.timeout, self._late, sent)
+        self._turn = False
+
+    def _timer(self, delay: float, f: Callable[..., None], *args: Any) -> None:
+        """
+        Call C{f} later, as a timer that L{stop} cancels.
+        """
+        timers = self._timers
+        while timers and not timers[0].active():
+            timers.popleft()
+        timers.append(self.reactor.callLater(delay, f, *args))
+
+    def _late(self, sent: list[Deferred[Any]]) -> None:
+        # A reply that reached the socket by the deadline counts: give up
+        # only after the reactor has read what is waiting (a busy reactor
+        # may reach the timer first).
+        self._timer(0, self._giveUp, sent)
+
+    def _giveUp(self, sent: list[Deferred[Any]]) -> None:
+        for d in sent:
+            if not d.called:
+                d.cancel()
 
     def decide(self, checks: Sequence[Check], now: float) -> Verdict | Deferred[Verdict]:
         keys = [self._key(name) for name, _, _ in checks]
@@ -310,21 +362,20 @@ class RedisBuckets(BucketStore):
             values.append(self._bucket(bucket))
             values.append(_TAKE.get(take) or _number(take))
         try:
-            d = self._call(_ADMIT, keys, [_MARGIN, b" ".join(values)])
+            d = self._call(_ADMIT, (_COUNT.get(len(keys)) or b"%d" % len(keys), *keys, b" ".join(values)))
         except _Fallback as e:
             return self._fallback(Failure(e))
         return d.addCallbacks(self._verdict, self._fallback)
 
     def _verdict(self, reply: Any) -> Verdict:
-        if reply == 0 or reply == b"0" or reply == "0":
+        if reply == 0:
             return None
-        index, level = reply
+        index, level = reply.split()
         return Refused(int(index) - 1, float(level))
 
     def _fallback(self, failure: Failure) -> Verdict:
-        failure.trap(_Fallback)
-        reason = failure.value.reason
-        self._problem(reason, failure.value.detail)
+        reason, detail = _reason(failure)
+        self._problem(reason, detail)
         self.onFallback(reason)
         return UNAVAILABLE if self.deny else None
 
@@ -334,8 +385,9 @@ class RedisBuckets(BucketStore):
         of the reactor, in one script call sent at the next.
         """
         charges = self._charges
-        if not charges:
-            self.reactor.callLater(0, self._sendCharges)
+        if not self._turn:
+            self._turn = True
+            self.reactor.callLater(0, self._nextTurn)
         for name, bucket in buckets:
             key = self._key(name)
             found = charges.get(key)
@@ -348,7 +400,6 @@ class RedisBuckets(BucketStore):
         charges, self._charges = self._charges, {}
         if not charges:
             return
-        keys = list(charges)
         values = []
         total = 0.0
         for bucket, amount in charges.values():
@@ -356,15 +407,13 @@ class RedisBuckets(BucketStore):
             values.append(_number(amount))
             total += amount
         try:
-            d = self._call(_CHARGE, keys, [_MARGIN, b" ".join(values)])
+            d = self._call(_CHARGE, (b"%d" % len(charges), *charges, b" ".join(values)))
         except _Fallback as e:
-            d = Deferred()
-            d.errback(e)
+            d = fail(e)
 
         def lost(failure: Failure) -> None:
-            failure.trap(_Fallback)
-            reason = failure.value.reason
-            self._problem(reason, failure.value.detail, f"{total:g} tokens not charged")
+            reason, detail = _reason(failure)
+            self._problem(reason, detail, f"{total:g} tokens not charged")
             self.onFallback(reason)
 
         d.addErrback(lost)
@@ -408,5 +457,17 @@ def _number(value: float) -> bytes:
     return (repr(float(value)) if value != int(value) else str(int(value))).encode("ascii")
 
 
-_MARGIN = _number(EXPIRY_MARGIN_MS)
+_COUNT: dict[int, bytes] = {n: b"%d" % n for n in range(1, 9)}
+
+
+def _reason(failure: Failure) -> tuple[str, str | None]:
+    """
+    Why a call gave no answer: its fallback's reason and detail.
+    """
+    value = failure.value
+    if isinstance(value, _Fallback):
+        return value.reason, value.detail
+    if isinstance(value, CancelledError):
+        return "timeout", None
+    return "error", failure.getErrorMessage()
 _TAKE: dict[float, bytes] = {0: b"0", 1: b"1"}
