@@ -4,16 +4,20 @@ names the same server, through C{txredisapi}.
 
 One decision is one round trip: a Lua script that reads Redis's own clock
 (so gateways with skewed clocks agree), refills every bucket of the
-request, checks them all and takes from them only when all admit.  Token
-charges after an answer are one more script call, not waited for.  Each
-key expires a little after its bucket would be full again, so an idle
-bucket costs nothing.
+request, checks them all and takes from them only when all admit.  The
+decisions asked for in one turn of the reactor (a burst of requests read
+at once), and the token charges of the answers that ended in it, share one
+script call sent at the next turn: the script takes the charges, then
+decides each request in order as if alone, so the result is the one
+separate calls would give, for a fraction of the client's work per call.
+Nobody waits for a charge.  Each key expires a little after its bucket
+would be full again, so an idle bucket costs nothing.
 
-Every call has a deadline (C{timeout}).  A call that misses it, fails, or
-finds no connection is decided by C{onError} (allow or deny), counted by
-the fallback callback and logged at most once a minute; the connection is
-re-established in the background, and decisions go back to Redis as soon
-as it answers again.
+Every call has a deadline (C{timeout}).  The decisions of a call that
+misses it, fails, or finds no connection are decided by C{onError} (allow
+or deny), each counted by the fallback callback, and logged at most once a
+minute; the connection is re-established in the background, and decisions
+go back to Redis as soon as it answers again.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import txredisapi
 from aigateway.config import Bucket, RedisConfig
 from aigateway.state.memory import UNAVAILABLE, BucketStore, Check, Refused, Verdict
 
-__all__ = ["ADMIT_SCRIPT", "CHARGE_SCRIPT", "RedisBuckets"]
+__all__ = ["BATCH_SCRIPT", "RedisBuckets"]
 
 log = Logger()
 
@@ -47,55 +51,91 @@ EXPIRY_MARGIN_MS = 1000
 # The most often a kind of trouble with Redis is logged, in seconds.
 LOG_EVERY = 60.0
 
-# Common to both scripts: Redis's time in ms, and a bucket's level now.
-# (Since Redis 5 scripts replicate their effects, so a script may read TIME
-# and then write; replicate_commands turns that on for older servers.)
-_PRELUDE = """
+# The charges and decisions of one turn of the reactor, in order: the
+# charges first (the answers they belong to ended before these requests
+# were judged), then each decision as if alone.  It reads Redis's clock, so
+# gateways with skewed clocks agree.  (Since Redis 5 scripts replicate their
+# effects, so a script may read TIME and then write; replicate_commands
+# turns that on for older servers.)
+#
+# KEYS: every bucket of the call, once.  ARGV[1], numbers separated by
+# spaces (one argument: the client encodes each argument on its own, and
+# that is most of its work): the count of charges and of decisions; each
+# charge as the place of its key in KEYS, the bucket's limit and period (in
+# ms), and the amount (taken even into debt); each decision as its count of
+# buckets, then each bucket as its key's place, limit, period and what to
+# take (0: only check that it is not empty).  A decision takes from its
+# buckets only when all admit it.
+#
+# Returns 0 when every decision admitted, else one status line (which the
+# client reads without a second pass, unlike a bulk string) with a word per
+# decision: 0 when admitted, or the refusing bucket's place in the decision
+# (from 1) and its level, as "place:level".
+BATCH_SCRIPT = """
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function level(key, limit, per)
-  local stored = redis.call('HMGET', key, 'l', 't')
-  if not stored[1] then return limit end
-  return math.min(limit, tonumber(stored[1]) + math.max(0, now - tonumber(stored[2])) * limit / per)
+local v = {}
+for x in string.gmatch(ARGV[1], '%S+') do v[#v + 1] = tonumber(x) end
+local held, limits, pers, written = {}, {}, {}, {}
+local function level(k, limit, per)
+  local l = held[k]
+  if l == nil then
+    local stored = redis.call('HMGET', KEYS[k], 'l', 't')
+    if stored[1] then
+      l = tonumber(stored[1]) + math.max(0, now - tonumber(stored[2])) * limit / per
+    else
+      l = limit
+    end
+  end
+  return math.min(limit, l)
 end
-local function store(key, value, limit, per)
-  redis.call('HSET', key, 'l', string.format('%.17g', value), 't', now)
-  redis.call('PEXPIRE', key, math.ceil((limit - value) * per / limit) + MARGIN)
+local function set(k, value, limit, per)
+  if not limits[k] then written[#written + 1] = k end
+  held[k], limits[k], pers[k] = value, limit, per
 end
-local values = {}
-for v in string.gmatch(ARGV[1], '%S+') do values[#values + 1] = tonumber(v) end
+local p = 3
+for c = 1, v[1] do
+  local k, limit, per = v[p], v[p + 1], v[p + 2]
+  set(k, level(k, limit, per) - v[p + 3], limit, per)
+  p = p + 4
+end
+local refused = nil
+for d = 1, v[2] do
+  local n = v[p]
+  p = p + 1
+  local levels = {}
+  for i = 1, n do
+    local q = p + 4 * (i - 1)
+    local l = level(v[q], v[q + 1], v[q + 2])
+    if l <= 0 or l < v[q + 3] then
+      refused = refused or {}
+      refused[d] = i .. ':' .. string.format('%.17g', l)
+      break
+    end
+    levels[i] = l
+  end
+  if not (refused and refused[d]) then
+    for i = 1, n do
+      local q = p + 4 * (i - 1)
+      if v[q + 3] > 0 then set(v[q], levels[i] - v[q + 3], v[q + 1], v[q + 2]) end
+    end
+  end
+  p = p + 4 * n
+end
+for _, k in ipairs(written) do
+  local value, limit, per = held[k], limits[k], pers[k]
+  redis.call('HSET', KEYS[k], 'l', string.format('%.17g', value), 't', now)
+  redis.call('PEXPIRE', KEYS[k], math.ceil((limit - value) * per / limit) + MARGIN)
+end
+if not refused then return 0 end
+local words = {}
+for d = 1, v[2] do words[d] = refused[d] or '0' end
+return {ok = table.concat(words, ' ')}
 """.replace("MARGIN", str(EXPIRY_MARGIN_MS))
 
-# KEYS: the buckets; ARGV[1]: limit, per (ms) and take of each bucket,
-# separated by spaces (one argument: the client encodes each argument on its
-# own, and that is most of its work).  Returns 0 when admitted (and taken),
-# else the refusing bucket's place (from 1) and its level, in one status
-# line (a reply the client reads without a bulk string's second read).
-ADMIT_SCRIPT = _PRELUDE + """
-local levels = {}
-for i = 1, #KEYS do
-  local limit, per, take = values[3*i-2], values[3*i-1], values[3*i]
-  local l = level(KEYS[i], limit, per)
-  if l <= 0 or l < take then return {ok = i .. ' ' .. string.format('%.17g', l)} end
-  levels[i] = l
-end
-for i = 1, #KEYS do
-  local limit, per, take = values[3*i-2], values[3*i-1], values[3*i]
-  if take > 0 then store(KEYS[i], levels[i] - take, limit, per) end
-end
-return 0
-"""
-
-# KEYS: the buckets; ARGV[1]: limit, per (ms) and amount of each bucket,
-# separated by spaces.  Takes each amount, into debt.
-CHARGE_SCRIPT = _PRELUDE + """
-for i = 1, #KEYS do
-  local limit, per, amount = values[3*i-2], values[3*i-1], values[3*i]
-  store(KEYS[i], level(KEYS[i], limit, per) - amount, limit, per)
-end
-return 0
-"""
+# The most decisions one call carries (a script blocks Redis while it runs).
+BATCH_MOST = 128
 
 
 class _Script:
@@ -108,8 +148,12 @@ class _Script:
         self.sha = hashlib.sha1(self.text).hexdigest().encode("ascii")
 
 
-_ADMIT = _Script(ADMIT_SCRIPT)
-_CHARGE = _Script(CHARGE_SCRIPT)
+_BATCH = _Script(BATCH_SCRIPT)
+
+
+# Decisions waiting for their call: the checks, and what fires with the
+# verdict.
+_Decisions = list[tuple[Sequence[Check], Deferred[Verdict]]]
 
 
 class _TLSEndpoint:
@@ -168,14 +212,16 @@ class RedisBuckets(BucketStore):
         # The calls made in this turn of the reactor, whose deadline starts
         # at the next.
         self._sent: list[Deferred[Any]] = []
-        # Whether the next turn's work (L{_nextTurn}) is arranged.
-        self._turn = False
+        # The decisions asked for in this turn, sent together.
+        self._decisions: _Decisions = []
+        # The next turn's work (L{_nextTurn}), once arranged.
+        self._turn: Any = None
         # The deadlines running, oldest first.
         self._timers: collections.deque[Any] = collections.deque()
         self._factory: Any = None
         # What waits for the first connection since start; L{None} once
         # there was one (or before start).
-        self._starting: list[Callable[[], None]] | None = None
+        self._starting: list[tuple[Callable[[], None], Deferred[Any]]] | None = None
         self._logged: dict[str, float] = {}
         self._since: dict[str, int] = {}
 
@@ -197,17 +243,26 @@ class RedisBuckets(BucketStore):
 
         def connected(_: object) -> None:
             waiting, self._starting = self._starting or [], None
-            for send in waiting:
+            for send, _ in waiting:
                 send()
 
         factory.deferred.addBoth(connected)
 
     def stop(self) -> Deferred[None]:
-        if self._charges:
-            # The charges of this turn go out before the connection closes.
-            self._sendCharges()
+        if self._charges or self._decisions:
+            # What this turn asked for goes out before the connection closes
+            # (and fails with it, unless answered first).
+            self._send()
+        self._sent = []
+        if self._turn is not None:
+            self._turn.cancel()
+            self._turn = None
         factory, self._factory = self._factory, None
-        self._starting = None
+        # Calls that waited for a first connection give up as unavailable.
+        waiting, self._starting = self._starting or [], None
+        for _, d in waiting:
+            if not d.called:
+                d.cancel()
         # What is still in flight fails with the connection.
         while self._timers:
             timer = self._timers.popleft()
@@ -271,7 +326,7 @@ class RedisBuckets(BucketStore):
             d = self._afterStart(script, args)
         else:
             raise _Fallback("unavailable")
-        self._deadline(d)
+        self._sent.append(d)
         return d
 
     def _unknown(self, failure: Failure, connection: Any, script: _Script, args: tuple[bytes, ...]) -> Any:
@@ -308,32 +363,29 @@ class RedisBuckets(BucketStore):
                 d.addErrback(self._unknown, connection, script, args).addBoth(forward)
 
         assert self._starting is not None
-        self._starting.append(send)
+        self._starting.append((send, waiting))
         return waiting
 
-    def _deadline(self, d: Deferred[Any]) -> None:
+    def _soon(self) -> None:
         """
-        Give C{d} C{timeout}, counted from the next turn of the reactor, when
-        the call is written out: the rest of this turn is the gateway's own
-        work (a burst of requests read at once), not Redis's.  Every call of
-        a turn shares one timer.
+        Arrange for what this turn of the reactor asked for to be sent at
+        the next.
         """
-        self._sent.append(d)
-        if not self._turn:
-            self._turn = True
-            self.reactor.callLater(0, self._nextTurn)
+        if self._turn is None:
+            self._turn = self.reactor.callLater(0, self._nextTurn)
 
     def _nextTurn(self) -> None:
         """
-        The calls of the last turn are written out: send its charges, and
-        start the deadline of all of them.
+        Send what the last turn asked for, and start the deadline of its
+        calls: they are written out in this turn, and the rest of the last
+        was the gateway's own work (a burst of requests read at once), not
+        Redis's.  The calls of a turn share one timer.
         """
-        if self._charges:
-            self._sendCharges()
+        self._turn = None
+        self._send()
         sent, self._sent = self._sent, []
         if sent:
             self._timer(self.config.timeout, self._late, sent)
-        self._turn = False
 
     def _timer(self, delay: float, f: Callable[..., None], *args: Any) -> None:
         """
@@ -356,22 +408,16 @@ class RedisBuckets(BucketStore):
                 d.cancel()
 
     def decide(self, checks: Sequence[Check], now: float) -> Verdict | Deferred[Verdict]:
-        keys = [self._key(name) for name, _, _ in checks]
-        values = []
-        for _, bucket, take in checks:
-            values.append(self._bucket(bucket))
-            values.append(_TAKE.get(take) or _number(take))
-        try:
-            d = self._call(_ADMIT, (_COUNT.get(len(keys)) or b"%d" % len(keys), *keys, b" ".join(values)))
-        except _Fallback as e:
-            return self._fallback(Failure(e))
-        return d.addCallbacks(self._verdict, self._fallback)
-
-    def _verdict(self, reply: Any) -> Verdict:
-        if reply == 0:
-            return None
-        index, level = reply.split()
-        return Refused(int(index) - 1, float(level))
+        """
+        Decide in Redis with the other decisions (and charges) of this turn
+        of the reactor, in one script call sent at the next.
+        """
+        if self._starting is None and self._connection() is None:
+            return self._fallback(Failure(_Fallback("unavailable")))
+        d: Deferred[Verdict] = Deferred()
+        self._decisions.append((checks, d))
+        self._soon()
+        return d
 
     def _fallback(self, failure: Failure) -> Verdict:
         reason, detail = _reason(failure)
@@ -381,13 +427,12 @@ class RedisBuckets(BucketStore):
 
     def charge(self, buckets: Sequence[tuple[str, Bucket]], amount: float, now: float) -> None:
         """
-        Charge C{amount} to each bucket with the other charges of this turn
-        of the reactor, in one script call sent at the next.
+        Charge C{amount} to each bucket with the other charges (and
+        decisions) of this turn of the reactor, in one script call sent at
+        the next.
         """
         charges = self._charges
-        if not self._turn:
-            self._turn = True
-            self.reactor.callLater(0, self._nextTurn)
+        self._soon()
         for name, bucket in buckets:
             key = self._key(name)
             found = charges.get(key)
@@ -396,27 +441,78 @@ class RedisBuckets(BucketStore):
             else:
                 found[1] += amount
 
-    def _sendCharges(self) -> None:
+    def _send(self) -> None:
+        """
+        Send the charges and decisions made since the last call, in calls
+        of at most C{BATCH_MOST} decisions.
+        """
         charges, self._charges = self._charges, {}
-        if not charges:
-            return
-        values = []
+        decisions, self._decisions = self._decisions, []
+        while charges or decisions:
+            self._sendBatch(charges, decisions[:BATCH_MOST])
+            charges, decisions = {}, decisions[BATCH_MOST:]
+
+    def _sendBatch(self, charges: dict[bytes, list], decisions: _Decisions) -> None:
+        """
+        Send one call: C{charges}, then C{decisions}, whose L{Deferred}s
+        fire with the verdicts.
+        """
+        keys: list[bytes] = []
+        places: dict[bytes, bytes] = {}
+        numbers = [b"%d" % len(charges), b"%d" % len(decisions)]
         total = 0.0
-        for bucket, amount in charges.values():
-            values.append(self._bucket(bucket))
-            values.append(_number(amount))
+        for key, (bucket, amount) in charges.items():
+            keys.append(key)
+            places[key] = b"%d" % len(keys)
+            numbers += (places[key], self._bucket(bucket), _number(amount))
             total += amount
+        keyOf = self._key
+        # The buckets of a route's limits recur in every decision of the
+        # call: found by identity (they are alive while the call is built).
+        seen: dict[int, bytes] = {}
+        for checks, _ in decisions:
+            numbers.append(_COUNT.get(len(checks)) or b"%d" % len(checks))
+            for name, bucket, take in checks:
+                key = keyOf(name)
+                place = places.get(key)
+                if place is None:
+                    keys.append(key)
+                    place = places[key] = b"%d" % len(keys)
+                numbers.append(place)
+                parameters = seen.get(id(bucket))
+                if parameters is None:
+                    parameters = seen[id(bucket)] = self._bucket(bucket)
+                numbers.append(parameters)
+                numbers.append(_TAKE.get(take) or _number(take))
         try:
-            d = self._call(_CHARGE, (b"%d" % len(charges), *charges, b" ".join(values)))
+            d = self._call(_BATCH, (b"%d" % len(keys), *keys, b" ".join(numbers)))
         except _Fallback as e:
             d = fail(e)
+        d.addCallbacks(self._answered, self._failed, callbackArgs=(decisions,), errbackArgs=(decisions, total))
 
-        def lost(failure: Failure) -> None:
-            reason, detail = _reason(failure)
-            self._problem(reason, detail, f"{total:g} tokens not charged")
+    def _answered(self, reply: Any, decisions: _Decisions) -> None:
+        if reply == 0:
+            for _, d in decisions:
+                d.callback(None)
+            return
+        for word, (_, d) in zip(reply.split(" "), decisions):
+            if word == "0":
+                d.callback(None)
+            else:
+                place, level = word.split(":")
+                d.callback(Refused(int(place) - 1, float(level)))
+
+    def _failed(self, failure: Failure, decisions: _Decisions,
+                charged: float) -> None:
+        reason, detail = _reason(failure)
+        if charged:
+            self._problem(reason, detail, f"{charged:g} tokens not charged")
             self.onFallback(reason)
-
-        d.addErrback(lost)
+        verdict = UNAVAILABLE if self.deny else None
+        for _, d in decisions:
+            self._problem(reason, detail)
+            self.onFallback(reason)
+            d.callback(verdict)
 
     def _problem(self, reason: str, detail: str | None, what: str | None = None) -> None:
         """
