@@ -31,7 +31,7 @@ from aigateway.config import ConfigError, loadConfig
 from aigateway.observe.report import Metrics
 from aigateway.state import storeFor
 from aigateway.config import Bucket
-from aigateway.state.memory import MemoryBuckets, Refused
+from aigateway.state.memory import UNAVAILABLE, MemoryBuckets, Refused
 from aigateway.state.redis import BATCH_MOST, RedisBuckets, bucketKey
 from tests.memory import MemoryGateway
 from tests.processes import startFakeLLM, startGateway, writeFile
@@ -340,9 +340,11 @@ class TurnTests(_ServerCase):
     each is decided as if alone, in order.
     """
 
-    async def store(self) -> RedisBuckets:
-        config = loadConfig(_routes("{requests: {limit: 1, per: 1h}}") + _state(self.redis.port, ", timeout: 2s"))
-        store = storeFor(config.state, reactor, {})
+    async def store(self, timeout: str = "2s", onError: str = "allow",
+                    onFallback: Any = lambda reason: None) -> RedisBuckets:
+        config = loadConfig(_routes("{requests: {limit: 1, per: 1h}}")
+                            + _state(self.redis.port, f", timeout: {timeout}", onError))
+        store = storeFor(config.state, reactor, {}, onFallback)
         store.start()
         self.addCleanup(store.stop)
         await _until(lambda: store.connected)
@@ -389,6 +391,25 @@ class TurnTests(_ServerCase):
         verdict = await store.decide([(name, bucket, 0)], 0.0)
         self.assertIsInstance(verdict, Refused)
         self.assertAlmostEqual(verdict.level, -2.0, places=2)
+
+    async def test_eachFallsBackAtTheDeadline(self) -> None:
+        """
+        When the call of a turn misses its deadline, each of its decisions
+        is decided by C{onError} and counted, and the late answer changes
+        nothing.
+        """
+        reasons: list[str] = []
+        store = await self.store("100ms", "deny", reasons.append)
+        bucket = Bucket(5, 3600)
+        sleeper = subprocess.Popen(["redis-cli", "-p", str(self.redis.port), "DEBUG", "SLEEP", "0.5"],
+                                   stdout=subprocess.DEVNULL)
+        self.addCleanup(sleeper.wait)
+        await deferLater(reactor, 0.1, lambda: None)
+        verdicts = await gatherResults([store.decide([(f"r\x000\x00requests\x00u{i}", bucket, 1)], 0.0)
+                                        for i in range(3)])
+        self.assertEqual((verdicts, reasons), ([UNAVAILABLE] * 3, ["timeout"] * 3))
+        await deferLater(reactor, 0.6, lambda: None)
+        self.assertEqual(reasons, ["timeout"] * 3)
 
     async def test_oneCallPerTurn(self) -> None:
         """
