@@ -209,8 +209,7 @@ class RedisBuckets(BucketStore):
         self._buckets: dict[Bucket, bytes] = {}
         # Charges made in this turn of the reactor, sent together.
         self._charges: dict[bytes, list] = {}
-        # The calls made in this turn of the reactor, whose deadline starts
-        # at the next.
+        # The calls just made, whose deadline is yet to start.
         self._sent: list[Deferred[Any]] = []
         # The decisions asked for in this turn, sent together.
         self._decisions: _Decisions = []
@@ -403,9 +402,11 @@ class RedisBuckets(BucketStore):
         self._timer(0, self._giveUp, sent)
 
     def _giveUp(self, sent: list[Deferred[Any]]) -> None:
+        # Only this store's callbacks are on these: cancelling one that has
+        # its answer does nothing, and one that waits for the EVAL after a
+        # NOSCRIPT cancels that.
         for d in sent:
-            if not d.called:
-                d.cancel()
+            d.cancel()
 
     def decide(self, checks: Sequence[Check], now: float) -> Verdict | Deferred[Verdict]:
         """
