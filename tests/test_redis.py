@@ -30,8 +30,9 @@ from aigateway.app.admin import redacted
 from aigateway.config import ConfigError, loadConfig
 from aigateway.observe.report import Metrics
 from aigateway.state import storeFor
-from aigateway.state.memory import MemoryBuckets
-from aigateway.state.redis import RedisBuckets, bucketKey
+from aigateway.config import Bucket
+from aigateway.state.memory import UNAVAILABLE, MemoryBuckets, Refused
+from aigateway.state.redis import BATCH_MOST, RedisBuckets, bucketKey
 from tests.memory import MemoryGateway
 from tests.processes import startFakeLLM, startGateway, writeFile
 
@@ -333,6 +334,106 @@ class FailureTests(_ServerCase):
         self.assertEqual(await gateways.spread(2), [200, 429])
 
 
+class TurnTests(_ServerCase):
+    """
+    The decisions and charges of one turn of the reactor, sent together:
+    each is decided as if alone, in order.
+    """
+
+    async def store(self, timeout: str = "2s", onError: str = "allow",
+                    onFallback: Any = lambda reason: None) -> RedisBuckets:
+        config = loadConfig(_routes("{requests: {limit: 1, per: 1h}}")
+                            + _state(self.redis.port, f", timeout: {timeout}", onError))
+        store = storeFor(config.state, reactor, {}, onFallback)
+        store.start()
+        self.addCleanup(store.stop)
+        await _until(lambda: store.connected)
+        return store
+
+    def calls(self) -> int:
+        stats = self.redis.cli("INFO", "commandstats")
+        found = [line for line in stats.splitlines() if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:"))]
+        return sum(int(line.split("calls=")[1].split(",")[0]) for line in found)
+
+    async def test_sameBucketInOneTurn(self) -> None:
+        """
+        Five decisions on one bucket of three, asked in one turn, admit
+        exactly three; the refused see it empty.
+        """
+        store = await self.store()
+        bucket = Bucket(3, 3600)
+        verdicts = await gatherResults([store.decide([("r\x000\x00requests\x00u", bucket, 1)], 0.0)
+                                        for _ in range(5)])
+        self.assertEqual(verdicts, [None, None, None, Refused(0, 0.0), Refused(0, 0.0)])
+
+    async def test_allOrNothingInOneTurn(self) -> None:
+        """
+        A decision refused by its second bucket takes nothing from its
+        first, so a later decision of the same turn still finds it.
+        """
+        store = await self.store()
+        first, second = Bucket(1, 3600), Bucket(1, 3600)
+        a, b = "r\x000\x00requests\x00a", "r\x001\x00requests\x00b"
+        store.decide([(b, second, 1)], 0.0)
+        refused = store.decide([(a, first, 1), (b, second, 1)], 0.0)
+        admitted = store.decide([(a, first, 1)], 0.0)
+        self.assertEqual(await gatherResults([refused, admitted]), [Refused(1, 0.0), None])
+
+    async def test_chargesBeforeDecisions(self) -> None:
+        """
+        Tokens charged in a turn count against the decisions of the same
+        turn: a bucket of 10 charged 12 refuses, and reports its debt.
+        """
+        store = await self.store()
+        bucket = Bucket(10, 3600)
+        name = "r\x000\x00tokens\x00u"
+        store.charge([(name, bucket)], 12, 0.0)
+        verdict = await store.decide([(name, bucket, 0)], 0.0)
+        self.assertIsInstance(verdict, Refused)
+        self.assertAlmostEqual(verdict.level, -2.0, places=2)
+
+    async def test_eachFallsBackAtTheDeadline(self) -> None:
+        """
+        When the call of a turn misses its deadline, each of its decisions
+        is decided by C{onError} and counted, and the late answer changes
+        nothing.
+        """
+        reasons: list[str] = []
+        store = await self.store("100ms", "deny", reasons.append)
+        bucket = Bucket(5, 3600)
+        sleeper = subprocess.Popen(["redis-cli", "-p", str(self.redis.port), "DEBUG", "SLEEP", "0.5"],
+                                   stdout=subprocess.DEVNULL)
+        self.addCleanup(sleeper.wait)
+        await deferLater(reactor, 0.1, lambda: None)
+        verdicts = await gatherResults([store.decide([(f"r\x000\x00requests\x00u{i}", bucket, 1)], 0.0)
+                                        for i in range(3)])
+        self.assertEqual((verdicts, reasons), ([UNAVAILABLE] * 3, ["timeout"] * 3))
+        await deferLater(reactor, 0.6, lambda: None)
+        self.assertEqual(reasons, ["timeout"] * 3)
+
+    async def test_oneCallPerTurn(self) -> None:
+        """
+        Forty decisions and their charges, asked in one turn, reach Redis
+        as one script call; three hundred, as calls of at most
+        C{BATCH_MOST} decisions, with every decision still exact.
+        """
+        store = await self.store()
+        bucket = Bucket(250, 3600)
+        # The first call loads the script.
+        await store.decide([("r\x000\x00requests\x00first", bucket, 1)], 0.0)
+        before = self.calls()
+        names = [f"r\x000\x00requests\x00u{i}" for i in range(40)]
+        for name in names:
+            store.charge([(name.replace("requests", "tokens"), bucket)], 5, 0.0)
+        verdicts = await gatherResults([store.decide([(name, bucket, 1)], 0.0) for name in names])
+        self.assertEqual((verdicts, self.calls() - before), ([None] * 40, 1))
+        before = self.calls()
+        verdicts = await gatherResults([store.decide([("r\x000\x00requests\x00all", bucket, 1)], 0.0)
+                                        for _ in range(300)])
+        self.assertEqual(verdicts.count(None), 250)
+        self.assertEqual(self.calls() - before, -(-300 // BATCH_MOST))
+
+
 class KeyTests(SynchronousTestCase):
     """
     L{bucketKey}.
@@ -545,7 +646,7 @@ class ChargeFailureTests(_ServerCase):
         gateways = _Gateways(self, _routes("{tokens: {limit: 20, per: 1h}}") + _state(self.redis.port), count=1)
         await gateways.connected()
         store = gateways.stores[0]
-        self.patch(store, "_sendCharges", lambda original=store._sendCharges: (self.redis.kill(), original()))
+        self.patch(store, "charge", lambda *a, original=store.charge: (self.redis.kill(), original(*a)))
         self.assertEqual((await gateways.ask(gateways.gateways[0]))[0], 200)
         await _until(lambda: "aigateway_state_fallbacks_total{" in gateways.fallbacks())
         self.assertRegex(gateways.fallbacks(), r'aigateway_state_fallbacks_total\{reason="(error|unavailable)"\} 1\.0')

@@ -4,26 +4,31 @@ names the same server, through C{txredisapi}.
 
 One decision is one round trip: a Lua script that reads Redis's own clock
 (so gateways with skewed clocks agree), refills every bucket of the
-request, checks them all and takes from them only when all admit.  Token
-charges after an answer are one more script call, not waited for.  Each
-key expires a little after its bucket would be full again, so an idle
-bucket costs nothing.
+request, checks them all and takes from them only when all admit.  The
+decisions asked for in one turn of the reactor (a burst of requests read
+at once), and the token charges of the answers that ended in it, share one
+script call sent at the next turn: the script takes the charges, then
+decides each request in order as if alone, so the result is the one
+separate calls would give, for a fraction of the client's work per call.
+Nobody waits for a charge.  Each key expires a little after its bucket
+would be full again, so an idle bucket costs nothing.
 
-Every call has a deadline (C{timeout}).  A call that misses it, fails, or
-finds no connection is decided by C{onError} (allow or deny), counted by
-the fallback callback and logged at most once a minute; the connection is
-re-established in the background, and decisions go back to Redis as soon
-as it answers again.
+Every call has a deadline (C{timeout}).  The decisions of a call that
+misses it, fails, or finds no connection are decided by C{onError} (allow
+or deny), each counted by the fallback callback, and logged at most once a
+minute; the connection is re-established in the background, and decisions
+go back to Redis as soon as it answers again.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import math
 from typing import Any, Callable, Sequence
 from urllib.parse import quote
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.ssl import optionsForClientTLS
@@ -36,7 +41,7 @@ import txredisapi
 from aigateway.config import Bucket, RedisConfig
 from aigateway.state.memory import UNAVAILABLE, BucketStore, Check, Refused, Verdict
 
-__all__ = ["ADMIT_SCRIPT", "CHARGE_SCRIPT", "RedisBuckets"]
+__all__ = ["BATCH_SCRIPT", "RedisBuckets"]
 
 log = Logger()
 
@@ -46,58 +51,91 @@ EXPIRY_MARGIN_MS = 1000
 # The most often a kind of trouble with Redis is logged, in seconds.
 LOG_EVERY = 60.0
 
-# Common to both scripts: Redis's time in ms, and a bucket's level now.
-# (Since Redis 5 scripts replicate their effects, so a script may read TIME
-# and then write; replicate_commands turns that on for older servers.)
-_PRELUDE = """
+# The charges and decisions of one turn of the reactor, in order: the
+# charges first (the answers they belong to ended before these requests
+# were judged), then each decision as if alone.  It reads Redis's clock, so
+# gateways with skewed clocks agree.  (Since Redis 5 scripts replicate their
+# effects, so a script may read TIME and then write; replicate_commands
+# turns that on for older servers.)
+#
+# KEYS: every bucket of the call, once.  ARGV[1], numbers separated by
+# spaces (one argument: the client encodes each argument on its own, and
+# that is most of its work): the count of charges and of decisions; each
+# charge as the place of its key in KEYS, the bucket's limit and period (in
+# ms), and the amount (taken even into debt); each decision as its count of
+# buckets, then each bucket as its key's place, limit, period and what to
+# take (0: only check that it is not empty).  A decision takes from its
+# buckets only when all admit it.
+#
+# Returns 0 when every decision admitted, else one status line (which the
+# client reads without a second pass, unlike a bulk string) with a word per
+# decision: 0 when admitted, or the refusing bucket's place in the decision
+# (from 1) and its level, as "place:level".
+BATCH_SCRIPT = """
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function level(key, limit, per)
-  local stored = redis.call('HMGET', key, 'l', 't')
-  if not stored[1] then return limit end
-  return math.min(limit, tonumber(stored[1]) + math.max(0, now - tonumber(stored[2])) * limit / per)
+local v = {}
+for x in string.gmatch(ARGV[1], '%S+') do v[#v + 1] = tonumber(x) end
+local held, limits, pers, written = {}, {}, {}, {}
+local function level(k, limit, per)
+  local l = held[k]
+  if l == nil then
+    local stored = redis.call('HMGET', KEYS[k], 'l', 't')
+    if stored[1] then
+      l = tonumber(stored[1]) + math.max(0, now - tonumber(stored[2])) * limit / per
+    else
+      l = limit
+    end
+  end
+  return math.min(limit, l)
 end
-local function store(key, value, limit, per)
-  redis.call('HSET', key, 'l', string.format('%.17g', value), 't', now)
-  redis.call('PEXPIRE', key, math.ceil((limit - value) * per / limit) + tonumber(ARGV[1]))
+local function set(k, value, limit, per)
+  if not limits[k] then written[#written + 1] = k end
+  held[k], limits[k], pers[k] = value, limit, per
 end
-"""
+local p = 3
+for c = 1, v[1] do
+  local k, limit, per = v[p], v[p + 1], v[p + 2]
+  set(k, level(k, limit, per) - v[p + 3], limit, per)
+  p = p + 4
+end
+local refused = nil
+for d = 1, v[2] do
+  local n = v[p]
+  p = p + 1
+  local levels = {}
+  for i = 1, n do
+    local q = p + 4 * (i - 1)
+    local l = level(v[q], v[q + 1], v[q + 2])
+    if l <= 0 or l < v[q + 3] then
+      refused = refused or {}
+      refused[d] = i .. ':' .. string.format('%.17g', l)
+      break
+    end
+    levels[i] = l
+  end
+  if not (refused and refused[d]) then
+    for i = 1, n do
+      local q = p + 4 * (i - 1)
+      if v[q + 3] > 0 then set(v[q], levels[i] - v[q + 3], v[q + 1], v[q + 2]) end
+    end
+  end
+  p = p + 4 * n
+end
+for _, k in ipairs(written) do
+  local value, limit, per = held[k], limits[k], pers[k]
+  redis.call('HSET', KEYS[k], 'l', string.format('%.17g', value), 't', now)
+  redis.call('PEXPIRE', KEYS[k], math.ceil((limit - value) * per / limit) + MARGIN)
+end
+if not refused then return 0 end
+local words = {}
+for d = 1, v[2] do words[d] = refused[d] or '0' end
+return {ok = table.concat(words, ' ')}
+""".replace("MARGIN", str(EXPIRY_MARGIN_MS))
 
-# KEYS: the buckets; ARGV[1]: the expiry margin; ARGV[2]: limit, per (ms)
-# and take of each bucket, separated by spaces (one argument: the client
-# encodes each argument on its own, and that is most of its work).
-# Returns 0 when admitted (and taken), else the refusing bucket's place
-# (from 1) and its level, as a string.
-ADMIT_SCRIPT = _PRELUDE + """
-local levels = {}
-local values = {}
-for v in string.gmatch(ARGV[2], '%S+') do values[#values + 1] = tonumber(v) end
-for i = 1, #KEYS do
-  local limit, per, take = values[3*i-2], values[3*i-1], values[3*i]
-  local l = level(KEYS[i], limit, per)
-  if l <= 0 or l < take then return {i, string.format('%.17g', l)} end
-  levels[i] = l
-end
-for i = 1, #KEYS do
-  local limit, per, take = values[3*i-2], values[3*i-1], values[3*i]
-  if take > 0 then store(KEYS[i], levels[i] - take, limit, per) end
-end
-return 0
-"""
-
-# KEYS: the buckets; ARGV[1]: the expiry margin; ARGV[2]: limit, per (ms)
-# and amount of each bucket, separated by spaces.  Takes each amount, into
-# debt.
-CHARGE_SCRIPT = _PRELUDE + """
-local values = {}
-for v in string.gmatch(ARGV[2], '%S+') do values[#values + 1] = tonumber(v) end
-for i = 1, #KEYS do
-  local limit, per, amount = values[3*i-2], values[3*i-1], values[3*i]
-  store(KEYS[i], level(KEYS[i], limit, per) - amount, limit, per)
-end
-return 0
-"""
+# The most decisions one call carries (a script blocks Redis while it runs).
+BATCH_MOST = 128
 
 
 class _Script:
@@ -110,8 +148,12 @@ class _Script:
         self.sha = hashlib.sha1(self.text).hexdigest().encode("ascii")
 
 
-_ADMIT = _Script(ADMIT_SCRIPT)
-_CHARGE = _Script(CHARGE_SCRIPT)
+_BATCH = _Script(BATCH_SCRIPT)
+
+
+# Decisions waiting for their call: the checks, and what fires with the
+# verdict.
+_Decisions = list[tuple[Sequence[Check], Deferred[Verdict]]]
 
 
 class _TLSEndpoint:
@@ -167,10 +209,18 @@ class RedisBuckets(BucketStore):
         self._buckets: dict[Bucket, bytes] = {}
         # Charges made in this turn of the reactor, sent together.
         self._charges: dict[bytes, list] = {}
+        # The calls just made, whose deadline is yet to start.
+        self._sent: list[Deferred[Any]] = []
+        # The decisions asked for in this turn, sent together.
+        self._decisions: _Decisions = []
+        # The next turn's work (L{_nextTurn}), once arranged.
+        self._turn: Any = None
+        # The deadlines running, oldest first.
+        self._timers: collections.deque[Any] = collections.deque()
         self._factory: Any = None
         # What waits for the first connection since start; L{None} once
         # there was one (or before start).
-        self._starting: list[Callable[[], None]] | None = None
+        self._starting: list[tuple[Callable[[], None], Deferred[Any]]] | None = None
         self._logged: dict[str, float] = {}
         self._since: dict[str, int] = {}
 
@@ -192,17 +242,31 @@ class RedisBuckets(BucketStore):
 
         def connected(_: object) -> None:
             waiting, self._starting = self._starting or [], None
-            for send in waiting:
+            for send, _ in waiting:
                 send()
 
         factory.deferred.addBoth(connected)
 
     def stop(self) -> Deferred[None]:
-        if self._charges:
-            # The charges of this turn go out before the connection closes.
-            self._sendCharges()
+        if self._charges or self._decisions:
+            # What this turn asked for goes out before the connection closes
+            # (and fails with it, unless answered first).
+            self._send()
+        self._sent = []
+        if self._turn is not None:
+            self._turn.cancel()
+            self._turn = None
         factory, self._factory = self._factory, None
-        self._starting = None
+        # Calls that waited for a first connection give up as unavailable.
+        waiting, self._starting = self._starting or [], None
+        for _, d in waiting:
+            if not d.called:
+                d.cancel()
+        # What is still in flight fails with the connection.
+        while self._timers:
+            timer = self._timers.popleft()
+            if timer.active():
+                timer.cancel()
         if factory is None:
             return succeed(None)
         return factory.disconnect().addCallback(lambda _: None)
@@ -237,105 +301,139 @@ class RedisBuckets(BucketStore):
             found = self._buckets[bucket] = _number(bucket.limit) + b" " + _number(bucket.per * 1000)
         return found
 
-    def _call(self, script: _Script, keys: list[bytes], args: list[bytes]) -> Deferred[Any]:
+    def _call(self, script: _Script, args: tuple[bytes, ...]) -> Deferred[Any]:
         """
         Run C{script} (EVALSHA, or EVAL when Redis does not know it yet),
         within the timeout.
 
+        @param args: the number of keys, the keys, then the arguments.
         @return: a L{Deferred} that fires with the reply, or fails with the
-            reason for a fallback as a L{_Fallback}.
+            reason for a fallback: a L{_Fallback}, a L{CancelledError} for
+            a call that missed its deadline, or the client's error.
+        @raise _Fallback: when there is no connection, and none coming.
         """
         connection = self._connection()
-        if connection is None and self._starting is None:
-            raise _Fallback("unavailable")
-        result: Deferred[Any] = Deferred()
-
-        def late() -> None:
-            # A reply that reached the socket by the deadline counts: give
-            # up only after the reactor has read what is waiting (a busy
-            # reactor may reach the timer first).
-            self.reactor.callLater(0, giveUp)
-
-        def giveUp() -> None:
-            if not result.called:
-                result.errback(_Fallback("timeout" if connection is not None else "unavailable"))
-
-        # The deadline counts from the next turn of the reactor, when the
-        # call is written out: the rest of this turn is the gateway's own
-        # work (a burst of requests read at once), not Redis's.
-        timers: list[Any] = []
-        timers.append(self.reactor.callLater(0, lambda: timers.append(
-            self.reactor.callLater(self.config.timeout, late))))
-
-        def answered(reply: Any) -> None:
-            timer = timers[-1]
-            if timer.active():
-                timer.cancel()
-            if not result.called:
-                if isinstance(reply, Failure):
-                    result.errback(_Fallback("error", reply.getErrorMessage()))
-                else:
-                    result.callback(reply)
-
-        def send(connection: Any) -> None:
-            if not result.called:
-                count = b"%d" % len(keys)
-                try:
-                    d = connection.execute_command(b"EVALSHA", script.sha, count, *keys, *args)
-                except Exception:
-                    answered(Failure())
-                    return
-
-                def unknown(failure: Failure) -> Any:
-                    # Redis restarted, or SCRIPT FLUSH: send the script.
-                    if failure.check(txredisapi.ResponseError) and str(failure.value).startswith("NOSCRIPT"):
-                        return connection.execute_command(b"EVAL", script.text, count, *keys, *args)
-                    return failure
-
-                d.addErrback(unknown).addBoth(answered)
-
         if connection is not None:
-            send(connection)
-        else:
+            try:
+                d = connection.execute_command(b"EVALSHA", script.sha, *args)
+            except Exception:
+                d = fail()
+            d.addErrback(self._unknown, connection, script, args)
+        elif self._starting is not None:
             # Just started, not connected yet: the first requests wait for
             # the connection, within the same deadline.
-            assert self._starting is not None
-            self._starting.append(lambda: send(self._connection()) if self._connection() else None)
-        return result
+            d = self._afterStart(script, args)
+        else:
+            raise _Fallback("unavailable")
+        self._sent.append(d)
+        return d
+
+    def _unknown(self, failure: Failure, connection: Any, script: _Script, args: tuple[bytes, ...]) -> Any:
+        """
+        Redis restarted, or SCRIPT FLUSH: send the script itself.  The
+        call stays under the first one's deadline (a cancelled L{Deferred}
+        cancels the one it waits for).
+        """
+        if failure.check(txredisapi.ResponseError) and str(failure.value).startswith("NOSCRIPT"):
+            return connection.execute_command(b"EVAL", script.text, *args)
+        return failure
+
+    def _afterStart(self, script: _Script, args: tuple[bytes, ...]) -> Deferred[Any]:
+        """
+        A call made before the first connection is up: sent once it is, or
+        given up at the deadline as unavailable.
+        """
+        waiting: Deferred[Any] = Deferred(lambda d: d.errback(_Fallback("unavailable")))
+
+        def forward(result: Any) -> None:
+            if not waiting.called:
+                if isinstance(result, Failure):
+                    waiting.errback(result)
+                else:
+                    waiting.callback(result)
+
+        def send() -> None:
+            connection = self._connection()
+            if connection is not None and not waiting.called:
+                try:
+                    d = connection.execute_command(b"EVALSHA", script.sha, *args)
+                except Exception:
+                    d = fail()
+                d.addErrback(self._unknown, connection, script, args).addBoth(forward)
+
+        assert self._starting is not None
+        self._starting.append((send, waiting))
+        return waiting
+
+    def _soon(self) -> None:
+        """
+        Arrange for what this turn of the reactor asked for to be sent at
+        the next.
+        """
+        if self._turn is None:
+            self._turn = self.reactor.callLater(0, self._nextTurn)
+
+    def _nextTurn(self) -> None:
+        """
+        Send what the last turn asked for, and start the deadline of its
+        calls: they are written out in this turn, and the rest of the last
+        was the gateway's own work (a burst of requests read at once), not
+        Redis's.  The calls of a turn share one timer.
+        """
+        self._turn = None
+        self._send()
+        sent, self._sent = self._sent, []
+        if sent:
+            self._timer(self.config.timeout, self._late, sent)
+
+    def _timer(self, delay: float, f: Callable[..., None], *args: Any) -> None:
+        """
+        Call C{f} later, as a timer that L{stop} cancels.
+        """
+        timers = self._timers
+        while timers and not timers[0].active():
+            timers.popleft()
+        timers.append(self.reactor.callLater(delay, f, *args))
+
+    def _late(self, sent: list[Deferred[Any]]) -> None:
+        # A reply that reached the socket by the deadline counts: give up
+        # only after the reactor has read what is waiting (a busy reactor
+        # may reach the timer first).
+        self._timer(0, self._giveUp, sent)
+
+    def _giveUp(self, sent: list[Deferred[Any]]) -> None:
+        # Only this store's callbacks are on these: cancelling one that has
+        # its answer does nothing, and one that waits for the EVAL after a
+        # NOSCRIPT cancels that.
+        for d in sent:
+            d.cancel()
 
     def decide(self, checks: Sequence[Check], now: float) -> Verdict | Deferred[Verdict]:
-        keys = [self._key(name) for name, _, _ in checks]
-        values = []
-        for _, bucket, take in checks:
-            values.append(self._bucket(bucket))
-            values.append(_TAKE.get(take) or _number(take))
-        try:
-            d = self._call(_ADMIT, keys, [_MARGIN, b" ".join(values)])
-        except _Fallback as e:
-            return self._fallback(Failure(e))
-        return d.addCallbacks(self._verdict, self._fallback)
-
-    def _verdict(self, reply: Any) -> Verdict:
-        if reply == 0 or reply == b"0" or reply == "0":
-            return None
-        index, level = reply
-        return Refused(int(index) - 1, float(level))
+        """
+        Decide in Redis with the other decisions (and charges) of this turn
+        of the reactor, in one script call sent at the next.
+        """
+        if self._starting is None and self._connection() is None:
+            return self._fallback(Failure(_Fallback("unavailable")))
+        d: Deferred[Verdict] = Deferred()
+        self._decisions.append((checks, d))
+        self._soon()
+        return d
 
     def _fallback(self, failure: Failure) -> Verdict:
-        failure.trap(_Fallback)
-        reason = failure.value.reason
-        self._problem(reason, failure.value.detail)
+        reason, detail = _reason(failure)
+        self._problem(reason, detail)
         self.onFallback(reason)
         return UNAVAILABLE if self.deny else None
 
     def charge(self, buckets: Sequence[tuple[str, Bucket]], amount: float, now: float) -> None:
         """
-        Charge C{amount} to each bucket with the other charges of this turn
-        of the reactor, in one script call sent at the next.
+        Charge C{amount} to each bucket with the other charges (and
+        decisions) of this turn of the reactor, in one script call sent at
+        the next.
         """
         charges = self._charges
-        if not charges:
-            self.reactor.callLater(0, self._sendCharges)
+        self._soon()
         for name, bucket in buckets:
             key = self._key(name)
             found = charges.get(key)
@@ -344,30 +442,78 @@ class RedisBuckets(BucketStore):
             else:
                 found[1] += amount
 
-    def _sendCharges(self) -> None:
+    def _send(self) -> None:
+        """
+        Send the charges and decisions made since the last call, in calls
+        of at most C{BATCH_MOST} decisions.
+        """
         charges, self._charges = self._charges, {}
-        if not charges:
-            return
-        keys = list(charges)
-        values = []
+        decisions, self._decisions = self._decisions, []
+        while charges or decisions:
+            self._sendBatch(charges, decisions[:BATCH_MOST])
+            charges, decisions = {}, decisions[BATCH_MOST:]
+
+    def _sendBatch(self, charges: dict[bytes, list], decisions: _Decisions) -> None:
+        """
+        Send one call: C{charges}, then C{decisions}, whose L{Deferred}s
+        fire with the verdicts.
+        """
+        keys: list[bytes] = []
+        places: dict[bytes, bytes] = {}
+        numbers = [b"%d" % len(charges), b"%d" % len(decisions)]
         total = 0.0
-        for bucket, amount in charges.values():
-            values.append(self._bucket(bucket))
-            values.append(_number(amount))
+        for key, (bucket, amount) in charges.items():
+            keys.append(key)
+            places[key] = b"%d" % len(keys)
+            numbers += (places[key], self._bucket(bucket), _number(amount))
             total += amount
+        keyOf = self._key
+        # The buckets of a route's limits recur in every decision of the
+        # call: found by identity (they are alive while the call is built).
+        seen: dict[int, bytes] = {}
+        for checks, _ in decisions:
+            numbers.append(_COUNT.get(len(checks)) or b"%d" % len(checks))
+            for name, bucket, take in checks:
+                key = keyOf(name)
+                place = places.get(key)
+                if place is None:
+                    keys.append(key)
+                    place = places[key] = b"%d" % len(keys)
+                numbers.append(place)
+                parameters = seen.get(id(bucket))
+                if parameters is None:
+                    parameters = seen[id(bucket)] = self._bucket(bucket)
+                numbers.append(parameters)
+                numbers.append(_TAKE.get(take) or _number(take))
         try:
-            d = self._call(_CHARGE, keys, [_MARGIN, b" ".join(values)])
+            d = self._call(_BATCH, (b"%d" % len(keys), *keys, b" ".join(numbers)))
         except _Fallback as e:
-            d = Deferred()
-            d.errback(e)
+            d = fail(e)
+        d.addCallbacks(self._answered, self._failed, callbackArgs=(decisions,), errbackArgs=(decisions, total))
 
-        def lost(failure: Failure) -> None:
-            failure.trap(_Fallback)
-            reason = failure.value.reason
-            self._problem(reason, failure.value.detail, f"{total:g} tokens not charged")
+    def _answered(self, reply: Any, decisions: _Decisions) -> None:
+        if reply == 0:
+            for _, d in decisions:
+                d.callback(None)
+            return
+        for word, (_, d) in zip(reply.split(" "), decisions):
+            if word == "0":
+                d.callback(None)
+            else:
+                place, level = word.split(":")
+                d.callback(Refused(int(place) - 1, float(level)))
+
+    def _failed(self, failure: Failure, decisions: _Decisions,
+                charged: float) -> None:
+        reason, detail = _reason(failure)
+        if charged:
+            self._problem(reason, detail, f"{charged:g} tokens not charged")
             self.onFallback(reason)
-
-        d.addErrback(lost)
+        verdict = UNAVAILABLE if self.deny else None
+        for _, d in decisions:
+            self._problem(reason, detail)
+            self.onFallback(reason)
+            d.callback(verdict)
 
     def _problem(self, reason: str, detail: str | None, what: str | None = None) -> None:
         """
@@ -408,5 +554,17 @@ def _number(value: float) -> bytes:
     return (repr(float(value)) if value != int(value) else str(int(value))).encode("ascii")
 
 
-_MARGIN = _number(EXPIRY_MARGIN_MS)
+_COUNT: dict[int, bytes] = {n: b"%d" % n for n in range(1, 9)}
+
+
+def _reason(failure: Failure) -> tuple[str, str | None]:
+    """
+    Why a call gave no answer: its fallback's reason and detail.
+    """
+    value = failure.value
+    if isinstance(value, _Fallback):
+        return value.reason, value.detail
+    if isinstance(value, CancelledError):
+        return "timeout", None
+    return "error", failure.getErrorMessage()
 _TAKE: dict[float, bytes] = {0: b"0", 1: b"1"}
