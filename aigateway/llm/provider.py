@@ -335,6 +335,9 @@ def chatParameters(document: dict[str, Any]) -> dict[str, Any]:
     """
     The span attributes for the numeric parameters of an OpenAI request.
     """
+    if _PARAMETERS.keys().isdisjoint(document):
+        # Most requests set none of them: one look at the keys.
+        return {}
     return {
         attribute: document[name]
         for name, attribute in _PARAMETERS.items()
