@@ -171,7 +171,9 @@ class Writer(Protocol):
         """
 
 
-@attrs.frozen
+# Made for every request, and changed by nothing once made: a plain slotted
+# class, since a frozen one sets each of its fourteen fields with a call.
+@attrs.define(eq=False)
 class UpstreamCall:
     """
     One request as it goes to the provider.

@@ -116,6 +116,7 @@ class Metrics:
         self.maxModels = maxModels
         self._models: set[str] = set()
         self._children: dict[tuple, Any] = {}
+        self._calls: dict[tuple[str, ...], tuple[Any, Any, Any]] = {}
         r = self.registry
         genai = ["gen_ai_provider_name", "gen_ai_request_model", "gen_ai_response_model", "route"]
         self.tokens = Histogram(
@@ -171,6 +172,21 @@ class Metrics:
         found = self._children.get(key)
         if found is None:
             found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def callChildren(self, labels: tuple[str, ...]) -> tuple[Any, Any, Any]:
+        """
+        The children for these labels (provider, request model, response
+        model, route) of the metrics every upstream call reports: time to
+        first chunk, input tokens and output tokens, looked up at once.
+        """
+        found = self._calls.get(labels)
+        if found is None:
+            found = self._calls[labels] = (
+                self.child(self.firstChunk, *labels),
+                self.child(self.tokens, "input", *labels),
+                self.child(self.tokens, "output", *labels),
+            )
         return found
 
     def model(self, name: str | None) -> str:
@@ -497,14 +513,13 @@ class Telemetry:
             metrics.child(metrics.duration, *labels, errorType or "").observe(
                 now - exchange.upstreamStarted
             )
+            firstChunk, inputCount, outputCount = metrics.callChildren(labels)
             if exchange.firstChunk is not None:
-                metrics.child(metrics.firstChunk, *labels).observe(
-                    exchange.firstChunk - exchange.upstreamStarted
-                )
+                firstChunk.observe(exchange.firstChunk - exchange.upstreamStarted)
             if inputTokens is not None:
-                metrics.child(metrics.tokens, "input", *labels).observe(inputTokens)
+                inputCount.observe(inputTokens)
             if outputTokens is not None:
-                metrics.child(metrics.tokens, "output", *labels).observe(outputTokens)
+                outputCount.observe(outputTokens)
         traceId = None
         if exchange.serverSpan is not None:
             traceId = self._endSpans(exchange, status, errorType, answer)
