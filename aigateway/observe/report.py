@@ -396,13 +396,17 @@ class Telemetry:
         attributes: dict[str, Any] = {"server.address": exchange.serverAddress or ""}
         if exchange.serverPort is not None:
             attributes["server.port"] = exchange.serverPort
+        # The prompt is one JSON text, in each convention that records it.
+        prompt = (json.dumps(exchange.inputMessages, separators=(",", ":"))
+                  if config.captureContent and exchange.inputMessages is not None
+                  and (self._genai or legacy) else None)
         if self._genai:
-            attributes.update(self._genaiAttributes(exchange, answer))
+            attributes.update(self._genaiAttributes(exchange, answer, prompt))
         if legacy:
             if exchange.requestModel:
                 attributes["llm.request.model"] = exchange.requestModel
-            if config.captureContent and exchange.inputMessages is not None:
-                attributes["gen_ai.prompt"] = json.dumps(exchange.inputMessages, separators=(",", ":"))
+            if prompt is not None:
+                attributes["gen_ai.prompt"] = prompt
             if answer is not None:
                 if answer.responseModel:
                     attributes["llm.response.model"] = answer.responseModel
@@ -420,9 +424,11 @@ class Telemetry:
             attributes["error.type"] = exchange.upstreamError or str(exchange.upstreamStatus)
         return attributes
 
-    def _genaiAttributes(self, exchange: Exchange, answer: Any) -> dict[str, Any]:
+    def _genaiAttributes(self, exchange: Exchange, answer: Any, prompt: str | None) -> dict[str, Any]:
         """
         The OpenTelemetry GenAI convention's attributes of a CLIENT span.
+
+        @param prompt: the input messages as JSON, when they are captured.
         """
         attributes: dict[str, Any] = {"gen_ai.provider.name": exchange.provider or ""}
         if exchange.operation:
@@ -430,8 +436,8 @@ class Telemetry:
         if exchange.requestModel:
             attributes["gen_ai.request.model"] = exchange.requestModel
         attributes.update(exchange.parameters)
-        if self.config.captureContent and exchange.inputMessages is not None:
-            attributes["gen_ai.input.messages"] = json.dumps(exchange.inputMessages, separators=(",", ":"))
+        if prompt is not None:
+            attributes["gen_ai.input.messages"] = prompt
         if answer is not None:
             if answer.responseModel:
                 attributes["gen_ai.response.model"] = answer.responseModel
