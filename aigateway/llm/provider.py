@@ -171,7 +171,9 @@ class Writer(Protocol):
         """
 
 
-@attrs.frozen
+# Made for every request, and changed by nothing once made: a plain slotted
+# class, since a frozen one sets each of its fourteen fields with a call.
+@attrs.define(eq=False)
 class UpstreamCall:
     """
     One request as it goes to the provider.
@@ -335,6 +337,9 @@ def chatParameters(document: dict[str, Any]) -> dict[str, Any]:
     """
     The span attributes for the numeric parameters of an OpenAI request.
     """
+    if _PARAMETERS.keys().isdisjoint(document):
+        # Most requests set none of them: one look at the keys.
+        return {}
     return {
         attribute: document[name]
         for name, attribute in _PARAMETERS.items()

@@ -122,6 +122,7 @@ class Metrics:
         self.maxModels = maxModels
         self._models: set[str] = set()
         self._children: dict[tuple, Any] = {}
+        self._calls: dict[tuple[str, ...], tuple[Any, Any, Any]] = {}
         r = self.registry
         genai = ["gen_ai_provider_name", "gen_ai_request_model", "gen_ai_response_model", "route"]
         self.tokens = Histogram(
@@ -178,6 +179,21 @@ class Metrics:
         found = self._children.get(key)
         if found is None:
             found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def callChildren(self, labels: tuple[str, ...]) -> tuple[Any, Any, Any]:
+        """
+        The children for these labels (provider, request model, response
+        model, route) of the metrics every upstream call reports: time to
+        first chunk, input tokens and output tokens, looked up at once.
+        """
+        found = self._calls.get(labels)
+        if found is None:
+            found = self._calls[labels] = (
+                self.child(self.firstChunk, *labels),
+                self.child(self.tokens, "input", *labels),
+                self.child(self.tokens, "output", *labels),
+            )
         return found
 
     def model(self, name: str | None) -> str:
@@ -405,13 +421,17 @@ class Telemetry:
         attributes: dict[str, Any] = {"server.address": exchange.serverAddress or ""}
         if exchange.serverPort is not None:
             attributes["server.port"] = exchange.serverPort
+        # The prompt is one JSON text, in each convention that records it.
+        prompt = (json.dumps(exchange.inputMessages, separators=(",", ":"))
+                  if config.captureContent and exchange.inputMessages is not None
+                  and (self._genai or legacy) else None)
         if self._genai:
-            attributes.update(self._genaiAttributes(exchange, answer))
+            attributes.update(self._genaiAttributes(exchange, answer, prompt))
         if legacy:
             if exchange.requestModel:
                 attributes["llm.request.model"] = exchange.requestModel
-            if config.captureContent and exchange.inputMessages is not None:
-                attributes["gen_ai.prompt"] = json.dumps(exchange.inputMessages, separators=(",", ":"))
+            if prompt is not None:
+                attributes["gen_ai.prompt"] = prompt
             if answer is not None:
                 if answer.responseModel:
                     attributes["llm.response.model"] = answer.responseModel
@@ -429,9 +449,11 @@ class Telemetry:
             attributes["error.type"] = exchange.upstreamError or str(exchange.upstreamStatus)
         return attributes
 
-    def _genaiAttributes(self, exchange: Exchange, answer: Any) -> dict[str, Any]:
+    def _genaiAttributes(self, exchange: Exchange, answer: Any, prompt: str | None) -> dict[str, Any]:
         """
         The OpenTelemetry GenAI convention's attributes of a CLIENT span.
+
+        @param prompt: the input messages as JSON, when they are captured.
         """
         attributes: dict[str, Any] = {"gen_ai.provider.name": exchange.provider or ""}
         if exchange.operation:
@@ -439,8 +461,8 @@ class Telemetry:
         if exchange.requestModel:
             attributes["gen_ai.request.model"] = exchange.requestModel
         attributes.update(exchange.parameters)
-        if self.config.captureContent and exchange.inputMessages is not None:
-            attributes["gen_ai.input.messages"] = json.dumps(exchange.inputMessages, separators=(",", ":"))
+        if prompt is not None:
+            attributes["gen_ai.input.messages"] = prompt
         if answer is not None:
             if answer.responseModel:
                 attributes["gen_ai.response.model"] = answer.responseModel
@@ -522,14 +544,13 @@ class Telemetry:
             metrics.child(metrics.duration, *labels, errorType or "").observe(
                 now - exchange.upstreamStarted
             )
+            firstChunk, inputCount, outputCount = metrics.callChildren(labels)
             if exchange.firstChunk is not None:
-                metrics.child(metrics.firstChunk, *labels).observe(
-                    exchange.firstChunk - exchange.upstreamStarted
-                )
+                firstChunk.observe(exchange.firstChunk - exchange.upstreamStarted)
             if inputTokens is not None:
-                metrics.child(metrics.tokens, "input", *labels).observe(inputTokens)
+                inputCount.observe(inputTokens)
             if outputTokens is not None:
-                metrics.child(metrics.tokens, "output", *labels).observe(outputTokens)
+                outputCount.observe(outputTokens)
         traceId = None
         if exchange.serverSpan is not None:
             traceId = self._endSpans(exchange, status, errorType, answer)

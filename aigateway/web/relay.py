@@ -100,12 +100,18 @@ _TRANSLATED_DROP = frozenset([b"content-type", b"content-length", b"content-enco
 _DROP_UPSTREAM = HOP_BY_HOP | _REPLACED_UPSTREAM
 
 
+_NONE: frozenset[bytes] = frozenset()
+
+
 def _named(headers: Headers) -> frozenset[bytes]:
     """
     The fields that C{Connection} names: hop-by-hop for this message only.
     """
+    values = headers.getRawHeaders(b"connection")
+    if not values:
+        return _NONE
     named = set()
-    for value in headers.getRawHeaders(b"connection", ()):
+    for value in values:
         for token in value.split(b","):
             token = token.strip().lower()
             if token:
@@ -132,7 +138,9 @@ def upstreamHeaders(
     @param withheld: more request fields the provider must not see (where
         the caller's token was, and the fields claims are written to).
     """
-    drop = _DROP_UPSTREAM | _named(incoming) | withheld
+    named = _named(incoming)
+    # Most requests add nothing to the fixed set: no new set for them.
+    drop = _DROP_UPSTREAM | named | withheld if named or withheld else _DROP_UPSTREAM
     out = Headers()
     for name, values in incoming.getAllRawHeaders():
         lower = name.lower()
@@ -162,7 +170,8 @@ def downstreamHeaders(upstream: Headers) -> list[tuple[bytes, list[bytes]]]:
     """
     The upstream response's headers that may be passed to the client.
     """
-    drop = HOP_BY_HOP | _named(upstream)
+    named = _named(upstream)
+    drop = HOP_BY_HOP | named if named else HOP_BY_HOP
     return [
         (name, values)
         for name, values in upstream.getAllRawHeaders()
@@ -755,7 +764,9 @@ class _Relay:
         if self.done:
             return
         self.request.unregisterProducer()
-        if reason.check(ResponseDone, PotentialDataLoss):
+        # isinstance rather than Failure.check, which names every class of
+        # the failure's type to compare: the common end costs least.
+        if isinstance(reason.value, (ResponseDone, PotentialDataLoss)):
             if self._whole is not None:
                 self._wholeEnded()
                 return

@@ -279,10 +279,20 @@ class GatewayChannel(HTTPChannel):
     _headTimer: IDelayedCall | None = None
     _closing = False
     _lingerTimer: IDelayedCall | None = None
+    _secure: bool | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.factory.channels.add(self)
+
+    def isSecure(self) -> bool:
+        # Whether the transport is TLS is asked of every request relayed
+        # (X-Forwarded-Proto), and an interface adaptation answers it: a
+        # connection's answer is kept, as it cannot change.
+        secure = self._secure
+        if secure is None:
+            secure = self._secure = super().isSecure()
+        return secure
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
