@@ -125,10 +125,12 @@ import hmac
 import json
 import os
 import re
+import struct
 import sys
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 from urllib.parse import quote, urlsplit
+from zlib import crc32
 
 from twisted.web.http_headers import Headers
 
@@ -145,6 +147,7 @@ from aigateway.llm.translate import (
 )
 
 __all__ = [
+    "EventStreamReader",
     "BedrockProvider",
     "BedrockUnavailable",
     "ConverseStream",
@@ -760,6 +763,120 @@ def _named(value: object) -> str:
     return "an unnamed exception"
 
 
+_PRELUDE = struct.Struct(">III")
+_UINT32 = struct.Struct(">I")
+# botocore's limits (botocore.eventstream), so a frame fails as it fails there.
+_MAX_HEADERS_LENGTH = 128 * 1024
+_MAX_PAYLOAD_LENGTH = 24 * 1024 * 1024
+# Header value types other than strings: (struct format or length, kind).
+_HEADER_VALUES: dict[int, Any] = {
+    2: struct.Struct(">b"), 3: struct.Struct(">h"), 4: struct.Struct(">i"),
+    5: struct.Struct(">q"), 8: struct.Struct(">q"),
+}
+
+
+class EventStreamReader:
+    """
+    Reads AWS event stream messages (C{application/vnd.amazon.eventstream})
+    out of bytes cut anywhere, as botocore's C{EventStreamBuffer} reads
+    them: the same checks in the same order, failing with botocore's own
+    exceptions (C{ChecksumMismatch}, C{InvalidHeadersLength},
+    C{InvalidPayloadLength}, C{DuplicateHeader}), and with its
+    C{ParserError} where botocore would fail otherwise (a header cut short
+    or of an unknown type inside a frame whose checksums hold).
+
+    It does less per message than botocore's buffer: no objects per
+    prelude and message, and the buffer is cut once per feed, not once
+    per message.
+    """
+
+    def __init__(self, errors: Any) -> None:
+        """
+        @param errors: C{botocore.eventstream}, whose exceptions are raised.
+        """
+        self._errors = errors
+        self._buffer = b""
+        self._offset = 0
+
+    def add(self, data: bytes) -> None:
+        """
+        Take more bytes.
+        """
+        if self._offset:
+            self._buffer = self._buffer[self._offset:] + data
+            self._offset = 0
+        elif self._buffer:
+            self._buffer += data
+        else:
+            self._buffer = data
+
+    def __iter__(self) -> Any:
+        """
+        The complete messages taken so far, each as (headers, payload),
+        read one at a time as they are asked for.
+        """
+        buffer = self._buffer
+        size = len(buffer)
+        errors = self._errors
+        while size - self._offset >= 12:
+            offset = self._offset
+            total, headersLength, preludeCRC = _PRELUDE.unpack_from(buffer, offset)
+            computed = crc32(buffer[offset:offset + 8])
+            if computed != preludeCRC:
+                raise errors.ChecksumMismatch(preludeCRC, computed)
+            if headersLength > _MAX_HEADERS_LENGTH:
+                raise errors.InvalidHeadersLength(headersLength)
+            payloadLength = total - headersLength - 16
+            if payloadLength > _MAX_PAYLOAD_LENGTH:
+                raise errors.InvalidPayloadLength(payloadLength)
+            if size - offset < total:
+                return
+            if payloadLength < 0:
+                raise errors.ParserError("an event stream message shorter than its headers")
+            end = offset + total
+            (messageCRC,) = _UINT32.unpack_from(buffer, end - 4)
+            computed = crc32(buffer[offset + 8:end - 4], preludeCRC)
+            if computed != messageCRC:
+                raise errors.ChecksumMismatch(messageCRC, computed)
+            headersEnd = offset + 12 + headersLength
+            headers = self._headers(buffer, offset + 12, headersEnd)
+            self._offset = end
+            yield headers, buffer[headersEnd:end - 4]
+
+    def _headers(self, buffer: bytes, at: int, end: int) -> dict[str, Any]:
+        headers: dict[str, Any] = {}
+        try:
+            while at < end:
+                nameEnd = at + 1 + buffer[at]
+                name = buffer[at + 1:nameEnd].decode("utf-8")
+                kind = buffer[nameEnd]
+                at = nameEnd + 1
+                value: Any
+                if kind == 7 or kind == 6:
+                    valueEnd = at + 2 + (buffer[at] << 8 | buffer[at + 1])
+                    value = buffer[at + 2:valueEnd]
+                    if kind == 7:
+                        value = value.decode("utf-8")
+                    at = valueEnd
+                elif kind == 0 or kind == 1:
+                    value = kind == 0
+                elif kind == 9:
+                    value = buffer[at:at + 16]
+                    at += 16
+                else:
+                    unpacker = _HEADER_VALUES[kind]
+                    (value,) = unpacker.unpack_from(buffer, at)
+                    at += unpacker.size
+                if at > end:
+                    raise ValueError("a header runs past the headers")
+                if name in headers:
+                    raise self._errors.DuplicateHeader(name)
+                headers[name] = value
+        except (IndexError, KeyError, ValueError, struct.error):
+            raise self._errors.ParserError("an event stream header that cannot be read") from None
+        return headers
+
+
 class ConverseStream:
     """
     The translation of one C{ConverseStream} answer: the AWS event stream's
@@ -781,7 +898,7 @@ class ConverseStream:
         @raise BedrockUnavailable: botocore is not installed.
         """
         botocore = _botocore()
-        self._buffer = botocore.eventstream.EventStreamBuffer()
+        self._buffer = EventStreamReader(botocore.eventstream)
         self._parserError = botocore.eventstream.ParserError
         self.responseModel = model
         self.usage: dict[str, Any] | None = None
@@ -807,11 +924,11 @@ class ConverseStream:
         """
         if self._failure is not None:
             raise StreamError(self._failure)
-        self._buffer.add_data(data)
+        self._buffer.add(data)
         out: list[dict[str, Any]] = []
         try:
-            for message in self._buffer:
-                out.extend(self._message(message.headers, message.payload))
+            for headers, payload in self._buffer:
+                out.extend(self._message(headers, payload))
         except self._parserError as e:
             self._failure = f"Bedrock's event stream has a damaged frame ({type(e).__name__})"
         except StreamError as e:
