@@ -143,6 +143,7 @@ from aigateway.llm.translate import (
     UpstreamError,
     chunk,
     completion,
+    textChunk,
     usage,
 )
 
@@ -1000,7 +1001,7 @@ class ConverseStream:
             raise StreamError("Bedrock's stream holds a delta without content")
         if isinstance(delta.get("text"), str):
             if delta["text"]:
-                out.append(self._chunk({"content": delta["text"]}))
+                out.append(textChunk(self._id, self.responseModel, self._created, delta["text"]))
         elif isinstance(delta.get("toolUse"), dict):
             index = self._tools.get(event.get("contentBlockIndex"))  # type: ignore[arg-type]
             piece = delta["toolUse"].get("input")
@@ -1012,7 +1013,8 @@ class ConverseStream:
         elif isinstance(delta.get("reasoningContent"), dict):
             text = delta["reasoningContent"].get("text")
             if isinstance(text, str) and text:
-                out.append(self._chunk({"reasoning_content": text}))
+                out.append(textChunk(self._id, self.responseModel, self._created, text,
+                                     "reasoning_content"))
         return out
 
     def _messageStop(self, event: dict[str, Any]) -> list[dict[str, Any]]:
