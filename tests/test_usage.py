@@ -77,3 +77,33 @@ class BodyTests(SynchronousTestCase):
         observer.end()
         self.assertEqual((observer.responseModel, observer.finishReasons, observer.inputTokens, observer.outputTokens,
                           observer.text), ("m", ["stop"], 1, 2, ["hi"]))
+
+
+class TextChunkTests(SynchronousTestCase):
+    """
+    L{AnswerObserver.document} reads a L{TextChunk} as the plain chunk it
+    equals.
+    """
+
+    def test_sameAsPlainChunk(self) -> None:
+        """
+        Text chunks (content or reasoning, ids and models of any type) leave
+        the observer as the same chunks as plain dicts do, capture on or off,
+        stream or not.
+        """
+        from aigateway.llm.translate import textChunk
+
+        for capture in (False, True):
+            for stream in (False, True):
+                fast = AnswerObserver(stream, capture)
+                slow = AnswerObserver(stream, capture)
+                for id, model in (("msg_1", "m"), (None, 3), ("msg_2", "m2")):
+                    for field in ("content", "reasoning_content"):
+                        document = textChunk(id, model, 1, "word ", field)  # type: ignore[arg-type]
+                        fast.document(document)
+                        slow.document(dict(document))
+                state = ("responseId", "responseModel", "finishReasons", "inputTokens",
+                         "outputTokens", "text")
+                self.assertEqual([getattr(fast, name) for name in state],
+                                 [getattr(slow, name) for name in state])
+                self.assertEqual(fast.responseId, "msg_2")

@@ -142,6 +142,7 @@ from aigateway.llm.translate import (
     UpstreamError,
     chunk,
     completion,
+    textChunk,
     usage,
 )
 
@@ -772,7 +773,13 @@ class GeminiStream:
         self._error: StreamError | None = None
         self.responseId: str | None = None
         self.responseModel: str | None = None
-        self.usage: dict[str, Any] | None = None
+        # The last usageMetadata, translated only when asked for: every
+        # event carries one, and only the last one counts.
+        self._metadata: dict[str, Any] | None = None
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        return _usage(self._metadata)
 
     def _chunk(self, delta: dict[str, Any], finishReason: str | None = None) -> dict[str, Any]:
         return chunk(self._id, self._model, self._created, delta, finishReason)
@@ -835,9 +842,20 @@ class GeminiStream:
             if isinstance(response.get("responseId"), str) and response["responseId"]:
                 self.responseId = self._id = response["responseId"]
             out.append(self._chunk({"role": "assistant", "content": ""}))
-        if isinstance(response.get("usageMetadata"), dict):
-            self.usage = _usage(response["usageMetadata"])
+        metadata = response.get("usageMetadata")
+        if isinstance(metadata, dict):
+            self._metadata = metadata
         parts, reason = _parts(response)
+        if len(parts) == 1 and reason is None and not self._finished:
+            # Most events: one piece of text, and the answer goes on.
+            part = parts[0]
+            text = part.get("text")
+            if type(text) is str and "functionCall" not in part:
+                if text:
+                    out.append(textChunk(self._id, self._model, self._created, text,
+                                         "reasoning_content" if part.get("thought") is True
+                                         else "content"))
+                return
         deltas: list[dict[str, Any]] = []
         for part in parts:
             if isinstance(part.get("functionCall"), dict):

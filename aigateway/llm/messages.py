@@ -157,6 +157,7 @@ from aigateway.llm.translate import (
     chunk,
     completion,
     encodeEvent,
+    textChunk,
     usage,
 )
 
@@ -850,11 +851,13 @@ class MessagesStream:
         if kind == "text" and deltaType == "text_delta":
             text = delta.get("text")
             if isinstance(text, str) and text:
-                out.append(self._chunk({"content": text}))
+                out.append(textChunk(self.responseId or "", self.responseModel or self.model,
+                                     self.created, text))
         elif kind == "thinking" and deltaType == "thinking_delta":
             text = delta.get("thinking")
             if isinstance(text, str) and text:
-                out.append(self._chunk({"reasoning_content": text}))
+                out.append(textChunk(self.responseId or "", self.responseModel or self.model,
+                                     self.created, text, "reasoning_content"))
         elif kind == "tool_use" and deltaType == "input_json_delta":
             piece = delta.get("partial_json")
             if isinstance(piece, str) and piece:

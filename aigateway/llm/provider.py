@@ -31,11 +31,11 @@ from aigateway.llm.body import BodyError, readJSONObject
 from aigateway.llm.messages import ChunksToMessages, completionToMessage, errorToAnthropic, messagesToChat
 from aigateway.llm.sse import SSEParser
 from aigateway.llm.translate import (
+    ChunkEncoder,
     compactJSON,
     StreamError,
     TranslationError,
     UpstreamError,
-    encodeEvent,
     openAIError,
 )
 
@@ -547,11 +547,12 @@ class OpenAIReader:
 class _OpenAIClientStream:
     def __init__(self, hideUsage: bool) -> None:
         self.hideUsage = hideUsage
+        self._encode = ChunkEncoder().encode
 
     def chunk(self, document: dict[str, Any]) -> bytes:
         if self.hideUsage and not document.get("choices"):
             return b""
-        return encodeEvent(document)
+        return self._encode(document)
 
     def end(self) -> bytes:
         return b"data: [DONE]\n\n"

@@ -23,13 +23,16 @@ from typing import Any
 
 __all__ = [
     "compactJSON",
+    "ChunkEncoder",
     "StreamError",
+    "TextChunk",
     "TranslationError",
     "UpstreamError",
     "chunk",
     "completion",
     "encodeEvent",
     "openAIError",
+    "textChunk",
     "usage",
 ]
 
@@ -187,6 +190,64 @@ def chunk(
     if usage is not None:
         out["usage"] = usage
     return out
+
+
+class TextChunk(dict):  # type: ignore[type-arg]
+    """
+    A C{chat.completion.chunk} whose delta is one piece of text, as
+    L{textChunk} makes it: the document L{chunk} would make, its keys in
+    the same order, so that L{ChunkEncoder} can write it from a template.
+    It is a plain dict in every other way (it compares equal to one).
+    """
+
+    __slots__ = ()
+
+
+def textChunk(id: str, model: str, created: int, text: str, field: str = "content") -> TextChunk:
+    """
+    The chunk L{chunk} makes for a delta of C{{field: text}} (C{content} or
+    C{reasoning_content}), no finish reason and no usage: most of a
+    stream's chunks.
+    """
+    return TextChunk(id=id, object="chat.completion.chunk", created=created, model=model,
+                     choices=[{"index": 0, "delta": {field: text}, "logprobs": None,
+                               "finish_reason": None}])
+
+
+_TEXT_TAIL = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+
+
+class ChunkEncoder:
+    """
+    Writes one stream's chunks as server-sent events, the bytes
+    L{encodeEvent} writes.  A L{TextChunk} is written from a template: the
+    part before its text, which only changes when the chunk's id, model or
+    time does, is encoded once, and only the text is encoded per chunk.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[Any, Any, Any] | None = None
+        self._heads: dict[str, bytes] = {}
+
+    def encode(self, document: dict[str, Any]) -> bytes:
+        """
+        One chunk as an event.
+        """
+        if type(document) is not TextChunk:
+            return encodeEvent(document)
+        key = (document["id"], document["model"], document["created"])
+        if key != self._key:
+            self._key = key
+            self._heads = {}
+        [(field, text)] = document["choices"][0]["delta"].items()
+        head = self._heads.get(field)
+        if head is None:
+            head = self._heads[field] = (
+                'data: {"id":' + compactJSON(key[0]) + ',"object":"chat.completion.chunk","created":'
+                + compactJSON(key[2]) + ',"model":' + compactJSON(key[1])
+                + ',"choices":[{"index":0,"delta":{' + compactJSON(field) + ":"
+            ).encode("utf-8")
+        return head + compactJSON(text).encode("utf-8") + _TEXT_TAIL
 
 
 def encodeEvent(data: dict[str, Any], event: str | None = None) -> bytes:

@@ -14,7 +14,7 @@ import re
 from typing import Callable
 
 from aigateway.llm.sse import SSEParser
-from aigateway.llm.translate import StreamError
+from aigateway.llm.translate import StreamError, TextChunk
 
 __all__ = ["AnswerObserver", "MAX_OBSERVED_BODY"]
 
@@ -111,6 +111,18 @@ class AnswerObserver:
         One OpenAI document of the answer: a chat completion, one chunk of
         a chat stream, a Responses answer or one event of its stream.
         """
+        if type(document) is TextChunk:
+            # Most of a translated stream: an id, a model and a piece of
+            # text, no usage and no finish reason.
+            if isinstance(document["id"], str):
+                self.responseId = document["id"]
+            if isinstance(document["model"], str):
+                self.responseModel = document["model"]
+            if self.capture and self.stream:
+                text = document["choices"][0]["delta"].get("content")
+                if isinstance(text, str):
+                    self.text.append(text)
+            return
         if document.get("type") == "response.completed" and isinstance(document.get("response"), dict):
             # The Responses stream's last event carries the whole answer.
             document = document["response"]
