@@ -286,7 +286,10 @@ class Supervisor(MultiService):
         self.readFile = readFile
         self.spawn = spawn if spawn is not None else reactor.spawnProcess
         self.executable = executable
-        self.cores = cores
+        # Counted once: /readyz asks for the number of workers each time.
+        self.cores = cores()
+        # What checks a configuration by building it; it never sends.
+        self._checkAgent = UpstreamAgent(reactor)
         self.file = ConfigFile(configPath, readFile, listen, workers)
         self.config, self.text = self.file.load()
         self._check(self.config)
@@ -326,7 +329,7 @@ class Supervisor(MultiService):
 
         @raise ConfigError: naming the field.
         """
-        buildGateway(config, UpstreamAgent(self.reactor), self.reactor, self.environ, self.readFile,
+        buildGateway(config, self._checkAgent, self.reactor, self.environ, self.readFile,
                      lambda url: Deferred())
 
     @property
@@ -334,7 +337,7 @@ class Supervisor(MultiService):
         """
         How many workers the configuration asks for.
         """
-        return workerCount(self.config.workers, self.cores())
+        return workerCount(self.config.workers, self.cores)
 
     # GatewayControl
 
