@@ -30,10 +30,9 @@ from aigateway.llm.provider import (
     TranslatingProvider,
     UpstreamCall,
     chatParameters,
-    encodeBody,
     readBody,
 )
-from aigateway.llm.translate import UpstreamError
+from aigateway.llm.translate import UpstreamError, writeJSON
 
 __all__ = ["AnthropicProvider", "modelsToOpenAI"]
 
@@ -104,13 +103,13 @@ class AnthropicProvider(TranslatingProvider):
         model = document.get("model")
         if endpoint == COUNT_TOKENS:
             return UpstreamCall(b"POST", self.basePath + COUNT_TOKENS,
-                                encodeBody(document) if rewrite else body,
+                                writeJSON(document) if rewrite else body,
                                 requestModel=model, headers=self.headers)
         stream = document.get("stream") is True
         return UpstreamCall(
             b"POST",
             self.basePath + b"/v1/messages",
-            encodeBody(document) if rewrite else body,
+            writeJSON(document) if rewrite else body,
             operation="chat",
             requestModel=model,
             stream=stream,

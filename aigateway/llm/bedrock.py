@@ -143,6 +143,7 @@ from aigateway.llm.translate import (
     UpstreamError,
     chunk,
     completion,
+    readJSON,
     textChunk,
     usage,
 )
@@ -730,7 +731,7 @@ def errorFromBedrock(status: int, errorType: str | None, body: bytes) -> Upstrea
     @param body: Bedrock's body (C{{"message": ...}}).
     """
     try:
-        document = json.loads(body)
+        document = readJSON(body)
     except ValueError:
         document = None
     if not isinstance(document, dict):
@@ -963,7 +964,7 @@ class ConverseStream:
         if self._done:
             raise StreamError("Bedrock's stream goes on after its last event")
         try:
-            event = json.loads(payload) if payload else {}
+            event = readJSON(payload) if payload else {}
         except ValueError:
             event = None
         if not isinstance(event, dict):

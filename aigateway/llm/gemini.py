@@ -142,6 +142,7 @@ from aigateway.llm.translate import (
     UpstreamError,
     chunk,
     completion,
+    readJSON,
     textChunk,
     usage,
 )
@@ -824,7 +825,7 @@ class GeminiStream:
 
     def _event(self, data: str, out: list[dict[str, Any]]) -> None:
         try:
-            response = json.loads(data)
+            response = readJSON(data)
         except ValueError:
             raise StreamError("The Gemini stream sent an event that is not JSON.") from None
         if not isinstance(response, dict):
@@ -886,7 +887,7 @@ class GeminiStream:
 
 def _errorObject(body: bytes) -> dict[str, Any] | None:
     try:
-        document = json.loads(body)
+        document = readJSON(body)
     except ValueError:
         return None
     if isinstance(document, list) and document:

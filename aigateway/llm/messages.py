@@ -157,8 +157,10 @@ from aigateway.llm.translate import (
     chunk,
     completion,
     encodeEvent,
+    readJSON,
     textChunk,
     usage,
+    writeJSON,
 )
 
 __all__ = [
@@ -752,7 +754,7 @@ class MessagesStream:
 
     def _event(self, event: Event, out: list[dict[str, Any]]) -> None:
         try:
-            data = json.loads(event.data)
+            data = readJSON(event.data)
         except ValueError:
             raise StreamError("the upstream sent a stream event that is not JSON") from None
         if not isinstance(data, dict):
@@ -877,7 +879,7 @@ def errorFromAnthropic(status: int, body: bytes) -> UpstreamError:
     outStatus = 503 if status == 529 else status
     error = None
     try:
-        document = json.loads(body)
+        document = readJSON(body)
     except ValueError:
         document = None
     if isinstance(document, dict) and document.get("type") == "error":
@@ -1407,4 +1409,4 @@ def errorToAnthropic(status: int, message: str) -> bytes:
     kind = _ERROR_TYPES.get(status)
     if kind is None:
         kind = "api_error" if status >= 500 else "invalid_request_error"
-    return compactJSON({"type": "error", "error": {"type": kind, "message": message}}).encode("utf-8")
+    return writeJSON({"type": "error", "error": {"type": kind, "message": message}})

@@ -44,9 +44,9 @@ from aigateway.llm.provider import (
     canonicalEndpoint,
     chatParameters,
     checkMethod,
-    encodeBody,
     readBody,
 )
+from aigateway.llm.translate import writeJSON
 
 __all__ = ["AzureOpenAIProvider", "OpenAIProvider", "ProviderError", "UpstreamCall", "UsageChunkFilter"]
 
@@ -132,7 +132,7 @@ class OpenAIProvider(Provider):
         return UpstreamCall(
             b"POST",
             self.chatPath(),
-            encodeBody(chat),
+            writeJSON(chat),
             operation="chat",
             requestModel=chat.get("model"),
             stream=stream,
@@ -157,7 +157,7 @@ class OpenAIProvider(Provider):
             hideUsage = askForUsage(document)
             rewrite = rewrite or hideUsage
         if rewrite:
-            body = encodeBody(document)
+            body = writeJSON(document)
         return UpstreamCall(
             method,
             path,
@@ -218,7 +218,7 @@ class AzureOpenAIProvider(OpenAIProvider):
 
     def _models(self) -> bytes:
         model = self.backend.model or self.backend.deployment
-        return encodeBody({"object": "list", "data": [
+        return writeJSON({"object": "list", "data": [
             {"id": model, "object": "model", "created": 0, "owned_by": "azure"}]})
 
 

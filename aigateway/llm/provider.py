@@ -18,7 +18,6 @@ Readers and writers are pure: documents and bytes in, bytes out.
 
 from __future__ import annotations
 
-import json
 import secrets
 from typing import Any, Mapping, Protocol
 from urllib.parse import urlsplit
@@ -32,11 +31,12 @@ from aigateway.llm.messages import ChunksToMessages, completionToMessage, errorT
 from aigateway.llm.sse import SSEParser
 from aigateway.llm.translate import (
     ChunkEncoder,
-    compactJSON,
     StreamError,
     TranslationError,
     UpstreamError,
     openAIError,
+    readJSON,
+    writeJSON,
 )
 
 __all__ = [
@@ -53,7 +53,6 @@ __all__ = [
     "canonicalEndpoint",
     "chatParameters",
     "checkMethod",
-    "encodeBody",
     "readBody",
 ]
 
@@ -308,14 +307,6 @@ def readBody(body: bytes) -> dict[str, Any]:
         raise ProviderError(400, e.message, e.code) from None
 
 
-_compactASCII = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def encodeBody(document: dict[str, Any]) -> bytes:
-    """
-    A JSON request body, compact.
-    """
-    return _compactASCII(document).encode("utf-8")
 
 
 # Request parameters recorded on the upstream call's span, by the name the
@@ -480,7 +471,7 @@ class _OpenAIStream:
             self._done = True
             return None
         try:
-            document = json.loads(event.data)
+            document = readJSON(event.data)
         except ValueError:
             raise StreamError("the upstream sent an event that is not JSON") from None
         if not isinstance(document, dict):
@@ -531,7 +522,7 @@ class OpenAIReader:
         type = _openAIErrorType(status)
         code = None
         try:
-            error = json.loads(body).get("error")
+            error = readJSON(body).get("error")
         except (ValueError, AttributeError):
             error = None
         if isinstance(error, dict):
@@ -570,7 +561,7 @@ class OpenAIWriter:
         self.hideUsage = hideUsage
 
     def plain(self, completion: dict[str, Any]) -> bytes:
-        return compactJSON(completion).encode("utf-8")
+        return writeJSON(completion)
 
     def stream(self) -> ClientStream:
         return _OpenAIClientStream(self.hideUsage)
@@ -590,7 +581,7 @@ class AnthropicWriter:
     """
 
     def plain(self, completion: dict[str, Any]) -> bytes:
-        return compactJSON(completionToMessage(completion)).encode("utf-8")
+        return writeJSON(completionToMessage(completion))
 
     def stream(self) -> ClientStream:
         return _MessagesClientStream()
@@ -670,7 +661,7 @@ class TranslatingProvider(Provider):
         return UpstreamCall(
             b"POST",
             path,
-            encodeBody(native),
+            writeJSON(native),
             operation="chat",
             requestModel=model,
             stream=stream,
@@ -702,6 +693,6 @@ class TranslatingProvider(Provider):
         The call (or the gateway's own answer) for C{GET /v1/models}.
         """
         model = self.backend.model
-        return UpstreamCall(method, b"", b"", local=encodeBody({"object": "list", "data": [
+        return UpstreamCall(method, b"", b"", local=writeJSON({"object": "list", "data": [
             {"id": model, "object": "model", "created": 0, "owned_by": self.kind}
         ] if model else []}))

@@ -9,12 +9,11 @@ It never changes or delays what the client gets.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Callable
 
 from aigateway.llm.sse import SSEParser
-from aigateway.llm.translate import StreamError, TextChunk
+from aigateway.llm.translate import StreamError, TextChunk, readJSON
 
 __all__ = ["AnswerObserver", "MAX_OBSERVED_BODY"]
 
@@ -93,7 +92,7 @@ class AnswerObserver:
 
     def _document(self, text: str | bytes) -> None:
         try:
-            document = json.loads(text)
+            document = readJSON(text)
         except ValueError:
             return
         if isinstance(document, dict):

@@ -17,7 +17,6 @@ with a clean end that would look like success.
 
 from __future__ import annotations
 
-import json
 import math
 import random as _random
 from typing import Any, Callable, Optional, Sequence
@@ -56,7 +55,7 @@ from aigateway.llm.provider import (
     ProviderError,
     UpstreamCall,
 )
-from aigateway.llm.translate import StreamError
+from aigateway.llm.translate import StreamError, readJSON
 from aigateway.llm.usage import AnswerObserver
 from aigateway.observe.record import IExchange
 from aigateway.observe.report import Exchange, Telemetry
@@ -839,7 +838,7 @@ class _Relay:
                     b"retry-after", [b"%d" % math.ceil(error.retryAfter)])
         else:
             try:
-                document = json.loads(body)
+                document = readJSON(body)
                 if not isinstance(document, dict):
                     raise ValueError("not an object")
                 completion = call.reader.plain(document)

@@ -8,7 +8,6 @@ C{x-goog-api-key} (or C{?key=}) check and Google's error envelope.
 from __future__ import annotations
 
 import hmac
-import json
 from functools import partial
 from typing import Any, Callable
 from urllib.parse import unquote
