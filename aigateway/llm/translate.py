@@ -19,7 +19,6 @@ passed in as C{created}.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
@@ -52,10 +51,12 @@ which costs more than the encoding of a stream's chunk.
 _compactASCII = json.JSONEncoder(separators=(",", ":")).encode
 
 # orjson reads an integer of more than 64 bits as a float, where json keeps
-# it whole: a number with 19 digits or more (or what looks like one, in a
-# string) is left to json.
-_LONG_NUMBER = re.compile(rb"[0-9]{19}")
-_LONG_NUMBER_TEXT = re.compile(r"[0-9]{19}")
+# it whole: a text with a run of 19 digits or more (in a number or in a
+# string) is left to json.  Digits are found by mapping every byte to one of
+# two, then looking for the run: a few instructions a byte, where a regular
+# expression for the run costs ten times as many.
+_DIGITS = bytes(0x39 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+_RUN = b"9" * 19
 
 
 def readJSON(text: str | bytes) -> Any:
@@ -68,9 +69,10 @@ def readJSON(text: str | bytes) -> Any:
     takes it (C{NaN}, C{1e400}, an escaped lone surrogate, a byte order
     mark) goes to json, which also raises json's own errors.
     """
-    if (_LONG_NUMBER if type(text) is bytes else _LONG_NUMBER_TEXT).search(text) is None:
+    raw = text if type(text) is bytes else text.encode("utf-8", "surrogatepass")
+    if _RUN not in raw.translate(_DIGITS):
         try:
-            return orjson.loads(text)
+            return orjson.loads(raw)
         except orjson.JSONDecodeError:
             pass
     return json.loads(text)
