@@ -613,7 +613,7 @@ def _finishReason(stopReason: object) -> str:
 
 
 def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+    return value if type(value) is int and value >= 0 else 0
 
 
 def _usage(tokens: object) -> dict[str, Any]:

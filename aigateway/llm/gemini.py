@@ -230,7 +230,8 @@ def _isNumber(value: object) -> bool:
 
 
 def _isInt(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    # A JSON integer is an int itself, never a subclass; bool is not one.
+    return type(value) is int
 
 
 def _asksNothing(key: str, value: object) -> bool:
@@ -641,9 +642,7 @@ def chatToGemini(chat: dict[str, Any]) -> dict[str, Any]:
 
 def _count(metadata: dict[str, Any], key: str) -> int | None:
     value = metadata.get(key)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
+    return value if type(value) is int and value >= 0 else None
 
 
 def _usage(metadata: object) -> dict[str, Any] | None:

@@ -248,7 +248,8 @@ _MESSAGES_FIELDS = frozenset([
 # -- small checks ------------------------------------------------------------
 
 def _isInt(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
+    # A JSON integer is an int itself, never a subclass; bool is not one.
+    return type(value) is int
 
 
 def _isNumber(value: object) -> TypeGuard[int | float]:
@@ -285,7 +286,7 @@ def _onlyKeys(doc: dict[str, Any], allowed: frozenset[str] | set[str], path: str
 
 
 def _count(value: object) -> int:
-    return value if _isInt(value) else 0
+    return value if type(value) is int else 0
 
 
 def _compact(value: object) -> str:
@@ -611,14 +612,11 @@ def _usageFromAnthropic(native: dict[str, Any]) -> dict[str, Any]:
     """
     OpenAI's usage for Anthropic's counts.
     """
-    def count(name: str) -> int:
-        return _count(native.get(name))
-
-    cacheRead = native.get("cache_read_input_tokens")
-    prompt = count("input_tokens") + count("cache_read_input_tokens") + count(
-        "cache_creation_input_tokens")
-    return usage(prompt, count("output_tokens"),
-                 cached=cacheRead if _isInt(cacheRead) else None)
+    get = native.get
+    cacheRead = get("cache_read_input_tokens")
+    prompt = _count(get("input_tokens")) + _count(cacheRead) + _count(get("cache_creation_input_tokens"))
+    return usage(prompt, _count(get("output_tokens")),
+                 cached=cacheRead if type(cacheRead) is int else None)
 
 
 def _finishReason(stopReason: object) -> str | None:
