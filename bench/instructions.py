@@ -25,6 +25,12 @@ requests and with none, so that start-up and building cancel out) and
 prints user-space instructions per request.  Under C{--inner} it only
 serves the requests, for a run under valgrind by hand; C{--profile} shows
 where a run's time goes by Python function instead (cProfile, inclusive).
+
+C{--provider every --cpu} times the same harnesses instead, in one process:
+the providers take turns, a few hundred requests (or streams) each per round,
+and each figure is the median over the rounds of its CPU time less
+openai's in the same round.  Instructions are the steadier measure; this one
+counts what they miss (SHA-256 in hardware, caches).
 """
 
 from __future__ import annotations
@@ -456,6 +462,48 @@ def _providers(providers: tuple[str, ...], requests: int, streams: int, director
               f"{perEvent / 1000:6.1f}k per event ({(perEvent - base[1]) / 1000:+6.1f}k)")
 
 
+def _cpuRounds(providers: tuple[str, ...], rounds: int) -> None:
+    """
+    Print each provider's CPU time per plain request and per streamed
+    event over openai's, timed in turns (see the module docstring).
+    """
+    import gc
+    import statistics
+    import time
+
+    if "openai" not in providers:
+        providers = ("openai",) + providers
+    kinds = {"request": (None, 300, 1), "event": (LONG_STREAM, 20, LONG_STREAM - SHORT_STREAM)}
+    harnesses = {(p, k): Harness("bare", p, events) for p in providers for k, (events, _, _) in kinds.items()}
+    shorts = {p: Harness("bare", p, SHORT_STREAM) for p in providers}
+    for harness in (*harnesses.values(), *shorts.values()):
+        harness.serve(20)
+    costs: dict[tuple[str, str], list[float]] = {key: [] for key in harnesses}
+    gc.disable()
+    try:
+        for round in range(rounds):
+            for provider in providers if round % 2 else providers[::-1]:
+                for kind, (events, count, per) in kinds.items():
+                    started = time.process_time()
+                    harnesses[provider, kind].serve(count)
+                    spent = time.process_time() - started
+                    if events is not None:
+                        started = time.process_time()
+                        shorts[provider].serve(count)
+                        spent -= time.process_time() - started
+                    costs[provider, kind].append(spent / count / per * 1e6)
+            gc.collect()
+    finally:
+        gc.enable()
+    for provider in providers:
+        over = {kind: statistics.median(
+            mine - base for mine, base in zip(costs[provider, kind], costs["openai", kind]))
+            for kind in kinds}
+        print(f"{provider:10} {statistics.median(costs[provider, 'request']):7.1f} us per request "
+              f"({over['request']:+6.1f} over openai), "
+              f"{statistics.median(costs[provider, 'event']):5.1f} us per event ({over['event']:+5.1f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", choices=SCENARIOS + ("every",), default="every",
@@ -469,7 +517,15 @@ def main() -> None:
                         help="with --provider: streamed requests per run")
     parser.add_argument("--inner", action="store_true", help="only serve the requests (for valgrind)")
     parser.add_argument("--profile", action="store_true", help="cProfile the requests instead")
+    parser.add_argument("--cpu", action="store_true",
+                        help="with --provider: CPU time in turns, in this process, instead of instructions")
+    parser.add_argument("--rounds", type=int, default=30, help="with --cpu: rounds of turns")
     args = parser.parse_args()
+    if args.cpu:
+        if args.provider is None:
+            parser.error("--cpu times providers: give --provider")
+        _cpuRounds(PROVIDERS if args.provider == "every" else (args.provider,), args.rounds)
+        return
     scenarios = SCENARIOS if args.scenario == "every" else (args.scenario,)
     if args.inner or args.profile:
         provider = "openai" if args.provider in (None, "every") else args.provider
