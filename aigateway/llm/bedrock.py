@@ -1172,8 +1172,9 @@ class Signer:
                 moment = self._moment = _Moment(second, stamp, self.region, self._service)
         fields = tuple(headers)
         token = frozen.token
+        key = (method, url, fields, token)
         try:
-            shape = self._shapes.get((method, url, fields, token))
+            shape = self._shapes.get(key)
         except TypeError:
             # Fields that cannot be a key (lists): signed as they are.
             shape = _shape(method, url, fields, token)
@@ -1182,7 +1183,7 @@ class Signer:
                 shape = _shape(method, url, fields, token)
                 if len(self._shapes) >= _SHAPES:
                     self._shapes.clear()
-                self._shapes[method, url, fields, token] = shape
+                self._shapes[key] = shape
         payloadHash = shape.payloadHash
         if payloadHash is None:
             payloadHash = hashlib.sha256(body).hexdigest().encode("ascii")
