@@ -189,7 +189,7 @@ class OneSignerTests(SynchronousTestCase):
         changes and goes, are each signed as botocore signs it.
         """
         rng = random.Random(16)
-        for round in range(20):
+        for batch in range(20):
             region = rng.choice(["us-east-1", "eu-central-1"])
             service = rng.choice(["bedrock", "service"])
             kinds = [randomRequest(rng)[:3] for _ in range(rng.randrange(1, 6))]
@@ -204,7 +204,7 @@ class OneSignerTests(SynchronousTestCase):
                 method, url, headers = rng.choice(kinds)
                 body = rng.choice([b"", b"{}", bytes(rng.randrange(256) for _ in range(40))])
                 now += timedelta(microseconds=rng.choice([0, 1, 250_000, 999_999, 3_600_000_000]))
-                with self.subTest(round=round, i=i, url=url, headers=headers):
+                with self.subTest(batch=batch, i=i, url=url, headers=headers):
                     self.assertSignsAsBotocore(signer, credentials, region, service, method, url,
                                                headers, body, now, rng.random() < 0.5)
 
@@ -291,6 +291,20 @@ class OneSignerTests(SynchronousTestCase):
                                                b"POST", url, headers, body, now, True)
                     signatures.add(signer.sign(b"POST", url, headers, body, now)[0])
             self.assertEqual(len(signatures), 3 if not given else 1)
+
+    def test_otherMethods(self) -> None:
+        """
+        The same URL and fields with another method, or the method in
+        another case, are each signed as botocore signs them.
+        """
+        credentials = botocore.credentials.Credentials("AKIA", "s")
+        signer = Signer("us-east-1", credentials)
+        url = b"https://bedrock-runtime.us-east-1.amazonaws.com/model/m/converse"
+        now = datetime(2024, 5, 6, 7, 8, 9)
+        for method in (b"POST", b"GET", b"post", b"PUT", b"POST", b"Get"):
+            with self.subTest(method=method):
+                self.assertSignsAsBotocore(signer, credentials, "us-east-1", "bedrock", method,
+                                           url, [], b"{}", now, True)
 
     def test_repeatedAndReorderedFields(self) -> None:
         """
