@@ -127,7 +127,9 @@ import os
 import re
 import struct
 import sys
+import time
 from datetime import datetime, timezone
+from operator import itemgetter
 from typing import Any, Callable, Mapping
 from urllib.parse import quote, urlsplit
 from zlib import crc32
@@ -1054,6 +1056,7 @@ _AMZ_DATE = "%Y%m%dT%H%M%SZ"
 # add or rewrite others (Content-Length, traceparent) after signing.
 _SIGNED = (b"host", b"content-type")
 _OURS = (b"authorization", b"x-amz-date", b"x-amz-security-token")
+_fieldName = itemgetter(0)
 
 
 def _path(environ: Mapping[str, str], name: str, default: str) -> str:
@@ -1086,6 +1089,8 @@ class Signer:
         self._credentials = credentials
         self._service = service
         self._key: tuple[str, str, Any] | None = None
+        self._moment = _NO_MOMENT
+        self._shapes: dict[tuple[Any, ...], _Shape] = {}
         self.problem = problem if credentials is None else None
         if credentials is None and problem is None:
             self.problem = "no AWS credentials"
@@ -1128,7 +1133,7 @@ class Signer:
         return cls(region, found)
 
     def sign(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
-             now: datetime) -> list[tuple[bytes, bytes]]:
+             now: datetime | float) -> list[tuple[bytes, bytes]]:
         """
         The fields that sign a request: C{authorization}, C{x-amz-date}, and
         C{x-amz-security-token} with temporary credentials.  Of C{headers},
@@ -1139,7 +1144,8 @@ class Signer:
         @param method: C{POST}.
         @param url: the whole URL, its path percent-encoded as sent.
         @param headers: the request's fields, before these are added.
-        @param now: the time to sign at (naive means UTC).
+        @param now: the time to sign at: a L{datetime} (naive means UTC), or
+            POSIX seconds.
         @raise BedrockUnavailable: there are no credentials (L{problem}),
             they could not be refreshed, or botocore is not installed.
         """
@@ -1151,67 +1157,171 @@ class Signer:
         except (botocore.exceptions.BotoCoreError, RuntimeError) as e:
             raise BedrockUnavailable(
                 f"the AWS credentials cannot be refreshed ({type(e).__name__})") from None
-        if now.tzinfo is not None:
-            now = now.astimezone(timezone.utc)
-        # As strftime(_AMZ_DATE) writes it, at half the cost.
-        timestamp = "%04d%02d%02dT%02d%02d%02dZ" % (
-            now.year, now.month, now.day, now.hour, now.minute, now.second)
-        text = url.decode("ascii")
-        path, query, host = _target(text)
-        # The fields signed, each name's values in their order (SigV4 joins
-        # a repeated field's values with commas).
-        fields: dict[str, list[str]] = {}
-        for name, value in headers:
-            lower = name.lower()
-            if (lower in _SIGNED or lower.startswith(b"x-amz-")) and lower not in _OURS:
-                fields.setdefault(lower.decode("ascii"), []).append(value.decode("latin-1"))
-        added = [(b"x-amz-date", timestamp.encode("ascii"))]
-        if frozen.token:
-            added.append((b"x-amz-security-token", frozen.token.encode("ascii")))
-        for name, value in added:
-            fields.setdefault(name.decode("ascii"), []).append(value.decode("ascii"))
-        if "host" not in fields:
-            fields["host"] = [host()]
-        names = sorted(fields)
-        signed = ";".join(sorted(name.strip() for name in names))
-        # A payload hash the caller gave is signed as given, as botocore does.
-        given = fields.get("x-amz-content-sha256")
-        canonical = "\n".join([
-            method.decode("ascii").upper(),
-            path,
-            query,
-            "\n".join(f"{name}:{','.join(' '.join(v.split()) for v in fields[name])}"
-                      for name in names) + "\n",
-            signed,
-            given[0] if given else hashlib.sha256(body).hexdigest(),
-        ])
-        date = timestamp[:8]
-        scope = f"{date}/{self.region}/{self._service}/aws4_request"
-        toSign = "\n".join(["AWS4-HMAC-SHA256", timestamp, scope,
-                            hashlib.sha256(canonical.encode("utf-8")).hexdigest()])
-        mac = self._signingKey(frozen.secret_key, date).copy()
-        mac.update(toSign.encode("utf-8"))
-        signature = mac.hexdigest()
-        authorization = (f"AWS4-HMAC-SHA256 Credential={frozen.access_key}/{scope}, "
-                         f"SignedHeaders={signed}, Signature={signature}")
-        return [(b"authorization", authorization.encode("ascii"))] + added
+        moment = self._moment
+        if isinstance(now, datetime):
+            if now.tzinfo is not None:
+                now = now.astimezone(timezone.utc)
+            # As strftime(_AMZ_DATE) writes it, at half the cost.
+            stamp = "%04d%02d%02dT%02d%02d%02dZ" % (
+                now.year, now.month, now.day, now.hour, now.minute, now.second)
+            if moment.key != stamp:
+                moment = self._moment = _Moment(stamp, stamp, self.region, self._service)
+        else:
+            second = now // 1
+            if moment.key != second:
+                stamp = "%04d%02d%02dT%02d%02d%02dZ" % time.gmtime(second)[:6]
+                moment = self._moment = _Moment(second, stamp, self.region, self._service)
+        fields = tuple(headers)
+        token = frozen.token
+        key = (method, url, fields, token)
+        try:
+            shape = self._shapes.get(key)
+        except TypeError:
+            # Fields that cannot be a key (lists): signed as they are.
+            shape = _shape(method, url, fields, token)
+        else:
+            if shape is None:
+                shape = _shape(method, url, fields, token)
+                if len(self._shapes) >= _SHAPES:
+                    self._shapes.clear()
+                self._shapes[key] = shape
+        payloadHash = shape.payloadHash
+        if payloadHash is None:
+            payloadHash = hashlib.sha256(body).hexdigest().encode("ascii")
+        canonical = shape.beforeDate + moment.stamp + shape.afterDate + payloadHash
+        toSign = moment.toSign + hashlib.sha256(canonical).hexdigest().encode("ascii")
+        secret = frozen.secret_key
+        kept = self._key
+        if kept is None or kept[1] != moment.date or kept[0] != secret:
+            kept = self._signingKey(secret, moment.date)
+        mac = kept[2].copy()
+        mac.update(toSign)
+        authorization = (f"AWS4-HMAC-SHA256 Credential={frozen.access_key}{moment.credential}"
+                         f"{shape.signedHeaders}{mac.hexdigest()}").encode("ascii")
+        if shape.token is None:
+            return [(b"authorization", authorization), (b"x-amz-date", moment.stamp)]
+        return [(b"authorization", authorization), (b"x-amz-date", moment.stamp),
+                (b"x-amz-security-token", shape.token)]
 
-    def _signingKey(self, secret: str, date: str) -> Any:
+    def _signingKey(self, secret: str, date: str) -> tuple[str, str, Any]:
         """
-        An HMAC keyed with the SigV4 signing key of C{secret} for C{date}
-        (C{YYYYMMDD}), this region and service, to copy for each
-        signature.  The key takes four HMACs to derive from these alone, so
-        it is the same all day: it is made once a day and kept.
+        Make and keep an HMAC keyed with the SigV4 signing key of C{secret}
+        for C{date} (C{YYYYMMDD}), this region and service, to copy for each
+        signature; returned with the secret and date it was made of.  The
+        key takes four HMACs to derive from these alone, so it is the same
+        all day: it is made once a day (or when the secret changes) and
+        kept.
         """
-        cached = self._key
-        if cached is not None and cached[0] == secret and cached[1] == date:
-            return cached[2]
         key = ("AWS4" + secret).encode("utf-8")
         for part in (date, self.region, self._service, "aws4_request"):
             key = hmac.new(key, part.encode("utf-8"), hashlib.sha256).digest()
-        mac = hmac.new(key, digestmod=hashlib.sha256)
-        self._key = (secret, date, mac)
-        return mac
+        kept = (secret, date, hmac.new(key, digestmod=hashlib.sha256))
+        self._key = kept
+        return kept
+
+
+# How many request shapes a signer keeps: a backend's calls go to a few
+# URLs with the same fields, so this bounds only what odd traffic costs.
+_SHAPES = 64
+
+
+class _Moment:
+    """
+    What a signature at one second shares with every other at that second.
+
+    @ivar key: what the second was known by (the POSIX second, or the
+        timestamp of a L{datetime}).
+    @ivar stamp: C{x-amz-date}'s value, C{YYYYMMDDTHHMMSSZ}.
+    @ivar date: its day, C{YYYYMMDD}.
+    @ivar credential: what follows the access key in C{Credential=}: the
+        scope.
+    @ivar toSign: the string to sign up to the canonical request's hash.
+    """
+
+    __slots__ = ("key", "stamp", "date", "credential", "toSign")
+
+    def __init__(self, key: object, stamp: str, region: str, service: str) -> None:
+        self.key = key
+        self.stamp = stamp.encode("ascii")
+        self.date = stamp[:8]
+        scope = f"{self.date}/{region}/{service}/aws4_request"
+        self.credential = "/" + scope
+        self.toSign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n".encode("utf-8")
+
+
+_NO_MOMENT = _Moment(None, "00000000T000000Z", "", "")
+
+
+class _Shape:
+    """
+    The canonical request of one kind of request (method, URL, fields,
+    session token) around what changes at every call: the timestamp and
+    the body's hash.
+
+    @ivar beforeDate: the canonical request up to C{x-amz-date}'s value.
+    @ivar afterDate: the rest of it up to the payload hash.
+    @ivar signedHeaders: what follows C{Credential=...} in the
+        authorization field, up to the signature.
+    @ivar payloadHash: the payload hash the caller gave in
+        C{x-amz-content-sha256}, signed as given; or L{None}.
+    @ivar token: C{x-amz-security-token}'s value, or L{None}.
+    """
+
+    __slots__ = ("beforeDate", "afterDate", "signedHeaders", "payloadHash", "token")
+
+    def __init__(self, beforeDate: bytes, afterDate: bytes, signedHeaders: str,
+                 payloadHash: bytes | None, token: bytes | None) -> None:
+        self.beforeDate = beforeDate
+        self.afterDate = afterDate
+        self.signedHeaders = signedHeaders
+        self.payloadHash = payloadHash
+        self.token = token
+
+
+# The stand-in for the timestamp while a shape's canonical request is
+# written: every other character of it is ASCII or a Latin-1 field value,
+# so none can be this one.
+_DATE_MARK = "\uffff"
+
+
+def _shape(method: bytes, url: bytes, headers: tuple[tuple[bytes, bytes], ...],
+           token: str | None) -> _Shape:
+    """
+    The canonical request of C{method} to C{url} with C{headers} (and
+    C{token} for temporary credentials), split around the timestamp.
+    """
+    tokenValue = token.encode("ascii") if token else None
+    text = url.decode("ascii")
+    path, query, host = _target(text)
+    # The fields signed, each name's values in their order (SigV4 joins
+    # a repeated field's values with commas).
+    fields: dict[str, list[str]] = {}
+    for name, value in headers:
+        lower = name.lower()
+        if (lower in _SIGNED or lower.startswith(b"x-amz-")) and lower not in _OURS:
+            fields.setdefault(lower.decode("ascii"), []).append(value.decode("latin-1"))
+    fields["x-amz-date"] = [_DATE_MARK]
+    if token:
+        fields["x-amz-security-token"] = [token]
+    if "host" not in fields:
+        fields["host"] = [host()]
+    names = sorted(fields)
+    signed = ";".join(sorted(name.strip() for name in names))
+    # A payload hash the caller gave is signed as given, as botocore does.
+    given = fields.get("x-amz-content-sha256")
+    canonical = "\n".join([
+        method.decode("ascii").upper(),
+        path,
+        query,
+        "\n".join(f"{name}:{','.join(' '.join(v.split()) for v in fields[name])}"
+                  for name in names) + "\n",
+        signed,
+        "",
+    ])
+    beforeDate, afterDate = canonical.split(_DATE_MARK)
+    return _Shape(beforeDate.encode("utf-8"), afterDate.encode("utf-8"),
+                  f", SignedHeaders={signed}, Signature=",
+                  given[0].encode("utf-8") if given else None, tokenValue)
 
 
 @functools.lru_cache(maxsize=256)
@@ -1305,16 +1415,28 @@ class BedrockProvider(TranslatingProvider):
     def reader(self, model: str, stream: bool, created: int, id: str) -> _BedrockReader:
         return _BedrockReader(model, created, id)
 
-    def sign(self, method: bytes, url: bytes, headers: Headers, body: bytes) -> None:
-        for name, _ in list(headers.getAllRawHeaders()):
-            if name.lower().startswith(b"x-amz-"):
-                # Only the gateway's own signature fields go to AWS.
-                headers.removeHeader(name)
+    def sign(self, method: bytes, url: bytes, headers: Headers, body: bytes,
+             now: float | None = None) -> None:
+        """
+        Sign with the backend's credentials (SigV4), the caller's own
+        C{x-amz-*} fields dropped first.
+
+        @param now: the time to sign at, POSIX seconds; L{None} for the
+            clock's.
+        """
+        # Only the gateway's own signature fields go to AWS.  A field name
+        # holds no newline, so one search of all the names tells whether
+        # any is to go, without a look at each.
+        names = b"\n" + b"\n".join(map(_fieldName, headers.getAllRawHeaders())).lower()
+        if b"\nx-amz-" in names:
+            for name, _ in list(headers.getAllRawHeaders()):
+                if name.lower().startswith(b"x-amz-"):
+                    headers.removeHeader(name)
         if self.signer is None:
             return
-        fields = [(b"host", self.host)]
         contentType = headers.getRawHeaders(b"content-type")
-        if contentType:
-            fields.append((b"content-type", contentType[-1]))
-        for name, value in self.signer.sign(method, url, fields, body, datetime.now(timezone.utc)):
+        fields = [(b"host", self.host), (b"content-type", contentType[-1])] if contentType else [
+            (b"host", self.host)]
+        for name, value in self.signer.sign(method, url, fields, body,
+                                            time.time() if now is None else now):
             headers.setRawHeaders(name, [value])
