@@ -222,6 +222,7 @@ def runtimeHost(region: str) -> bytes:
     return f"bedrock-runtime.{region}.amazonaws.com".encode("ascii")
 
 
+@functools.lru_cache(maxsize=256)
 def modelPath(modelId: str, stream: bool) -> bytes:
     """
     The path of the Converse call for C{modelId}: every character but
@@ -229,6 +230,8 @@ def modelPath(modelId: str, stream: bool) -> bytes:
     versioned ids and the C{/} of inference profile ARNs stay in one path
     segment (C{/model/arn%3Aaws%3A...%2Fprofile/converse}).  SigV4 then
     signs that segment encoded once more, as botocore does.
+
+    A backend's requests name a few models, so each path is made once.
 
     @param stream: C{converse-stream} rather than C{converse}.
     @raise TranslationError: C{modelId} is empty or a dot segment.
