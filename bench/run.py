@@ -414,17 +414,14 @@ def providerRows(fakellmPort: int, directory: str, seconds: int) -> list[tuple[s
         best: dict[str, dict] = {}
         long = dict.fromkeys(PROVIDER_ROUTES, float("inf"))
         short = dict.fromkeys(PROVIDER_ROUTES, float("inf"))
-        speed = calibrate()
         for provider in PROVIDER_ROUTES:
             wrk(f"http://127.0.0.1:{port}/{provider}/v1/chat/completions", 16, 2, None, KEY)
         for _ in range(PROVIDER_ROUNDS):
             for provider in PROVIDER_ROUTES:
                 route = f"/{provider}/v1/chat/completions"
-                cpu = gateway.cpu()
-                r = wrk(f"http://127.0.0.1:{port}{route}", 64, max(2, seconds // 3), None, KEY)
-                r["cpu"] = (gateway.cpu() - cpu) / r["requests"] * 1e6
+                r = loaded(gateway, f"http://127.0.0.1:{port}{route}", None, seconds, runs=1)
                 if provider not in best or r["cpu"] < best[provider]["cpu"]:
-                    best[provider] = dict(r, speed=speed)
+                    best[provider] = r
                 # 60 streams a try: the CPU clock ticks every 10 ms.
                 long[provider] = min(long[provider], streamCPU(gateway, port, route, 200, 60))
                 short[provider] = min(short[provider], streamCPU(gateway, port, route, 10, 60))

@@ -1054,7 +1054,9 @@ class ConverseStream:
 
 # --- signing -------------------------------------------------------------
 
-_AMZ_DATE = "%Y%m%dT%H%M%SZ"
+# x-amz-date's value, YYYYMMDDTHHMMSSZ, from a time's first six fields (as
+# strftime("%Y%m%dT%H%M%SZ") writes it, at half the cost).
+_STAMP = "%04d%02d%02dT%02d%02d%02dZ"
 # The request fields signed besides the x-amz- ones: the HTTP client may
 # add or rewrite others (Content-Length, traceparent) after signing.
 _SIGNED = (b"host", b"content-type")
@@ -1164,15 +1166,13 @@ class Signer:
         if isinstance(now, datetime):
             if now.tzinfo is not None:
                 now = now.astimezone(timezone.utc)
-            # As strftime(_AMZ_DATE) writes it, at half the cost.
-            stamp = "%04d%02d%02dT%02d%02d%02dZ" % (
-                now.year, now.month, now.day, now.hour, now.minute, now.second)
+            stamp = _STAMP % now.timetuple()[:6]
             if moment.key != stamp:
                 moment = self._moment = _Moment(stamp, stamp, self.region, self._service)
         else:
             second = now // 1
             if moment.key != second:
-                stamp = "%04d%02d%02dT%02d%02d%02dZ" % time.gmtime(second)[:6]
+                stamp = _STAMP % time.gmtime(second)[:6]
                 moment = self._moment = _Moment(second, stamp, self.region, self._service)
         fields = tuple(headers)
         token = frozen.token
@@ -1327,14 +1327,13 @@ def _shape(method: bytes, url: bytes, headers: tuple[tuple[bytes, bytes], ...],
                   given[0].encode("utf-8") if given else None, tokenValue)
 
 
-@functools.lru_cache(maxsize=256)
 def _target(url: str) -> tuple[str, str, Callable[[], str]]:
     """
     What SigV4 signs of C{url}, as botocore's C{SigV4Auth} reads it: the
     canonical path (dot segments and empty segments removed, then
     percent-encoded once more), the canonical query, and the host it
-    signs when the request names none.  A backend's calls go to a few
-    URLs only, so each is read once.
+    signs when the request names none.  Read once per request shape
+    (L{_shape}), which the signer keeps.
     """
     parts = urlsplit(url)
     path = parts.path

@@ -616,7 +616,7 @@ def _usageFromAnthropic(native: dict[str, Any]) -> dict[str, Any]:
     cacheRead = get("cache_read_input_tokens")
     prompt = _count(get("input_tokens")) + _count(cacheRead) + _count(get("cache_creation_input_tokens"))
     return usage(prompt, _count(get("output_tokens")),
-                 cached=cacheRead if type(cacheRead) is int else None)
+                 cached=cacheRead if _isInt(cacheRead) else None)
 
 
 def _finishReason(stopReason: object) -> str | None:

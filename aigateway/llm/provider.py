@@ -307,8 +307,6 @@ def readBody(body: bytes) -> dict[str, Any]:
         raise ProviderError(400, e.message, e.code) from None
 
 
-
-
 # Request parameters recorded on the upstream call's span, by the name the
 # GenAI semantic conventions give them.
 _PARAMETERS = {

@@ -155,11 +155,8 @@ def openAIError(error: UpstreamError) -> bytes:
     """
     The OpenAI error envelope for an upstream error.
     """
-    return json.dumps(
-        {"error": {"message": error.message, "type": error.type, "param": None,
-                   "code": error.code}},
-        separators=(",", ":"),
-    ).encode("utf-8")
+    return writeJSON({"error": {"message": error.message, "type": error.type, "param": None,
+                                "code": error.code}})
 
 
 def usage(
